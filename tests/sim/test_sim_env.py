@@ -1,0 +1,144 @@
+"""XWorldSim-v0: Gymnasium and SB3 contracts, determinism, events and bad input."""
+
+import gymnasium as gym
+import numpy as np
+import pytest
+from gymnasium.utils.env_checker import check_env
+
+import xworld_env  # noqa: F401  (registers the ids)
+from xworld_env.sim.driver import PerturbedDriver
+from xworld_env.sim.sim_env import XWorldSimEnv
+from xworld_env.types import CAMERA_NAMES, FAMILIES
+
+
+def test_gymnasium_check_env():
+    env = gym.make("XWorldSim-v0", family="highway")
+    check_env(env.unwrapped, skip_render_check=True)
+
+
+def test_sb3_check_env():
+    from stable_baselines3.common.env_checker import check_env as sb3_check_env
+
+    sb3_check_env(XWorldSimEnv(family="merge"), warn=True)
+
+
+def test_spaces_and_observation():
+    env = gym.make("XWorldSim-v0")
+    obs, info = env.reset(seed=0, options={"family": "roundabout"})
+    assert set(obs) == set(CAMERA_NAMES) | {"ego"}
+    assert env.observation_space.contains(obs)
+    assert env.action_space == gym.spaces.Box(-1, 1, (2,), np.float32)
+    assert info["family"] == "roundabout"
+    obs, reward, terminated, truncated, info = env.step(np.zeros(2, np.float32))
+    assert env.observation_space.contains(obs)
+    assert type(reward) is float and type(terminated) is bool and type(truncated) is bool
+    chunk = env.unwrapped.last_chunk
+    assert chunk.shape == (2, 7, 64, 64, 3)
+    np.testing.assert_array_equal(chunk[-1, 0], obs["front_wide"])
+    assert abs(sum(info["reward_terms"].values()) - reward) < 1e-9
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_same_seed_same_rollout(family):
+    def rollout():
+        env = XWorldSimEnv()
+        obs, _ = env.reset(seed=11, options={"family": family})
+        driver = PerturbedDriver(11)
+        driver.reset(env.scenario)
+        frames = [obs["front_wide"]]
+        for _ in range(4):
+            obs, *_ = env.step(driver.act(env.scenario))
+            frames.append(env.last_chunk.copy())
+        return frames
+
+    for a, b in zip(rollout(), rollout()):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_different_seeds_give_different_scenes():
+    env = XWorldSimEnv(family="highway")
+    a, _ = env.reset(seed=1)
+    b, _ = env.reset(seed=2)
+    assert not np.array_equal(a["front_wide"], b["front_wide"])
+
+
+def test_views_move_when_driving():
+    env = XWorldSimEnv(family="highway")
+    env.reset(seed=4)
+    env.step(np.array([0.0, 0.0], np.float32))
+    first, second = env.last_chunk
+    assert np.abs(first.astype(int) - second.astype(int)).mean() > 1.0
+
+
+def test_hard_steering_leaves_the_road_and_terminates():
+    env = XWorldSimEnv(family="highway")
+    env.reset(seed=3)
+    for _ in range(30):
+        _, reward, terminated, _, info = env.step(np.array([0.5, 1.0], np.float32))
+        if terminated:
+            break
+    assert terminated and (info["off_road"] or info["collision"])
+    assert reward < 0.5
+
+
+def test_steering_left_moves_the_ego_left():
+    env = XWorldSimEnv(family="highway")
+    obs, _ = env.reset(seed=5)
+    obs, *_ = env.step(np.array([0.0, 0.3], np.float32))
+    assert obs["ego"][2] > 0  # heading error grows to the left
+    assert env.scenario.ego.heading < 0  # highway-env's heading grows to the right
+
+
+@pytest.mark.parametrize(
+    ("action", "message"),
+    [
+        (np.zeros(3, np.float32), "shape"),
+        (np.array([np.nan, 0.0], np.float32), "finite"),
+        (np.array([1.5, 0.0], np.float32), r"\[-1, 1\]"),
+        ("fast", "float array"),
+    ],
+)
+def test_bad_action_is_rejected_and_state_unchanged(action, message):
+    env = XWorldSimEnv(family="highway")
+    env.reset(seed=0)
+    before = (env.scenario.pose(), env.scenario.env.time, env.last_chunk.copy())
+    with pytest.raises(ValueError, match=message):
+        env.step(action)
+    assert env.scenario.pose() == before[0] and env.scenario.env.time == before[1]
+    np.testing.assert_array_equal(env.last_chunk, before[2])
+
+
+def test_step_before_reset_and_after_close():
+    env = XWorldSimEnv()
+    with pytest.raises(RuntimeError, match="reset"):
+        env.step(np.zeros(2, np.float32))
+    env.reset(seed=0)
+    env.close()
+    with pytest.raises(RuntimeError, match="closed"):
+        env.step(np.zeros(2, np.float32))
+
+
+def test_unknown_family_and_option():
+    with pytest.raises(ValueError, match="accepted: highway, merge, roundabout, intersection"):
+        XWorldSimEnv(family="desert")
+    env = XWorldSimEnv()
+    with pytest.raises(ValueError, match="unknown scenario family"):
+        env.reset(seed=0, options={"family": "desert"})
+    with pytest.raises(ValueError, match="accepted: family"):
+        env.reset(seed=0, options={"weather": "rain"})
+
+
+def test_render_mosaic():
+    env = XWorldSimEnv(render_mode="rgb_array")
+    env.reset(seed=0, options={"family": "intersection"})
+    frame = env.render()
+    assert frame.dtype == np.uint8 and frame.ndim == 3 and frame.shape[2] == 3
+    assert frame.shape[0] > 2 * 64 and frame.shape[1] > 4 * 64
+
+
+def test_dict_configs_are_accepted():
+    env = XWorldSimEnv(rig={"height": 32, "width": 32}, scenario={"frames_per_chunk": 3})
+    obs, _ = env.reset(seed=0, options={"family": "merge"})
+    assert obs["front_wide"].shape == (32, 32, 3)
+    env.step(np.zeros(2, np.float32))
+    assert env.last_chunk.shape == (3, 7, 32, 32, 3)
