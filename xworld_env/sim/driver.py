@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from xworld_env.sim.scenarios import Scenario
+from xworld_env.sim.scenarios import Scenario, onward_roads
 
 #: Cruise speed range (m/s) of the autopilot, per family.
 CRUISE_SPEEDS = {
@@ -77,8 +77,8 @@ class Autopilot:
         return np.array([self._acceleration(scenario), steering], dtype=np.float32)
 
     def _pick_next(self, network, position):
-        _from, to, _id = self.target_lane
-        options = list(network.graph.get(to, {}).keys())
+        to = self.target_lane[1]
+        options = onward_roads(network, self.target_lane)
         if not options:
             return None
         choice = options[int(self.rng.integers(len(options)))]
@@ -141,7 +141,7 @@ class PerturbedDriver:
         if self.kind == "brake":
             action[0] = self.rng.uniform(-1.0, -0.4)
         elif self.kind == "noisy":
-            action = action + self.rng.normal(0.0, [0.4, 0.25]).astype(np.float32)
+            action = action + self.rng.normal(0.0, [0.4, 0.15]).astype(np.float32)
         elif self.kind == "random":
             if self.rng.random() < 0.5:
                 self._held = self.rng.uniform(-1, 1, 2).astype(np.float32)

@@ -13,6 +13,14 @@ from xworld_env.types import FAMILIES
 
 # highway-env registers its ids on import.
 import highway_env  # noqa: F401  isort: skip
+from highway_env.vehicle.behavior import IDMVehicle  # noqa: E402  isort: skip
+
+#: highway-env's own values of the traffic constants that its intersection env overwrites on
+#: the IDMVehicle class at every reset.
+_IDM_DEFAULTS = {
+    name: getattr(IDMVehicle, name)
+    for name in ("COMFORT_ACC_MAX", "COMFORT_ACC_MIN", "DISTANCE_WANTED")
+}
 
 _BASE = {
     "observation": {"type": "Kinematics", "vehicles_count": 5},
@@ -49,7 +57,7 @@ class ScenarioConfig:
     frames_per_chunk: int = 2
     substeps_per_frame: int = 3
     max_acceleration: float = 5.0
-    max_steering: float = 0.35
+    max_steering: float = 0.5
     family_overrides: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -117,6 +125,10 @@ VEHICLE_PALETTE = np.array(
 )
 
 
+#: Metres beyond a lane's edge that the ego's centre may go before it counts as off-road.
+OFF_ROAD_MARGIN = 1.0
+
+
 class Scenario:
     """One running highway-env world of a family, advanced frame by frame.
 
@@ -132,6 +144,10 @@ class Scenario:
 
     def reset(self, seed: int) -> None:
         """Builds a new road and traffic from ``seed``."""
+        # Without this, traffic would depend on whether an intersection was reset before in
+        # the same process, and the same seed would not give the same episode.
+        for name, value in _IDM_DEFAULTS.items():
+            setattr(IDMVehicle, name, value)
         self.env.reset(seed=int(seed))
         self._colours = {}
         self._palette_offset = int(np.random.default_rng([seed, 3]).integers(len(VEHICLE_PALETTE)))
@@ -192,7 +208,18 @@ class Scenario:
         return bool(self.ego.crashed)
 
     def off_road(self) -> bool:
-        return not bool(self.ego.on_road)
+        """True when the ego's centre is more than ``OFF_ROAD_MARGIN`` off every lane surface.
+
+        Every lane counts, not only the closest one, and the margin bridges the small gaps that
+        highway-env's lane geometry leaves where lanes join (a car cutting a corner there is
+        still on the road).
+        """
+        ego = self.ego
+        if ego.on_road:
+            return False
+        return not any(
+            lane.on_lane(ego.position, margin=OFF_ROAD_MARGIN) for lane in self.lanes()
+        )
 
     def at_road_end(self) -> bool:
         """True when the ego is about to leave a lane that leads nowhere (end of the map)."""
@@ -201,4 +228,21 @@ class Scenario:
         s, _ = ego.lane.local_coordinates(ego.position)
         if s < ego.lane.length - 8.0:
             return False
-        return not network.graph.get(lane_index[1])
+        return not onward_roads(network, lane_index)
+
+
+def onward_roads(network, lane_index) -> list[str]:
+    """The roads a car can drive on to at the end of a lane, leaving out U-turns.
+
+    highway-env joins the end of an exit road to the start of the opposite entry road; a turn
+    of more than 120 degrees there is not a way forward.
+    """
+    _from, to, _id = lane_index
+    lane = network.get_lane(lane_index)
+    heading = lane.heading_at(lane.length)
+    onward = []
+    for next_to, lanes in network.graph.get(to, {}).items():
+        start = lanes[min(_id, len(lanes) - 1)].heading_at(0.0)
+        if abs((start - heading + np.pi) % (2 * np.pi) - np.pi) < np.radians(120):
+            onward.append(next_to)
+    return onward

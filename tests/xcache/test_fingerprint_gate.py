@@ -1,0 +1,116 @@
+"""Fingerprint and gate math against hand-computed values."""
+
+import math
+
+import pytest
+import torch
+
+from xworld_env.xcache.fingerprint import (
+    Fingerprint,
+    axis_counts,
+    fingerprint,
+    structure_sample,
+    uniform_indices,
+)
+from xworld_env.xcache.gate import (
+    cosine_threshold,
+    entry_cosine,
+    max_deviation,
+    min_cosine,
+    reuse_decision,
+    update_ema,
+)
+
+
+def test_small_grid_is_kept_whole():
+    assert axis_counts((2, 4, 4), 32) == (2, 4, 4)
+
+
+def test_budget_split_in_proportion_to_shape():
+    assert axis_counts((4, 8, 8), 32) == (2, 4, 4)  # every axis keeps half: 2*4*4 = 32
+    counts = axis_counts((1, 16, 16), 32)
+    assert counts[0] == 1 and math.prod(counts) <= 32 and math.prod(counts) >= 24
+    assert axis_counts((8, 8, 8), 1) == (1, 1, 1)
+    with pytest.raises(ValueError, match="budget"):
+        axis_counts((2, 2), 0)
+
+
+def test_uniform_indices():
+    assert uniform_indices(8, 4).tolist() == [1, 3, 5, 7]
+    assert uniform_indices(3, 5).tolist() == [0, 1, 2]
+
+
+def test_structure_sample_takes_the_cartesian_product():
+    x = torch.arange(1 * 1 * 4 * 8 * 8 * 1, dtype=torch.float32).reshape(1, 1, 4, 8, 8, 1)
+    s = structure_sample(x, budget=32)
+    f_idx, h_idx, w_idx = [1, 3], [1, 3, 5, 7], [1, 3, 5, 7]
+    expected = torch.tensor(
+        [fi * 64 + hi * 8 + wi for fi in f_idx for hi in h_idx for wi in w_idx], dtype=torch.float32
+    )
+    assert s.shape == (1, 32, 1)
+    torch.testing.assert_close(s[0, :, 0], expected)
+
+
+def test_fingerprint_entries():
+    x = torch.zeros(2, 3, 1, 2, 2, 4)
+    x[:, 0] = 1.0
+    x[:, 2] = 3.0
+    fp = fingerprint(x, groups=[[0, 1], [2]], action=torch.ones(2, 5))
+    assert [s.shape for s in fp.samples] == [(2, 8, 4), (2, 4, 4)]
+    torch.testing.assert_close(fp.means[0], torch.full((2, 4), 0.5))
+    torch.testing.assert_close(fp.means[1], torch.full((2, 4), 3.0))
+    assert fp.action.shape == (2, 5)
+
+
+def test_entry_cosine_values():
+    a = torch.tensor([[1.0, 0.0], [1.0, 1.0], [0.0, 0.0], [0.0, 0.0]])
+    b = torch.tensor([[0.0, 1.0], [2.0, 2.0], [0.0, 0.0], [1.0, 0.0]])
+    torch.testing.assert_close(entry_cosine(a, b), torch.tensor([0.0, 1.0, 1.0, 0.0]))
+
+
+def make_fp(sample, mean, action):
+    return Fingerprint((torch.tensor(sample),), (torch.tensor(mean),), torch.tensor(action))
+
+
+def test_min_cosine_is_the_worst_entry():
+    prev = make_fp([[[1.0, 0.0]]], [[1.0, 0.0]], [[1.0, 0.0]])
+    # Sample unchanged, mean at 60 degrees, action at 90 degrees: the action entry decides.
+    now = make_fp([[[2.0, 0.0]]], [[0.5, math.sqrt(3) / 2]], [[0.0, 1.0]])
+    torch.testing.assert_close(min_cosine(now, prev), torch.tensor([0.0]))
+    now = make_fp([[[2.0, 0.0]]], [[0.5, math.sqrt(3) / 2]], [[1.0, 0.0]])
+    torch.testing.assert_close(min_cosine(now, prev), torch.tensor([0.5]))
+
+
+def test_zero_action_twice_counts_as_equal():
+    prev = make_fp([[[1.0, 0.0]]], [[1.0, 0.0]], [[0.0, 0.0]])
+    now = make_fp([[[1.0, 0.0]]], [[1.0, 0.0]], [[0.0, 0.0]])
+    torch.testing.assert_close(min_cosine(now, prev), torch.tensor([1.0]))
+
+
+def test_max_deviation_value():
+    prev = Fingerprint(
+        (torch.tensor([[[1.0, -3.0]]]), torch.tensor([[[2.0, 2.0]]])),
+        (torch.zeros(1, 2), torch.zeros(1, 2)),
+        torch.zeros(1, 1),
+    )
+    now = Fingerprint(
+        (torch.tensor([[[1.5, -3.0]]]), torch.tensor([[[2.0, 5.0]]])),
+        prev.means,
+        prev.action,
+    )
+    # group 0: 0.5 / 2 = 0.25; group 1: 3 / 2 = 1.5; the maximum wins.
+    torch.testing.assert_close(max_deviation(now, prev), torch.tensor([1.5]), atol=1e-5, rtol=0)
+
+
+def test_ema_threshold_and_decision():
+    ema = torch.tensor([0.99, 0.99])
+    cos = torch.tensor([0.95, 1.0])
+    new = update_ema(ema, cos, alpha=0.3, fresh=torch.tensor([False, True]))
+    torch.testing.assert_close(new, torch.tensor([0.3 * 0.95 + 0.7 * 0.99, 1.0]))
+    tau = cosine_threshold(new, margin=0.02, floor=0.97)
+    torch.testing.assert_close(tau, torch.tensor([0.97, 0.98]))
+    decision = reuse_decision(
+        torch.tensor([0.975, 0.975, 0.99]), torch.tensor([0.1, 2.0, 0.1]),
+        torch.tensor([0.97, 0.97, 0.995]), tau_dev=2.0,
+    )
+    assert decision.tolist() == [True, False, False]
