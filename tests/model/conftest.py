@@ -1,0 +1,49 @@
+"""Shared fixtures of the model tests: tiny networks with every weight non-zero."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from xworld_env.model.autoencoder import Autoencoder, AutoencoderConfig
+from xworld_env.model.dit import PRESETS, CausalDiT
+from xworld_env.model.heads import Heads, HeadsConfig
+
+#: Small autoencoder for fast tests (same 8x compression as the default).
+AE_TEST = AutoencoderConfig(channels=(8, 8, 8))
+
+
+def randomize_zero_init(module: nn.Module, seed: int = 0, std: float = 0.05) -> nn.Module:
+    """Gives the zero-initialised (adaLN-Zero) weights random values, so that every block does
+    something and equivalence tests are not trivially true."""
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for param in module.parameters():
+            if not param.any():
+                param.copy_(torch.randn(param.shape, generator=generator) * std)
+    return module
+
+
+def make_dit(seed: int = 0) -> CausalDiT:
+    """The "test" preset DiT with random weights, in eval mode."""
+    torch.manual_seed(seed)
+    return randomize_zero_init(CausalDiT(PRESETS["test"]), seed).eval()
+
+
+def make_autoencoder(seed: int = 0) -> Autoencoder:
+    """A small autoencoder with random weights, in eval mode."""
+    torch.manual_seed(seed)
+    return Autoencoder(AE_TEST).eval()
+
+
+def make_heads(seed: int = 0) -> Heads:
+    """Heads with random weights, in eval mode."""
+    torch.manual_seed(seed)
+    return Heads(HeadsConfig()).eval()
+
+
+@pytest.fixture
+def dit64() -> CausalDiT:
+    """The test-preset DiT in float64, for tight equivalence checks."""
+    return make_dit().double()

@@ -1,0 +1,33 @@
+"""Heads: output shapes and units."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from xworld_env.types import EGO_FIELDS
+
+from .conftest import make_heads
+
+
+@torch.no_grad()
+def test_output_shapes():
+    out = make_heads()(torch.randn(4, 7, 2, 8, 8, 8))
+    assert out.ego.shape == (4, len(EGO_FIELDS))
+    assert out.collision_logit.shape == (4,) and out.off_road_logit.shape == (4,)
+
+
+@torch.no_grad()
+def test_ego_is_predicted_in_units_of_ego_scale():
+    heads = make_heads()
+    latents = torch.randn(2, 7, 2, 8, 8, 8)
+    before = heads(latents)
+    heads.ego_scale.mul_(2)
+    after = heads(latents)
+    torch.testing.assert_close(after.ego, 2 * before.ego)
+    torch.testing.assert_close(after.collision_logit, before.collision_logit)
+
+
+def test_wrong_shape_is_rejected():
+    with pytest.raises(ValueError, match="Heads expects latents"):
+        make_heads()(torch.zeros(1, 6, 2, 8, 8, 8))

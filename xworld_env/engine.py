@@ -1,0 +1,361 @@
+"""The chunk loop of the world model for a batch of worlds.
+
+``WorldModelEngine.step_chunk`` is one step of every world::
+
+    noise (per-world seeded generators)
+      -> S denoising passes of the DiT      (KV cache read only; blocks run by ``engine.executor``)
+      -> KV-update pass on the clean chunk  (t = 0; writes the KV cache; always full compute)
+      -> decode latents to 7 camera images
+      -> heads: ego state, collision / off-road probabilities
+
+The networks are pure; the engine owns the state between chunks: the rolling KV cache, the
+per-world random generators and the ego speed that conditions the next chunk.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from einops import rearrange
+from torch import Tensor
+
+from xworld_env.model.autoencoder import Autoencoder, to_uint8
+from xworld_env.model.checkpoint import WorldModelBundle
+from xworld_env.model.dit import BlockExecutor, CausalDiT, FullCompute
+from xworld_env.model.heads import Heads
+from xworld_env.model.kv_cache import KVCacheConfig, RollingKVCache
+from xworld_env.model.sampler import FlowSampler, SamplerConfig, draw_noise
+from xworld_env.types import EGO_FIELDS
+
+_STAT_KEYS = ("prime_s", "dit_s", "kv_update_s", "decode_s", "heads_s")
+
+
+@dataclass(frozen=True)
+class EngineConfig:
+    """Settings of :class:`WorldModelEngine`.
+
+    Attributes:
+        sampler: denoising steps and schedule.
+        kv_cache: window and sink of the rolling KV cache.
+    """
+
+    sampler: SamplerConfig = field(default_factory=SamplerConfig)
+    kv_cache: KVCacheConfig = field(default_factory=KVCacheConfig)
+
+
+@dataclass
+class ChunkOutput:
+    """What one chunk step produces for every world.
+
+    Attributes:
+        frames: (b, f, v, H, W, 3) uint8 camera images, cameras ordered as ``CAMERA_NAMES``.
+        latents: (b, v, f, h, w, c) clean latents of the chunk.
+        ego: (b, 3) ego state at the chunk's last frame, ordered as ``EGO_FIELDS``.
+        collision_prob: (b,) probability of a collision during the chunk.
+        off_road_prob: (b,) probability of being off the road.
+    """
+
+    frames: Tensor
+    latents: Tensor
+    ego: Tensor
+    collision_prob: Tensor
+    off_road_prob: Tensor
+
+
+class WorldModelEngine:
+    """Runs the world model chunk by chunk for a batch of ``b`` independent worlds.
+
+    Each world has its own random generator and its own KV-cache history, so a world's rollout
+    depends only on its seed, context and actions: resetting one world leaves the others exactly
+    as they were.
+
+    Conditioning convention: chunk ``n`` is generated with the action applied for it and the ego
+    speed at the end of chunk ``n - 1`` (the speed of the first context chunk for itself).
+
+    Attributes:
+        executor: runs the DiT blocks of the denoising passes (full compute by default; X-Cache
+            plugs in here). If it has a ``reset(worlds)`` method, the engine calls it whenever
+            worlds are reset or started (``None`` = all worlds).
+        stats: cumulative wall-clock seconds per stage (``prime_s``, ``dit_s``, ``kv_update_s``,
+            ``decode_s``, ``heads_s``) and the number of chunk steps (``chunks``).
+
+    Args:
+        config: sampler and KV-cache settings.
+        autoencoder: frozen image autoencoder.
+        dit: the causal DiT.
+        heads: ego-state and event heads.
+    """
+
+    def __init__(
+        self, config: EngineConfig, autoencoder: Autoencoder, dit: CausalDiT, heads: Heads
+    ) -> None:
+        ae = autoencoder.config
+        ae_latent = (ae.latent_size, ae.latent_size, ae.latent_channels)
+        chunk = dit.config.chunk_shape
+        if ae_latent != chunk[2:] or heads.config.chunk_shape != chunk:
+            raise ValueError(
+                f"the networks disagree on chunk latents: autoencoder (h, w, c) = {ae_latent}, "
+                f"DiT (v, f, h, w, c) = {chunk}, heads {heads.config.chunk_shape}"
+            )
+        self.config = config
+        self.autoencoder = autoencoder.eval()
+        self.dit = dit.eval()
+        self.heads = heads.eval()
+        self.sampler = FlowSampler(config.sampler)
+        self.executor: BlockExecutor = FullCompute()
+        self.stats: dict[str, float] = {}
+        self.reset_stats()
+        self.kv: RollingKVCache | None = None
+        self._generators: list[torch.Generator] = []
+        self._speed = torch.zeros(0)
+        self._started = torch.zeros(0, dtype=torch.bool)
+
+    @classmethod
+    def from_bundle(cls, config: EngineConfig, bundle: WorldModelBundle) -> WorldModelEngine:
+        """An engine over the networks of a loaded checkpoint."""
+        return cls(config, bundle.autoencoder, bundle.dit, bundle.heads)
+
+    # ------------------------------------------------------------------ properties
+
+    @property
+    def device(self) -> torch.device:
+        """Device of the DiT's weights."""
+        return next(self.dit.parameters()).device
+
+    @property
+    def batch_size(self) -> int:
+        """Number of worlds ``b`` (0 before the first :meth:`start`)."""
+        return len(self._generators)
+
+    @property
+    def latent_shape(self) -> tuple[int, ...]:
+        """Shape (v, f, h, w, c) of one world's chunk latents."""
+        return self.dit.config.chunk_shape
+
+    @property
+    def frame_shape(self) -> tuple[int, ...]:
+        """Shape (f, v, H, W, 3) of one world's chunk images."""
+        cfg, size = self.dit.config, self.autoencoder.config.image_size
+        return (cfg.frames_per_chunk, cfg.num_cameras, size, size, 3)
+
+    def reset_stats(self) -> None:
+        """Zeroes the timing statistics."""
+        self.stats = dict.fromkeys(_STAT_KEYS, 0.0) | {"chunks": 0}
+
+    # ------------------------------------------------------------------ starting and resetting
+
+    def encode(self, frames: Tensor | np.ndarray) -> Tensor:
+        """uint8 images (..., f, v, H, W, 3) -> latents (..., v, f, h, w, c) in DiT layout."""
+        frames = torch.as_tensor(frames, device=self.device)
+        with torch.no_grad():
+            latents = self.autoencoder.encode(frames)
+        return rearrange(latents, "... f v h w c -> ... v f h w c")
+
+    def start(
+        self,
+        context: Tensor | np.ndarray,
+        actions: Tensor | np.ndarray,
+        ego: Tensor | np.ndarray,
+        seeds: Sequence[int | torch.Generator],
+        worlds: Sequence[int] | Tensor | None = None,
+    ) -> None:
+        """Starts episodes: primes the KV cache with context chunks and seeds the generators.
+
+        Each context chunk is committed with a full-compute KV-update pass at ``t = 0``.
+
+        Args:
+            context: ``C >= 1`` context chunks per world: uint8 frames (n, C, f, v, H, W, 3), or
+                float latents (n, C, v, f, h, w, c) already in DiT layout.
+            actions: (n, C, 2) the action of each context chunk.
+            ego: (n, C, 3) ego state at each context chunk, ordered as ``EGO_FIELDS``.
+            seeds: n seeds (or generators), one per world, for all of its noise from now on.
+            worlds: indices of the ``n`` worlds to (re)start while the others go on; None starts
+                a fresh batch of ``b = n`` worlds.
+        """
+        latents, actions, ego = self._check_context(context, actions, ego)
+        n = latents.shape[0]
+        if len(seeds) != n:
+            raise ValueError(f"start needs one seed per world: {n}, got {len(seeds)}")
+        if worlds is None:
+            index = torch.arange(n)
+        else:
+            if self.kv is None:
+                raise RuntimeError("start(worlds=...) needs a batch started with worlds=None first")
+            index = torch.as_tensor(worlds, dtype=torch.long).flatten()
+            if len(index) != n or len(set(index.tolist())) != n:
+                raise ValueError(f"worlds must be {n} distinct indices, got {worlds}")
+            if index.min() < 0 or index.max() >= self.batch_size:
+                raise IndexError(f"world indices must be in [0, {self.batch_size}), got {worlds}")
+
+        started = time.perf_counter()
+        kv = RollingKVCache(self.config.kv_cache, self.dit.config.depth, n)
+        speed = ego[:, 0, 0]
+        with torch.no_grad():
+            for k in range(latents.shape[1]):
+                self.dit(
+                    latents[:, k],
+                    latents.new_zeros(n),
+                    actions[:, k],
+                    speed,
+                    kv=kv,
+                    step=self.sampler.num_steps,
+                    writes_kv=True,
+                    executor=FullCompute(),
+                )
+                speed = ego[:, k, 0]
+        self._sync()
+        self.stats["prime_s"] += time.perf_counter() - started
+
+        generators = [self._generator(seed) for seed in seeds]
+        if worlds is None:
+            self.kv, self._generators = kv, generators
+            self._speed = speed.clone()
+            self._started = torch.ones(n, dtype=torch.bool)
+        else:
+            self.kv.replace(index, kv)
+            for i, g in zip(index.tolist(), generators, strict=True):
+                self._generators[i] = g
+            self._speed[index] = speed
+            self._started[index] = True
+        self._reset_executor(None if worlds is None else index)
+
+    def reset_worlds(self, worlds: Sequence[int] | Tensor) -> None:
+        """Ends the episodes of some worlds; they must be started again before the next step."""
+        if self.kv is None:
+            raise RuntimeError("reset_worlds before start")
+        index = torch.as_tensor(worlds, dtype=torch.long).flatten()
+        self.kv.reset(index)
+        self._started[index] = False
+        self._reset_executor(index)
+
+    # ------------------------------------------------------------------ stepping
+
+    def step_chunk(self, actions: Tensor | np.ndarray) -> ChunkOutput:
+        """Generates the next chunk of every world.
+
+        Args:
+            actions: (b, 2) action of each world for this chunk, in [-1, 1].
+
+        Returns:
+            The chunk's frames, latents, ego state and event probabilities.
+        """
+        if self.kv is None:
+            raise RuntimeError("step_chunk before start")
+        if not bool(self._started.all()):
+            idle = (~self._started).nonzero().flatten().tolist()
+            raise RuntimeError(f"worlds {idle} were reset and not started again")
+        action = self._check_actions(actions)
+        b, kv, dit = self.batch_size, self.kv, self.dit
+        speed = self._speed
+
+        with torch.no_grad():
+            t0 = time.perf_counter()
+            noise = draw_noise(self.latent_shape, self._generators, self.device)
+
+            def denoise(x: Tensor, t: Tensor, s: int) -> Tensor:
+                return dit(x, t, action, speed, kv=kv, step=s, executor=self.executor)
+
+            x0 = self.sampler.sample(denoise, noise, self._generators)
+            t1 = self._sync()
+            # KV-update protection: the committed chunk is attended to by every later chunk, so
+            # it is always computed in full whatever executor is set (X-Cache guardrail 1).
+            dit(
+                x0,
+                x0.new_zeros(b),
+                action,
+                speed,
+                kv=kv,
+                step=self.sampler.num_steps,
+                writes_kv=True,
+                executor=FullCompute(),
+            )
+            t2 = self._sync()
+            frames = rearrange(to_uint8(self.autoencoder.decode(x0)), "b v f h w c -> b f v h w c")
+            t3 = self._sync()
+            out = self.heads(x0)
+            t4 = self._sync()
+
+        self._speed = out.ego[:, EGO_FIELDS.index("speed")].clone()
+        for key, seconds in zip(_STAT_KEYS[1:], (t1 - t0, t2 - t1, t3 - t2, t4 - t3), strict=True):
+            self.stats[key] += seconds
+        self.stats["chunks"] += 1
+        return ChunkOutput(
+            frames=frames,
+            latents=x0,
+            ego=out.ego,
+            collision_prob=torch.sigmoid(out.collision_logit),
+            off_road_prob=torch.sigmoid(out.off_road_logit),
+        )
+
+    # ------------------------------------------------------------------ helpers
+
+    def _generator(self, seed: int | torch.Generator) -> torch.Generator:
+        if isinstance(seed, torch.Generator):
+            return seed
+        return torch.Generator(device=self.device).manual_seed(int(seed))
+
+    def _reset_executor(self, worlds: Tensor | None) -> None:
+        reset = getattr(self.executor, "reset", None)
+        if callable(reset):
+            reset(worlds)
+
+    def _sync(self) -> float:
+        # CUDA kernels run asynchronously; without a sync the stage timings would be wrong.
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        return time.perf_counter()
+
+    def _check_actions(self, actions: Tensor | np.ndarray) -> Tensor:
+        action = torch.as_tensor(actions, device=self.device, dtype=torch.float32)
+        if action.shape != (self.batch_size, self.dit.config.action_dim):
+            raise ValueError(
+                f"actions must have shape {(self.batch_size, self.dit.config.action_dim)}, "
+                f"got {tuple(action.shape)}"
+            )
+        if not bool(torch.isfinite(action).all()):
+            raise ValueError("actions must be finite")
+        return action
+
+    def _check_context(
+        self, context: Tensor | np.ndarray, actions: Tensor | np.ndarray, ego: Tensor | np.ndarray
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        context = torch.as_tensor(context, device=self.device)
+        if context.dtype == torch.uint8:
+            if context.dim() != 7 or tuple(context.shape[2:]) != self.frame_shape:
+                raise ValueError(
+                    f"context frames must be uint8 (n, C, f, v, H, W, 3) with (f, v, H, W, 3) = "
+                    f"{self.frame_shape}, got {tuple(context.shape)}"
+                )
+            latents = self.encode(context)
+        elif context.is_floating_point():
+            if context.dim() != 7 or tuple(context.shape[2:]) != self.latent_shape:
+                raise ValueError(
+                    f"context latents must be float (n, C, v, f, h, w, c) with (v, f, h, w, c) = "
+                    f"{self.latent_shape}, got {tuple(context.shape)}"
+                )
+            latents = context.float()
+        else:
+            raise ValueError(f"context must be uint8 frames or float latents, got {context.dtype}")
+        n, chunks = latents.shape[:2]
+        if chunks < 1:
+            raise ValueError("start needs at least one context chunk")
+        actions = torch.as_tensor(actions, device=self.device, dtype=torch.float32)
+        ego = torch.as_tensor(ego, device=self.device, dtype=torch.float32)
+        action_dim = self.dit.config.action_dim
+        if actions.shape != (n, chunks, action_dim):
+            raise ValueError(
+                f"context actions must have shape {(n, chunks, action_dim)}, "
+                f"got {tuple(actions.shape)}"
+            )
+        if ego.shape != (n, chunks, len(EGO_FIELDS)):
+            raise ValueError(
+                f"context ego must have shape {(n, chunks, len(EGO_FIELDS))}, "
+                f"got {tuple(ego.shape)}"
+            )
+        if not (bool(torch.isfinite(actions).all()) and bool(torch.isfinite(ego).all())):
+            raise ValueError("context actions and ego state must be finite")
+        return latents, actions, ego

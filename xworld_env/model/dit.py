@@ -1,0 +1,688 @@
+"""Causal diffusion transformer over multi-camera latent chunks.
+
+Follows the DiT reference code (Peebles & Xie, "Scalable Diffusion Models with Transformers", 2023)
+with three changes for autoregressive world modelling:
+
+* the token sequence of one chunk holds every camera and frame (``v f h w`` tokens), with a learned
+  camera, frame and spatial embedding;
+* attention is bidirectional inside the chunk and causal across chunks through a
+  :class:`~xworld_env.model.kv_cache.RollingKVCache`; time across chunks is encoded by rotary
+  position embedding (RoPE, Su et al. 2021) on part of each head's channels, applied at read time
+  from each cached chunk's age;
+* conditioning is timestep + action + ego speed, entering every block through adaLN-Zero.
+
+The network predicts the rectified-flow velocity ``v = noise - x0`` of
+``x_t = (1 - t) x0 + t noise``.
+
+The block loop runs every block through an *executor* (:class:`BlockExecutor`); full compute
+(:class:`FullCompute`) is the default, X-Cache and its baselines are others. A block is a function
+of ``(x, ctx)``: its only other effect is to hand its keys and values to ``ctx.new_kv`` on passes
+that write the KV cache.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, fields, replace
+from typing import Protocol
+
+import torch
+import torch.nn.functional as F
+from einops import rearrange
+from torch import Tensor, nn
+
+from xworld_env.model.kv_cache import KVView, RollingKVCache
+from xworld_env.types import CAMERA_NAMES
+
+
+def modulate(x: Tensor, shift: Tensor, scale: Tensor) -> Tensor:
+    """adaLN modulation: ``x * (1 + scale) + shift``."""
+    return torch.addcmul(shift, x, 1 + scale)
+
+
+# ---------------------------------------------------------------------------- embedders
+
+
+class TimestepEmbedder(nn.Module):
+    """Embeds flow time ``t`` in [0, 1] as a vector of width ``d`` (sinusoid + MLP, as in DiT).
+
+    Args:
+        width: model width ``d``.
+        frequency_size: size of the sinusoidal feature before the MLP.
+    """
+
+    def __init__(self, width: int, frequency_size: int = 256) -> None:
+        super().__init__()
+        self.frequency_size = frequency_size
+        self.mlp = nn.Sequential(
+            nn.Linear(frequency_size, width), nn.SiLU(), nn.Linear(width, width)
+        )
+
+    @staticmethod
+    def timestep_embedding(t: Tensor, dim: int, max_period: float = 10000.0) -> Tensor:
+        """Sinusoidal features of (b,) scalars, shape (b, dim)."""
+        half = dim // 2
+        freqs = torch.exp(
+            -math.log(max_period) * torch.arange(half, dtype=torch.float32, device=t.device) / half
+        )
+        args = t[:, None].float() * freqs[None]
+        return torch.cat([torch.cos(args), torch.sin(args)], dim=-1)
+
+    def forward(self, t: Tensor) -> Tensor:
+        """(b,) flow times in [0, 1] -> (b, d)."""
+        # Scaled to the 0..1000 range the sinusoid frequencies were designed for.
+        freq = self.timestep_embedding(t * 1000.0, self.frequency_size)
+        return self.mlp(freq.to(self.mlp[0].weight.dtype))
+
+
+class ConditionEmbedder(nn.Module):
+    """Embeds the chunk's action and the ego speed before it as a vector of width ``d``.
+
+    Args:
+        width: model width ``d``.
+        action_dim: size of the action vector.
+        speed_scale: speed in m/s that maps to 1.0 before the MLP.
+    """
+
+    def __init__(self, width: int, action_dim: int, speed_scale: float) -> None:
+        super().__init__()
+        self.speed_scale = speed_scale
+        self.mlp = nn.Sequential(
+            nn.Linear(action_dim + 1, width), nn.SiLU(), nn.Linear(width, width)
+        )
+
+    def forward(self, action: Tensor, ego_speed: Tensor) -> Tensor:
+        """action (b, 2) in [-1, 1], ego_speed (b,) in m/s -> (b, d)."""
+        features = torch.cat([action, ego_speed[:, None] / self.speed_scale], dim=-1)
+        return self.mlp(features.to(self.mlp[0].weight.dtype))
+
+
+class PatchEmbed(nn.Module):
+    """Cuts each camera-frame latent into ``p x p`` patches and projects them to width ``d``.
+
+    Args:
+        patch_size: patch side ``p`` in latent cells.
+        in_channels: latent channels ``c``.
+        width: model width ``d``.
+    """
+
+    def __init__(self, patch_size: int, in_channels: int, width: int) -> None:
+        super().__init__()
+        self.patch_size = patch_size
+        self.proj = nn.Linear(patch_size * patch_size * in_channels, width)
+
+    def forward(self, x: Tensor) -> Tensor:
+        """(..., v, f, h*p, w*p, c) latents -> (..., v, f, h, w, d) tokens."""
+        p = self.patch_size
+        patches = rearrange(x, "... v f (h p) (w q) c -> ... v f h w (p q c)", p=p, q=p)
+        return self.proj(patches)
+
+
+class RotaryEmbedding(nn.Module):
+    """Rotary position tables over time, for the first ``dims`` channels of each head.
+
+    Args:
+        dims: rotated channels per head (even).
+        theta: base of the frequency ladder. Positions span only a few chunks of frames, so a
+            base far below the usual 10000 keeps every frequency pair informative.
+    """
+
+    def __init__(self, dims: int, theta: float) -> None:
+        super().__init__()
+        self.dims = dims
+        inv_freq = theta ** (-torch.arange(0, dims, 2, dtype=torch.float32) / max(dims, 1))
+        self.register_buffer("inv_freq", inv_freq, persistent=False)
+
+    def forward(self, positions: Tensor) -> tuple[Tensor, Tensor]:
+        """Positions (..., n) in frames -> (cos, sin), each (..., 1, n, dims / 2) (head axis)."""
+        angles = positions.to(self.inv_freq.dtype)[..., None] * self.inv_freq
+        return torch.cos(angles).unsqueeze(-3), torch.sin(angles).unsqueeze(-3)
+
+
+def apply_rotary(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
+    """Rotates the first ``2 * cos.shape[-1]`` channels of x (b, heads, n, e) by the tables."""
+    r = cos.shape[-1]
+    if r == 0:
+        return x
+    x1, x2, rest = x[..., :r], x[..., r : 2 * r], x[..., 2 * r :]
+    cos, sin = cos.to(x.dtype), sin.to(x.dtype)
+    return torch.cat([x1 * cos - x2 * sin, x2 * cos + x1 * sin, rest], dim=-1)
+
+
+# ---------------------------------------------------------------------------- block context
+
+
+@dataclass
+class RotaryTables:
+    """Rotary tables of one forward pass, shared by all blocks.
+
+    Attributes:
+        current: (cos, sin) for the queries and keys of the tokens being computed, (1, 1, n, r).
+        past: (cos, sin) for the cached keys, (b, 1, n_past, r), or None without a past.
+    """
+
+    current: tuple[Tensor, Tensor]
+    past: tuple[Tensor, Tensor] | None = None
+
+
+@dataclass
+class BlockContext:
+    """What block ``l`` needs besides its input, for one forward pass.
+
+    Attributes:
+        c: adaLN conditioning, (b, d); (b, t, d) with one vector per chunk in sequence mode.
+        action: the action + ego-speed part of ``c``, same shape; an entry of X-Cache fingerprints.
+        step: denoising step index ``s`` of this pass (``num_steps`` for the KV-update pass).
+        writes_kv: whether this pass commits keys and values to the cache; such a pass must call
+            every block (X-Cache guardrail 1).
+        past: the block's cached past keys/values (read only), or None.
+        rope: rotary tables of this pass.
+        attn_mask: boolean attention mask (True = attend) broadcastable to
+            (b, heads, queries, keys), or None to attend everywhere.
+        new_kv: output slot: the block puts its (un-rotated) keys and values here, each
+            (b, heads, tokens, e), when ``writes_kv`` is True.
+    """
+
+    c: Tensor
+    action: Tensor
+    step: int
+    writes_kv: bool
+    past: KVView | None
+    rope: RotaryTables
+    attn_mask: Tensor | None = None
+    new_kv: tuple[Tensor, Tensor] | None = None
+
+    def select(self, worlds: Tensor) -> BlockContext:
+        """The context restricted to a subset of worlds, for computing a block on part of a batch.
+
+        Args:
+            worlds: long indices into the batch axis.
+        """
+        if self.writes_kv:
+            raise RuntimeError("a KV-writing pass computes every block for every world")
+        if self.c.dim() != 2:
+            raise RuntimeError("select works on single-chunk passes, not on sequence passes")
+
+        def pick(x: Tensor | None) -> Tensor | None:
+            return x if x is None or x.shape[0] == 1 else x[worlds]
+
+        past = None if self.past is None else KVView(*(pick(t) for t in self.past))
+        rope = self.rope
+        if rope.past is not None:
+            rope = RotaryTables(rope.current, (pick(rope.past[0]), pick(rope.past[1])))
+        return replace(
+            self,
+            c=self.c[worlds],
+            action=self.action[worlds],
+            past=past,
+            rope=rope,
+            attn_mask=pick(self.attn_mask),
+            new_kv=None,
+        )
+
+
+# ---------------------------------------------------------------------------- blocks
+
+
+def _per_chunk(x: Tensor, mod: Tensor) -> tuple[Tensor, Tensor]:
+    """Views x as (b, t, tokens, d) and mod as (b, t, 1, k): one modulation vector per chunk."""
+    b, d = x.shape[0], x.shape[-1]
+    chunks = 1 if mod.dim() == 2 else mod.shape[1]
+    return x.reshape(b, chunks, -1, d), mod.reshape(b, chunks, 1, mod.shape[-1])
+
+
+class Attention(nn.Module):
+    """Multi-head self-attention over the chunk's tokens and the cached past.
+
+    Args:
+        width: model width ``d``.
+        num_heads: attention heads; ``d / heads`` channels each.
+    """
+
+    def __init__(self, width: int, num_heads: int) -> None:
+        super().__init__()
+        self.num_heads = num_heads
+        self.qkv = nn.Linear(width, 3 * width)
+        self.proj = nn.Linear(width, width)
+
+    def forward(self, x: Tensor, ctx: BlockContext) -> Tensor:
+        """(b, n, d) tokens -> (b, n, d)."""
+        q, k, v = rearrange(
+            self.qkv(x), "b n (qkv heads e) -> qkv b heads n e", qkv=3, heads=self.num_heads
+        )
+        if ctx.writes_kv:
+            ctx.new_kv = (k, v)
+        cos, sin = ctx.rope.current
+        q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
+        if ctx.past is not None:
+            k = torch.cat([apply_rotary(ctx.past.k, *ctx.rope.past), k], dim=2)
+            v = torch.cat([ctx.past.v, v], dim=2)
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=ctx.attn_mask)
+        return self.proj(rearrange(out, "b heads n e -> b n (heads e)"))
+
+
+class Mlp(nn.Module):
+    """Two-layer MLP with tanh-GELU, as in DiT."""
+
+    def __init__(self, width: int, hidden: int) -> None:
+        super().__init__()
+        self.fc1 = nn.Linear(width, hidden)
+        self.act = nn.GELU(approximate="tanh")
+        self.fc2 = nn.Linear(hidden, width)
+
+    def forward(self, x: Tensor) -> Tensor:
+        """(..., d) -> (..., d)."""
+        return self.fc2(self.act(self.fc1(x)))
+
+
+class DiTBlock(nn.Module):
+    """Transformer block with adaLN-Zero conditioning.
+
+    Args:
+        width: model width ``d``.
+        num_heads: attention heads.
+        mlp_ratio: MLP hidden width over ``d``.
+    """
+
+    def __init__(self, width: int, num_heads: int, mlp_ratio: float) -> None:
+        super().__init__()
+        self.norm1 = nn.LayerNorm(width, elementwise_affine=False, eps=1e-6)
+        self.attn = Attention(width, num_heads)
+        self.norm2 = nn.LayerNorm(width, elementwise_affine=False, eps=1e-6)
+        self.mlp = Mlp(width, int(width * mlp_ratio))
+        self.adaLN_modulation = nn.Sequential(nn.SiLU(), nn.Linear(width, 6 * width))
+
+    def forward(self, x: Tensor, ctx: BlockContext) -> Tensor:
+        """x (b, v, f, h, w, d) -> same shape; (b, t, v, f, h, w, d) in sequence mode."""
+        tokens, mod = _per_chunk(x, self.adaLN_modulation(ctx.c))
+        shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = mod.chunk(6, dim=-1)
+        attn_in = modulate(self.norm1(tokens), shift_msa, scale_msa)
+        attn_out = self.attn(attn_in.flatten(1, 2), ctx).view_as(tokens)
+        tokens = tokens + gate_msa * attn_out
+        tokens = tokens + gate_mlp * self.mlp(modulate(self.norm2(tokens), shift_mlp, scale_mlp))
+        return tokens.view(x.shape)
+
+
+class FinalLayer(nn.Module):
+    """adaLN-modulated projection of tokens back to patches of latent channels."""
+
+    def __init__(self, width: int, patch_size: int, out_channels: int) -> None:
+        super().__init__()
+        self.norm_final = nn.LayerNorm(width, elementwise_affine=False, eps=1e-6)
+        self.linear = nn.Linear(width, patch_size * patch_size * out_channels)
+        self.adaLN_modulation = nn.Sequential(nn.SiLU(), nn.Linear(width, 2 * width))
+
+    def forward(self, x: Tensor, c: Tensor) -> Tensor:
+        """x (..., h, w, d), c (b, d) or (b, t, d) -> (..., h, w, p*p*c)."""
+        tokens, mod = _per_chunk(x, self.adaLN_modulation(c))
+        shift, scale = mod.chunk(2, dim=-1)
+        out = self.linear(modulate(self.norm_final(tokens), shift, scale))
+        return out.reshape(*x.shape[:-1], -1)
+
+
+# ---------------------------------------------------------------------------- executors
+
+
+class BlockExecutor(Protocol):
+    """Runs block ``l`` at denoising step ``s``; the seam where X-Cache decides reuse.
+
+    An executor may return ``x + stored_residual`` instead of calling the block, except on passes
+    with ``ctx.writes_kv`` (those must call ``block(x, ctx)``; ``CausalDiT.forward`` checks it). To
+    compute a block for some worlds only, call ``block(x[worlds], ctx.select(worlds))``.
+    """
+
+    def run(self, s: int, l: int, block: DiTBlock, x: Tensor, ctx: BlockContext) -> Tensor:  # noqa: E741
+        """Returns the block output for input x (b, v, f, h, w, d)."""
+        ...
+
+
+class FullCompute:
+    """The default executor: every block is computed."""
+
+    def run(self, s: int, l: int, block: DiTBlock, x: Tensor, ctx: BlockContext) -> Tensor:  # noqa: E741
+        """Returns ``block(x, ctx)``."""
+        return block(x, ctx)
+
+
+# ---------------------------------------------------------------------------- model
+
+
+@dataclass(frozen=True)
+class DiTConfig:
+    """Architecture of :class:`CausalDiT`.
+
+    Attributes:
+        width: model width ``d``.
+        depth: number of DiT blocks.
+        num_heads: attention heads.
+        mlp_ratio: MLP hidden width over ``d``.
+        patch_size: patch side on the latent grid.
+        latent_channels: latent channels ``c`` (must match the autoencoder).
+        latent_size: latent grid side (8 for 64x64 images and an 8x autoencoder).
+        num_cameras: cameras ``v`` per chunk.
+        frames_per_chunk: frames ``f`` per chunk.
+        action_dim: size of the action vector.
+        speed_scale: ego speed in m/s that the condition embedder maps to 1.0.
+        rope_fraction: fraction of each head's channels rotated by temporal RoPE; the rest carry
+            position-free content, so that matching the same place across time does not depend
+            on how long ago it was seen.
+        rope_theta: base of the RoPE frequency ladder.
+    """
+
+    width: int = 256
+    depth: int = 8
+    num_heads: int = 4
+    mlp_ratio: float = 4.0
+    patch_size: int = 2
+    latent_channels: int = 8
+    latent_size: int = 8
+    num_cameras: int = len(CAMERA_NAMES)
+    frames_per_chunk: int = 2
+    action_dim: int = 2
+    speed_scale: float = 30.0
+    rope_fraction: float = 0.5
+    rope_theta: float = 100.0
+
+    def __post_init__(self) -> None:
+        if self.width % self.num_heads:
+            raise ValueError(f"width {self.width} is not divisible by num_heads {self.num_heads}")
+        if self.latent_size % self.patch_size:
+            raise ValueError(
+                f"latent_size {self.latent_size} is not divisible by patch_size {self.patch_size}"
+            )
+        if not 0.0 <= self.rope_fraction <= 1.0:
+            raise ValueError(f"rope_fraction must be in [0, 1], got {self.rope_fraction}")
+
+    @property
+    def grid_size(self) -> int:
+        """Token grid side per camera-frame (``latent_size / patch_size``)."""
+        return self.latent_size // self.patch_size
+
+    @property
+    def chunk_shape(self) -> tuple[int, int, int, int, int]:
+        """Shape (v, f, h, w, c) of one world's chunk latents."""
+        size = self.latent_size
+        return (self.num_cameras, self.frames_per_chunk, size, size, self.latent_channels)
+
+    @property
+    def tokens_per_chunk(self) -> int:
+        """Tokens of one chunk: ``v * f * grid_size**2``."""
+        return self.num_cameras * self.frames_per_chunk * self.grid_size**2
+
+    @property
+    def rope_dims(self) -> int:
+        """Channels per head rotated by RoPE (even)."""
+        head_dim = self.width // self.num_heads
+        return int(head_dim * self.rope_fraction) // 2 * 2
+
+
+class CausalDiT(nn.Module):
+    """Chunk-causal DiT: one denoising evaluation of one chunk for a batch of worlds.
+
+    Args:
+        config: architecture.
+    """
+
+    def __init__(self, config: DiTConfig) -> None:
+        super().__init__()
+        self.config = config
+        d, g = config.width, config.grid_size
+        self.patch_embed = PatchEmbed(config.patch_size, config.latent_channels, d)
+        self.t_embedder = TimestepEmbedder(d)
+        self.cond_embedder = ConditionEmbedder(d, config.action_dim, config.speed_scale)
+        self.camera_embed = nn.Parameter(torch.zeros(config.num_cameras, d))
+        self.frame_embed = nn.Parameter(torch.zeros(config.frames_per_chunk, d))
+        self.spatial_embed = nn.Parameter(torch.zeros(g, g, d))
+        self.rope = RotaryEmbedding(config.rope_dims, config.rope_theta)
+        self.blocks = nn.ModuleList(
+            DiTBlock(d, config.num_heads, config.mlp_ratio) for _ in range(config.depth)
+        )
+        self.final_layer = FinalLayer(d, config.patch_size, config.latent_channels)
+        # Frame index of every token of a chunk, in (v f h w) order.
+        frame = torch.arange(config.frames_per_chunk)[None, :, None].expand(
+            config.num_cameras, -1, g * g
+        )
+        self.register_buffer("token_frame", frame.flatten(), persistent=False)
+        self.initialize_weights()
+
+    def initialize_weights(self) -> None:
+        """DiT initialisation; the only place where anything is zero-initialised (adaLN-Zero)."""
+
+        def _basic_init(module: nn.Module) -> None:
+            if isinstance(module, nn.Linear):
+                nn.init.xavier_uniform_(module.weight)
+                nn.init.zeros_(module.bias)
+
+        self.apply(_basic_init)
+        for embed in (self.camera_embed, self.frame_embed, self.spatial_embed):
+            nn.init.normal_(embed, std=0.02)
+        for mlp in (self.t_embedder.mlp, self.cond_embedder.mlp):
+            nn.init.normal_(mlp[0].weight, std=0.02)
+            nn.init.normal_(mlp[2].weight, std=0.02)
+        # adaLN-Zero: every block starts as the identity and the output as zero velocity.
+        for block in self.blocks:
+            nn.init.zeros_(block.adaLN_modulation[-1].weight)
+            nn.init.zeros_(block.adaLN_modulation[-1].bias)
+        nn.init.zeros_(self.final_layer.adaLN_modulation[-1].weight)
+        nn.init.zeros_(self.final_layer.adaLN_modulation[-1].bias)
+        nn.init.zeros_(self.final_layer.linear.weight)
+        nn.init.zeros_(self.final_layer.linear.bias)
+
+    # ------------------------------------------------------------------ pieces
+
+    def condition(self, t: Tensor, action: Tensor, ego_speed: Tensor) -> tuple[Tensor, Tensor]:
+        """Conditioning vectors.
+
+        Args:
+            t: (b,) flow time in [0, 1].
+            action: (b, 2) action in [-1, 1].
+            ego_speed: (b,) ego speed in m/s before the chunk.
+
+        Returns:
+            ``(c, a)``: the full adaLN conditioning (b, d) and its action + speed part (b, d).
+        """
+        a = self.cond_embedder(action, ego_speed)
+        return self.t_embedder(t) + a, a
+
+    def embed(self, x: Tensor) -> Tensor:
+        """Latents (..., v, f, H, W, c) -> tokens (..., v, f, h, w, d) with position embeddings."""
+        pos = (
+            self.camera_embed[:, None, None, None]
+            + self.frame_embed[None, :, None, None]
+            + self.spatial_embed[None, None]
+        )
+        return self.patch_embed(x) + pos
+
+    def unpatchify(self, out: Tensor) -> Tensor:
+        """(..., v, f, h, w, p*p*c) -> (..., v, f, H, W, c)."""
+        p = self.config.patch_size
+        return rearrange(out, "... v f h w (p q c) -> ... v f (h p) (w q) c", p=p, q=p)
+
+    def _check_latents(self, x: Tensor, leading: int) -> None:
+        expected = self.config.chunk_shape
+        if x.dim() != leading + 5 or tuple(x.shape[leading:]) != expected:
+            raise ValueError(
+                f"CausalDiT expects latents of shape ({'b, t, ' if leading == 2 else 'b, '}"
+                f"v, f, h, w, c) with (v, f, h, w, c) = {expected}, got {tuple(x.shape)}"
+            )
+
+    def _past_inputs(
+        self, kv: RollingKVCache | None, device: torch.device
+    ) -> tuple[tuple[Tensor, Tensor] | None, Tensor | None]:
+        """Rotary tables of the cached keys and the key mask, from the cache's slot ages."""
+        meta = None if kv is None else kv.ages()
+        if meta is None:
+            return None, None
+        age, valid = (m.to(device) for m in meta)
+        frames = self.config.frames_per_chunk
+        positions = -age[:, :, None] * frames + self.token_frame  # (b, n, tokens)
+        tables = self.rope(positions.flatten(1))
+        if bool(valid.all()):
+            return tables, None
+        tokens = self.config.tokens_per_chunk
+        key_valid = torch.cat(
+            [valid.repeat_interleave(tokens, dim=1), valid.new_ones(valid.shape[0], tokens)], dim=1
+        )
+        return tables, key_valid[:, None, None, :]
+
+    # ------------------------------------------------------------------ forward
+
+    def forward(
+        self,
+        x: Tensor,
+        t: Tensor,
+        action: Tensor,
+        ego_speed: Tensor,
+        kv: RollingKVCache | None = None,
+        step: int = 0,
+        writes_kv: bool = False,
+        executor: BlockExecutor | None = None,
+    ) -> Tensor:
+        """One denoising evaluation of one chunk for a batch of worlds.
+
+        The chunk attends to itself (all cameras and frames) and to the past chunks held by
+        ``kv``. The cache is only read, except that with ``writes_kv`` the chunk's keys and values
+        are committed to it after the pass (the caller decides; it is the KV-update pass on the
+        clean chunk at ``t = 0``).
+
+        Args:
+            x: (b, v, f, h, w, c) noisy latents of the chunk.
+            t: (b,) flow time in [0, 1] (1 = pure noise).
+            action: (b, 2) action of the chunk, in [-1, 1].
+            ego_speed: (b,) ego speed in m/s before the chunk.
+            kv: past keys/values of the ``b`` worlds, or None for no past.
+            step: denoising step index ``s``, passed to the executor.
+            writes_kv: commit this chunk's keys and values to ``kv``.
+            executor: runs each block; :class:`FullCompute` when None.
+
+        Returns:
+            (b, v, f, h, w, c) predicted velocity ``noise - x0``.
+        """
+        self._check_latents(x, leading=1)
+        if kv is not None and kv.batch_size != x.shape[0]:
+            raise ValueError(f"kv cache holds {kv.batch_size} worlds, latents {x.shape[0]}")
+        if writes_kv and kv is None:
+            raise ValueError("writes_kv=True needs a kv cache to write to")
+        executor = FullCompute() if executor is None else executor
+        c, a = self.condition(t, action, ego_speed)
+        h = self.embed(x)
+        past_rope, attn_mask = self._past_inputs(kv, h.device)
+        rope = RotaryTables(self.rope(self.token_frame), past_rope)
+        keys, values = [], []
+        for l, block in enumerate(self.blocks):  # noqa: E741
+            ctx = BlockContext(
+                c=c,
+                action=a,
+                step=step,
+                writes_kv=writes_kv,
+                past=None if kv is None else kv.view(l),
+                rope=rope,
+                attn_mask=attn_mask,
+            )
+            h = executor.run(step, l, block, h, ctx)
+            if writes_kv:
+                if ctx.new_kv is None:
+                    raise RuntimeError(
+                        f"executor {type(executor).__name__} did not compute block {l} on a "
+                        "KV-writing pass; such passes must compute every block"
+                    )
+                keys.append(ctx.new_kv[0])
+                values.append(ctx.new_kv[1])
+        out = self.unpatchify(self.final_layer(h, c))
+        if writes_kv:
+            kv.commit(keys, values)
+        return out
+
+    def forward_sequence(
+        self,
+        clean: Tensor,
+        action: Tensor,
+        ego_speed: Tensor,
+        window: int | None = None,
+        noisy: Tensor | None = None,
+        t: Tensor | None = None,
+    ) -> Tensor:
+        """Block-causal pass over a whole sequence of chunks with one attention mask.
+
+        The reference for the cached chunk loop, and a teacher-forcing training forward. Chunk
+        ``i`` attends to itself and to the clean chunks ``max(0, i - window) .. i - 1`` (all
+        earlier chunks when ``window`` is None), exactly what the engine's chunk loop with a
+        ``RollingKVCache(window)`` without sink sees. With a sink the two agree while no chunk has
+        been evicted (``t <= window + 1`` chunks).
+
+        Args:
+            clean: (b, t, v, f, h, w, c) clean latents of ``t`` consecutive chunks.
+            action: (b, t, 2) action of each chunk.
+            ego_speed: (b, t) ego speed before each chunk.
+            window: past chunks visible to each chunk, or None for all.
+            noisy: optional (b, t, v, f, h, w, c) noisy versions of the chunks.
+            t: (b, t) flow time of ``noisy``; required with it.
+
+        Returns:
+            Without ``noisy``: (b, t, v, f, h, w, c), the output of each clean chunk at ``t = 0``
+            (the KV-update pass). With ``noisy``: the output for each noisy chunk ``i``, which
+            attends to clean chunks before ``i`` and to itself (a denoising pass).
+        """
+        self._check_latents(clean, leading=2)
+        b, n = clean.shape[:2]
+        chunk = torch.arange(n, device=clean.device)
+        times = clean.new_zeros(b, n)
+        is_noisy = torch.zeros(n, dtype=torch.bool, device=clean.device)
+        if noisy is not None:
+            self._check_latents(noisy, leading=2)
+            if t is None or t.shape != (b, n):
+                raise ValueError(f"forward_sequence with noisy chunks needs t of shape {(b, n)}")
+            clean = torch.cat([clean, noisy], dim=1)
+            times = torch.cat([times, t.to(times.dtype)], dim=1)
+            action = torch.cat([action, action], dim=1)
+            ego_speed = torch.cat([ego_speed, ego_speed], dim=1)
+            chunk = chunk.repeat(2)
+            is_noisy = torch.cat([is_noisy, ~is_noisy])
+        g = clean.shape[1]
+        c, a = self.condition(times.flatten(), action.flatten(0, 1), ego_speed.flatten())
+        c, a = c.view(b, g, -1), a.view(b, g, -1)
+
+        # Chunk-level mask, query chunk (rows) x key chunk (columns).
+        span = n if window is None else window
+        qi, kj = chunk[:, None], chunk[None, :]
+        visible = (kj >= qi - span) & torch.where(is_noisy[:, None], kj < qi, kj <= qi)
+        visible = (visible & ~is_noisy[None, :]) | torch.eye(g, dtype=torch.bool, device=c.device)
+        tokens = self.config.tokens_per_chunk
+        mask = visible.repeat_interleave(tokens, 0).repeat_interleave(tokens, 1)
+        positions = (chunk[:, None] * self.config.frames_per_chunk + self.token_frame).flatten()
+        rope = RotaryTables(self.rope(positions))
+
+        h = self.embed(clean)
+        for block in self.blocks:
+            ctx = BlockContext(
+                c=c, action=a, step=0, writes_kv=False, past=None, rope=rope, attn_mask=mask
+            )
+            h = block(h, ctx)
+        out = self.unpatchify(self.final_layer(h, c))
+        return out[:, n:] if noisy is not None else out
+
+
+# ---------------------------------------------------------------------------- presets
+
+PRESETS: dict[str, DiTConfig] = {
+    "test": DiTConfig(width=64, depth=2, num_heads=2),
+    "tiny": DiTConfig(width=256, depth=8, num_heads=4),
+    "small": DiTConfig(width=384, depth=12, num_heads=6),
+    "base": DiTConfig(width=768, depth=12, num_heads=12),
+}
+
+
+def dit_config(preset: str = "tiny", **overrides: object) -> DiTConfig:
+    """The config of a named preset, with some fields replaced.
+
+    Args:
+        preset: one of ``PRESETS``.
+        **overrides: DiTConfig fields to change.
+    """
+    if preset not in PRESETS:
+        raise KeyError(f"unknown DiT preset {preset!r}; known: {', '.join(PRESETS)}")
+    known = {f.name for f in fields(DiTConfig)}
+    unknown = set(overrides) - known
+    if unknown:
+        raise TypeError(f"unknown DiTConfig fields {sorted(unknown)}; known: {sorted(known)}")
+    return replace(PRESETS[preset], **overrides)
