@@ -38,6 +38,15 @@ def _scenario_bank(args: argparse.Namespace) -> int:
     return main(args.overrides)
 
 
+def _train(args: argparse.Namespace) -> int:
+    from xworld_env.training import run_stage
+
+    result = run_stage(args.stage, args.overrides)
+    for key, value in result.items():
+        print(f"{key}: {value}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="xworld",
@@ -67,6 +76,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("overrides", nargs="*", help="hydra overrides of configs/scenario_bank.yaml")
     p.set_defaults(func=_scenario_bank)
+
+    p = sub.add_parser(
+        "train", help="train a stage of the world model (hydra overrides of configs/train/STAGE)"
+    )
+    p.add_argument("stage", choices=["autoencoder", "world-model", "heads", "bundle"])
+    p.add_argument("overrides", nargs="*", help="hydra overrides, e.g. steps=100 device=cuda")
+    p.set_defaults(func=_train)
     return parser
 
 

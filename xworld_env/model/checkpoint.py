@@ -229,3 +229,35 @@ def load_bundle(path: str | os.PathLike, device: torch.device | str = "cpu") -> 
                 f"{weights}: weights of {prefix!r} do not fit the config in {CONFIG_NAME}: {err}"
             ) from err
     return bundle.to(device).eval()
+
+
+def save_training_state(path: str | os.PathLike, state: dict[str, Any]) -> Path:
+    """Writes a resumable training state (weights, optimiser, step, RNG) atomically.
+
+    The file is written next to its destination and renamed into place, so an interrupted save
+    never replaces a good state with a partial one.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(state, tmp)
+    os.replace(tmp, path)
+    return path
+
+
+def load_training_state(path: str | os.PathLike) -> dict[str, Any]:
+    """Reads a state written by :func:`save_training_state`.
+
+    Raises:
+        CheckpointError: missing, truncated or unreadable file.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"no training state at {path}")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # torch raises several unrelated types for a damaged file
+        raise CheckpointError(
+            f"training state {path} is unreadable ({type(err).__name__}: {err}); delete it to "
+            "start the run afresh"
+        ) from None

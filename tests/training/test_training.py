@@ -1,0 +1,135 @@
+"""Training stages on a tiny dataset and tiny configs of the real networks."""
+
+import dataclasses
+import json
+
+import pytest
+import torch
+
+from xworld_env.config import build, compose
+from xworld_env.data.generate import GenerateConfig, generate
+from xworld_env.engine import EngineConfig, WorldModelEngine
+from xworld_env.model.checkpoint import load_bundle
+from xworld_env.model.dit import CausalDiT, dit_config
+from xworld_env.model.sampler import FlowSampler, SamplerConfig
+from xworld_env.training import run_stage
+from xworld_env.training.autoencoder import AutoencoderTrainConfig, train_autoencoder
+from xworld_env.training.bundle import BundleConfig, assemble
+from xworld_env.training.heads import HeadsTrainConfig, auroc, train_heads
+from xworld_env.training.losses import flow_matching_loss, sample_flow_times
+from xworld_env.training.world_model import (
+    WorldModelTrainConfig,
+    batch_of,
+    encode_split,
+    load_autoencoder,
+    train_world_model,
+    window_starts,
+)
+
+AE_SMALL = {"channels": (4, 8, 8), "latent_channels": 4, "batch_images": 8, "val_images": 16}
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory):
+    out = tmp_path_factory.mktemp("train") / "dataset"
+    cfg = compose("generate", ["data=tiny", f"data.out={out}"])
+    data = dataclasses.replace(
+        build(GenerateConfig, cfg.data), families=("highway",), chunks_per_episode=6
+    )
+    generate(data, cfg.sim, progress=False)
+    return out
+
+
+@pytest.fixture(scope="module")
+def trained(dataset, tmp_path_factory):
+    runs = tmp_path_factory.mktemp("runs")
+    ae = AutoencoderTrainConfig(data=str(dataset), run_dir=str(runs / "ae"), steps=3, **AE_SMALL)
+    train_autoencoder(ae, progress=False)
+    common = {"data": str(dataset), "autoencoder": str(runs / "ae" / "autoencoder.pt"),
+              "latents_dir": str(runs / "latents")}
+    wm = WorldModelTrainConfig(**common, run_dir=str(runs / "wm"), preset="test", window=2,
+                               chunks=3, batch=2, steps=2, save_every=1)
+    train_world_model(wm, progress=False)
+    heads = HeadsTrainConfig(**common, run_dir=str(runs / "heads"), steps=3, batch=4)
+    metrics = train_heads(heads, progress=False)
+    return runs, common, metrics
+
+
+def test_autoencoder_stage_resumes(dataset, tmp_path):
+    cfg = AutoencoderTrainConfig(
+        data=str(dataset), run_dir=str(tmp_path), steps=2, log_every=1, **AE_SMALL
+    )
+    first = train_autoencoder(cfg, progress=False)
+    assert first["steps"] == 2 and first["val_psnr"] > 0
+    more = train_autoencoder(dataclasses.replace(cfg, steps=4), progress=False)
+    assert more["steps"] == 4
+    rows = [json.loads(line) for line in (tmp_path / "log.jsonl").read_text().splitlines()]
+    # Two steps, then two more: nothing trained twice.
+    assert [r["step"] for r in rows if "loss" in r] == [1, 2, 3, 4]
+
+
+def test_one_step_lowers_the_flow_loss(trained):
+    runs, common, _ = trained
+    ae = load_autoencoder(common["autoencoder"], torch.device("cpu"))
+    data = encode_split(ae, common["data"], "train", None)
+    batch = batch_of(data, window_starts(data["valid"], 3)[:2], 3)
+    torch.manual_seed(0)
+    model = CausalDiT(dit_config("test", latent_channels=ae.config.latent_channels))
+    times = FlowSampler(SamplerConfig()).timesteps()[:-1]
+    t = sample_flow_times(6, times, 3.0, 0.5, torch.Generator().manual_seed(0)).view(2, 3)
+
+    def loss():
+        return flow_matching_loss(model, batch["latents"], batch["actions"], batch["speed"], t,
+                                  window=2, generator=torch.Generator().manual_seed(1))
+
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.05)
+    before = loss()
+    before.backward()
+    optimizer.step()
+    with torch.no_grad():
+        after = loss()
+    assert after.item() < before.item()
+
+
+def test_speed_conditioning_is_the_speed_before_each_chunk(trained):
+    runs, common, _ = trained
+    ae = load_autoencoder(common["autoencoder"], torch.device("cpu"))
+    data = encode_split(ae, common["data"], "train", None)
+    starts = torch.tensor([[0, 0], [0, 2]])
+    batch = batch_of(data, starts, 3)
+    ego_speed = data["ego"][0, :, 0]
+    assert batch["speed"][0].tolist() == [ego_speed[0], ego_speed[0], ego_speed[1]]
+    assert batch["speed"][1].tolist() == [ego_speed[1], ego_speed[2], ego_speed[3]]
+
+
+def test_heads_metrics(trained):
+    _, _, metrics = trained
+    for key in ("speed_mae", "lane_offset_mae", "collision_accuracy", "off_road_accuracy"):
+        assert key in metrics and metrics[key] == metrics[key]  # present and not NaN
+
+
+def test_auroc_values():
+    import numpy as np
+
+    assert auroc(np.array([0.1, 0.4, 0.35, 0.8]), np.array([0, 0, 1, 1])) == 0.75
+    assert np.isnan(auroc(np.array([0.1, 0.2]), np.array([0, 0])))
+
+
+def test_bundle_loads_into_the_engine(trained, tmp_path):
+    runs, common, _ = trained
+    path = assemble(BundleConfig(autoencoder=common["autoencoder"], world_model=str(runs / "wm"),
+                                 heads=str(runs / "heads"), out=str(tmp_path / "bundle")))
+    bundle = load_bundle(path)
+    assert bundle.metadata["world_model"]["step"] == 2
+    engine = WorldModelEngine.from_bundle(EngineConfig(), bundle)
+    context = torch.zeros(1, 1, *engine.frame_shape, dtype=torch.uint8)
+    engine.start(context, torch.zeros(1, 1, 2), torch.zeros(1, 1, 3), seeds=[0])
+    out = engine.step_chunk(torch.zeros(1, 2))
+    assert out.frames.shape == (1, *engine.frame_shape)
+
+
+def test_unknown_stage_and_bad_override():
+    with pytest.raises(ValueError, match="accepted: autoencoder, world-model, heads, bundle"):
+        run_stage("vae", [])
+    with pytest.raises(ValueError, match="steps"):
+        run_stage("heads", ["steps=0"])

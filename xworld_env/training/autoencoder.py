@@ -1,0 +1,137 @@
+"""``xworld train autoencoder``: the per-camera image autoencoder, trained first, then frozen."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from xworld_env.model.autoencoder import Autoencoder, AutoencoderConfig
+from xworld_env.model.checkpoint import load_training_state, save_training_state
+from xworld_env.training.common import RunLog, load_split, psnr, resolve_device, seed_everything
+
+STATE_NAME = "state.pt"
+
+
+@dataclass(frozen=True)
+class AutoencoderTrainConfig:
+    """Training run of the autoencoder (the ``train`` config group, stage ``autoencoder``).
+
+    Attributes:
+        data: dataset folder written by ``xworld generate``.
+        run_dir: where the resumable state, the log and sample images go.
+        steps: optimiser steps in all (a resumed run continues up to this count).
+        batch_images: single-camera images per step.
+        lr: peak learning rate (cosine decay to 10% after a short warm-up).
+        latent_channels, channels: architecture (``AutoencoderConfig``).
+        seed: seeds the initial weights and the batch order.
+        device: ``auto``, ``cpu`` or ``cuda``.
+        log_every, save_every: steps between log lines and between saved states.
+        val_images: held-out images for the reconstruction PSNR.
+    """
+
+    data: str = "data/xworld_sim"
+    run_dir: str = "runs/autoencoder"
+    steps: int = 4000
+    batch_images: int = 64
+    lr: float = 2e-3
+    latent_channels: int = 8
+    channels: tuple[int, ...] = (16, 32, 64)
+    seed: int = 0
+    device: str = "auto"
+    log_every: int = 50
+    save_every: int = 250
+    val_images: int = 512
+
+    def __post_init__(self) -> None:
+        for name in ("steps", "batch_images", "log_every", "save_every", "val_images"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.lr <= 0:
+            raise ValueError(f"lr must be positive, got {self.lr}")
+
+
+def image_pool(root: str, split: str) -> torch.Tensor:
+    """Every camera image of every valid chunk of a split, uint8 (n, H, W, 3)."""
+    arrays = load_split(root, split, ("frames",))
+    frames = arrays["frames"][arrays["valid"]]  # (chunks, f, v, H, W, 3)
+    return torch.from_numpy(np.ascontiguousarray(frames.reshape(-1, *frames.shape[-3:])))
+
+
+def lr_at(step: int, total: int, peak: float) -> float:
+    """Linear warm-up over 2% of the run, then cosine decay to 10% of the peak."""
+    warm = max(1, total // 50)
+    if step < warm:
+        return peak * (step + 1) / warm
+    progress = (step - warm) / max(1, total - warm)
+    return float(peak * (0.1 + 0.9 * 0.5 * (1 + np.cos(np.pi * min(progress, 1.0)))))
+
+
+def reconstruction_loss(recon: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """MSE plus half the L1: MSE drives PSNR, L1 keeps thin lane markings from washing out."""
+    return F.mse_loss(recon, target) + 0.5 * F.l1_loss(recon, target)
+
+
+def train_autoencoder(cfg: AutoencoderTrainConfig, progress: bool = True) -> dict:
+    """Trains (or resumes) the autoencoder; returns the final validation PSNR and paths."""
+    device = resolve_device(cfg.device)
+    generator = seed_everything(cfg.seed)
+    run_dir = Path(cfg.run_dir)
+    model = Autoencoder(
+        AutoencoderConfig(latent_channels=cfg.latent_channels, channels=tuple(cfg.channels))
+    ).to(device)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=1e-4)
+    step = 0
+    state_path = run_dir / STATE_NAME
+    if state_path.is_file():
+        state = load_training_state(state_path)
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        generator.set_state(state["generator"])
+        step = int(state["step"])
+    train = image_pool(cfg.data, "train")
+    val = image_pool(cfg.data, "val")
+    val = val[torch.randperm(len(val), generator=torch.Generator().manual_seed(1))][
+        : cfg.val_images
+    ]
+    log = RunLog(run_dir, cfg)
+    bar = tqdm(total=cfg.steps, initial=step, desc="train autoencoder", disable=not progress)
+    model.train()
+    while step < cfg.steps:
+        for group in optimizer.param_groups:
+            group["lr"] = lr_at(step, cfg.steps, cfg.lr)
+        index = torch.randint(len(train), (cfg.batch_images,), generator=generator)
+        images = train[index].to(device).float() / 255.0
+        loss = reconstruction_loss(model(images), images)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        step += 1
+        bar.update(1)
+        if step % cfg.log_every == 0 or step == cfg.steps:
+            bar.set_postfix(loss=f"{loss.item():.4f}")
+            log.write(step, loss=loss.item(), lr=optimizer.param_groups[0]["lr"])
+        if step % cfg.save_every == 0 or step == cfg.steps:
+            save_training_state(
+                state_path,
+                {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "step": step,
+                 "generator": generator.get_state()},
+            )
+    bar.close()
+    model.eval()
+    calib = train[torch.randperm(len(train), generator=torch.Generator().manual_seed(2))[:4096]]
+    model.calibrate(calib.to(device))
+    with torch.no_grad():
+        recon = torch.cat([model(v.to(device).float() / 255.0) for v in val.split(128)])
+    val_psnr = psnr(recon.cpu(), val.float() / 255.0)
+    log.write(step, val_psnr=val_psnr)
+    save_training_state(
+        run_dir / "autoencoder.pt",
+        {"model": model.state_dict(), "config": asdict(model.config), "step": step,
+         "val_psnr": val_psnr},
+    )
+    return {"val_psnr": val_psnr, "steps": step, "run_dir": str(run_dir)}

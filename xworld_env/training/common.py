@@ -1,0 +1,80 @@
+"""What every training stage shares: episode arrays in memory, seeding, logging, resuming."""
+
+from __future__ import annotations
+
+import json
+import random
+import time
+from dataclasses import asdict, is_dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from xworld_env.data.dataset import load_shard
+from xworld_env.data.shards import is_validation_seed, read_manifest
+
+
+def seed_everything(seed: int) -> torch.Generator:
+    """Seeds Python, numpy and torch; returns a torch generator for batch sampling."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)  # noqa: NPY002  (third-party code draws from it)
+    torch.manual_seed(seed)
+    return torch.Generator().manual_seed(seed)
+
+
+def resolve_device(name: str) -> torch.device:
+    """``"auto"`` picks CUDA when there is one; otherwise the named device, checked."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError("device 'cuda' was asked for but torch sees no CUDA device; use cpu")
+    return device
+
+
+def load_split(root: str | Path, split: str, keys: tuple[str, ...]) -> dict[str, np.ndarray]:
+    """All episodes of one split, arrays concatenated along the episode axis.
+
+    Args:
+        root: dataset folder written by ``xworld generate``.
+        split: ``"train"`` or ``"val"`` (by episode seed, as ``ShardDataset`` splits).
+        keys: shard arrays to load (``valid`` and ``seed`` always are).
+    """
+    root = Path(root)
+    manifest = read_manifest(root)
+    val_every = manifest["config"]["data"].get("val_every", 10)
+    wanted = tuple(dict.fromkeys((*keys, "valid")))
+    parts: dict[str, list[np.ndarray]] = {k: [] for k in (*wanted, "seed")}
+    for entry in manifest["shards"]:
+        arrays = load_shard(root / entry["file"], manifest["layout"], entry, keys=wanted)
+        keep = np.array([is_validation_seed(int(s), val_every) == (split == "val")
+                         for s in arrays["seed"]])
+        for k in parts:
+            parts[k].append(arrays[k][keep])
+    if not parts["seed"] or sum(len(p) for p in parts["seed"]) == 0:
+        raise ValueError(f"dataset {root} has no {split} episodes")
+    return {k: np.concatenate(v) for k, v in parts.items()}
+
+
+class RunLog:
+    """Appends one JSON line per logged step to ``<run>/log.jsonl`` and keeps the run config."""
+
+    def __init__(self, run_dir: Path, config: object) -> None:
+        self.run_dir = Path(run_dir)
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        values = asdict(config) if is_dataclass(config) else dict(config)
+        (self.run_dir / "config.json").write_text(json.dumps(values, indent=2, default=str))
+        self._t0 = time.perf_counter()
+
+    def write(self, step: int, **values: float) -> None:
+        row = {"step": step, "elapsed_s": round(time.perf_counter() - self._t0, 2)}
+        row.update({k: float(v) for k, v in values.items()})
+        with open(self.run_dir / "log.jsonl", "a") as f:
+            f.write(json.dumps(row) + "\n")
+
+
+def psnr(a: torch.Tensor, b: torch.Tensor) -> float:
+    """PSNR in dB of two float images in [0, 1]."""
+    mse = torch.mean((a.float() - b.float()) ** 2).clamp_min(1e-10)
+    return float(10.0 * torch.log10(1.0 / mse))

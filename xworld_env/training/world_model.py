@@ -1,0 +1,223 @@
+"""``xworld train world-model``: the causal DiT on latents of the frozen autoencoder.
+
+The autoencoder encodes every chunk of the dataset once; the DiT then trains with teacher
+forcing on windows of consecutive chunks: every chunk of a window is noised to its own flow time
+and predicts its velocity while attending to the clean chunks before it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from einops import rearrange
+from tqdm import tqdm
+
+from xworld_env.model.autoencoder import Autoencoder, AutoencoderConfig
+from xworld_env.model.checkpoint import load_training_state, save_training_state
+from xworld_env.model.dit import CausalDiT, dit_config
+from xworld_env.model.sampler import FlowSampler, SamplerConfig
+from xworld_env.training.autoencoder import lr_at
+from xworld_env.training.common import RunLog, load_split, resolve_device, seed_everything
+from xworld_env.training.losses import flow_matching_loss, sample_flow_times
+from xworld_env.types import EGO_FIELDS
+
+STATE_NAME = "state.pt"
+_SPEED = EGO_FIELDS.index("speed")
+
+
+@dataclass(frozen=True)
+class WorldModelTrainConfig:
+    """Training run of the DiT (the ``train`` config group, stage ``world_model``).
+
+    Attributes:
+        data: dataset folder written by ``xworld generate``.
+        autoencoder: the trained autoencoder (``autoencoder.pt`` of its run).
+        latents_dir: where the dataset's latents are cached (shared with the heads stage).
+        run_dir: resumable state and log.
+        preset: DiT preset (``tiny``, ``small``, ``base``; ``test`` for smoke runs).
+        window: past chunks attended to (the KV-cache window of the engine).
+        chunks: consecutive chunks per training sequence (``window + 1`` covers every case).
+        batch: sequences per step.
+        steps, lr, seed, device, log_every, save_every: as in the autoencoder stage.
+        shift: schedule shift of the sampler the model is trained for.
+        num_steps: denoising steps of that sampler.
+        discrete_fraction: share of flow times drawn from the sampler's own times.
+        context_noise: std of noise on the clean context (exposure-bias robustness).
+    """
+
+    data: str = "data/xworld_sim"
+    autoencoder: str = "runs/autoencoder/autoencoder.pt"
+    latents_dir: str = "runs/latents"
+    run_dir: str = "runs/world_model"
+    preset: str = "tiny"
+    window: int = 4
+    chunks: int = 5
+    batch: int = 8
+    steps: int = 20000
+    lr: float = 3e-4
+    seed: int = 0
+    device: str = "auto"
+    log_every: int = 25
+    save_every: int = 100
+    shift: float = 3.0
+    num_steps: int = 4
+    discrete_fraction: float = 0.5
+    context_noise: float = 0.02
+
+    def __post_init__(self) -> None:
+        for name in ("window", "chunks", "batch", "steps", "log_every", "save_every"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if not 0 <= self.discrete_fraction <= 1:
+            raise ValueError("discrete_fraction must be in [0, 1]")
+
+
+def load_autoencoder(path: str | Path, device: torch.device) -> Autoencoder:
+    """The frozen autoencoder of a finished autoencoder stage (its ``autoencoder.pt``)."""
+    state = load_training_state(path)
+    config = dict(state["config"])
+    config["channels"] = tuple(config["channels"])
+    model = Autoencoder(AutoencoderConfig(**config))
+    model.load_state_dict(state["model"])
+    return model.to(device).eval().requires_grad_(False)
+
+
+@torch.no_grad()
+def encode_split(
+    ae: Autoencoder, root: str, split: str, cache: Path | None
+) -> dict[str, torch.Tensor]:
+    """Latents (episodes, T, v, f, h, w, c) and labels of one split, cached on disk."""
+    if cache is not None and cache.is_file():
+        return torch.load(cache, weights_only=True)
+    arrays = load_split(root, split, ("frames", "actions", "ego", "collision", "off_road"))
+    frames = arrays["frames"]
+    device = next(ae.parameters()).device
+    latents = []
+    for episode in tqdm(frames, desc=f"encode {split}", leave=False):
+        z = ae.encode(torch.from_numpy(episode).to(device))  # (T, f, v, h, w, c)
+        latents.append(rearrange(z, "t f v h w c -> t v f h w c").cpu())
+    out = {
+        "latents": torch.stack(latents),
+        "actions": torch.from_numpy(arrays["actions"]),
+        "ego": torch.from_numpy(arrays["ego"]),
+        "collision": torch.from_numpy(arrays["collision"]),
+        "off_road": torch.from_numpy(arrays["off_road"]),
+        "valid": torch.from_numpy(arrays["valid"]),
+    }
+    if cache is not None:
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        torch.save(out, cache)
+    return out
+
+
+def window_starts(valid: torch.Tensor, length: int) -> torch.Tensor:
+    """(episode, start) pairs of every window of ``length`` valid chunks."""
+    episodes, chunks = valid.shape
+    starts = []
+    for e in range(episodes):
+        n = int(valid[e].sum())
+        starts += [(e, s) for s in range(0, n - length + 1)]
+    if not starts:
+        raise ValueError(f"no window of {length} valid chunks in the data")
+    return torch.tensor(starts)
+
+
+def batch_of(data: dict, starts: torch.Tensor, length: int) -> dict[str, torch.Tensor]:
+    """Gathers windows: latents (b, t, ...), actions (b, t, 2), speed before each chunk (b, t)."""
+    e, s = starts[:, 0], starts[:, 1]
+    idx = s[:, None] + torch.arange(length)[None]
+    latents = data["latents"][e[:, None], idx]
+    actions = data["actions"][e[:, None], idx]
+    speed_after = data["ego"][e[:, None], idx, _SPEED]
+    # The speed that conditions a chunk is the one at the end of the chunk before it; the
+    # first chunk of an episode uses its own (the engine does the same with its context).
+    before = data["ego"][e, (s - 1).clamp(min=0), _SPEED]
+    before = torch.where(s > 0, before, speed_after[:, 0])
+    speed = torch.cat([before[:, None], speed_after[:, :-1]], dim=1)
+    return {"latents": latents, "actions": actions, "speed": speed}
+
+
+def train_world_model(cfg: WorldModelTrainConfig, progress: bool = True) -> dict:
+    """Trains (or resumes) the DiT; returns the last losses and paths."""
+    device = resolve_device(cfg.device)
+    generator = seed_everything(cfg.seed)
+    run_dir = Path(cfg.run_dir)
+    ae = load_autoencoder(cfg.autoencoder, device)
+    train = encode_split(ae, cfg.data, "train", Path(cfg.latents_dir) / "train.pt")
+    val = encode_split(ae, cfg.data, "val", Path(cfg.latents_dir) / "val.pt")
+    model = CausalDiT(dit_config(cfg.preset, latent_channels=ae.config.latent_channels)).to(device)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=0.01)
+    step = 0
+    state_path = run_dir / STATE_NAME
+    if state_path.is_file():
+        state = load_training_state(state_path)
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        generator.set_state(state["generator"])
+        step = int(state["step"])
+    train_starts = window_starts(train["valid"], cfg.chunks)
+    val_starts = window_starts(val["valid"], cfg.chunks)
+    order = torch.randperm(len(val_starts), generator=torch.Generator().manual_seed(3))
+    val_pick = val_starts[order[:64]]
+    inference_times = FlowSampler(SamplerConfig(cfg.num_steps, cfg.shift)).timesteps()[:-1]
+    log = RunLog(run_dir, cfg)
+    bar = tqdm(total=cfg.steps, initial=step, desc="train world model", disable=not progress)
+    val_loss = float("nan")
+    while step < cfg.steps:
+        model.train()
+        for group in optimizer.param_groups:
+            group["lr"] = lr_at(step, cfg.steps, cfg.lr)
+        pick = train_starts[torch.randint(len(train_starts), (cfg.batch,), generator=generator)]
+        batch = {k: v.to(device) for k, v in batch_of(train, pick, cfg.chunks).items()}
+        t = sample_flow_times(cfg.batch * cfg.chunks, inference_times, cfg.shift,
+                              cfg.discrete_fraction, generator).view(cfg.batch, cfg.chunks)
+        loss = flow_matching_loss(model, batch["latents"], batch["actions"], batch["speed"],
+                                  t.to(device), cfg.window, generator, cfg.context_noise)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        step += 1
+        bar.update(1)
+        if step % cfg.log_every == 0 or step == cfg.steps:
+            bar.set_postfix(loss=f"{loss.item():.4f}")
+            log.write(step, loss=loss.item(), lr=optimizer.param_groups[0]["lr"])
+        if step % cfg.save_every == 0 or step == cfg.steps:
+            val_loss = validation_loss(model, val, val_pick, cfg, inference_times, device)
+            log.write(step, val_loss=val_loss)
+            save_training_state(
+                state_path,
+                {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "step": step,
+                 "generator": generator.get_state(), "config": model.config.__dict__},
+            )
+    bar.close()
+    return {"steps": step, "val_loss": val_loss, "run_dir": str(run_dir)}
+
+
+@torch.no_grad()
+def validation_loss(model, val, starts, cfg, inference_times, device) -> float:
+    """Loss on fixed held-out windows at the sampler's own times, with a fixed noise seed."""
+    model.eval()
+    generator = torch.Generator().manual_seed(4)
+    batch = {k: v.to(device) for k, v in batch_of(val, starts, cfg.chunks).items()}
+    n = len(starts)
+    t = inference_times[torch.arange(n * cfg.chunks) % len(inference_times)].view(n, cfg.chunks)
+    loss = flow_matching_loss(model, batch["latents"], batch["actions"], batch["speed"],
+                              t.to(device), cfg.window, generator)
+    return float(loss)
+
+
+def load_dit(run_dir: str | Path, device: torch.device | str = "cpu") -> CausalDiT:
+    """The DiT of a world-model run's latest state."""
+    from xworld_env.model.dit import DiTConfig
+
+    state = load_training_state(Path(run_dir) / STATE_NAME)
+    config = dict(state["config"])
+    for key, value in config.items():
+        if isinstance(value, list):
+            config[key] = tuple(value)
+    model = CausalDiT(DiTConfig(**config))
+    model.load_state_dict(state["model"])
+    return model.to(device).eval()
