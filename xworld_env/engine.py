@@ -79,7 +79,9 @@ class WorldModelEngine:
     Attributes:
         executor: runs the DiT blocks of the denoising passes (full compute by default; X-Cache
             plugs in here). If it has a ``reset(worlds)`` method, the engine calls it whenever
-            worlds are reset or started (``None`` = all worlds).
+            worlds are reset or started (``None`` = all worlds); if it has
+            ``begin_chunk(batch_size, num_blocks)``, the engine calls it before the denoising
+            passes of every chunk.
         stats: cumulative wall-clock seconds per stage (``prime_s``, ``dit_s``, ``kv_update_s``,
             ``decode_s``, ``heads_s``) and the number of chunk steps (``chunks``).
 
@@ -252,6 +254,9 @@ class WorldModelEngine:
         b, kv, dit = self.batch_size, self.kv, self.dit
         speed = self._speed
 
+        begin_chunk = getattr(self.executor, "begin_chunk", None)
+        if callable(begin_chunk):
+            begin_chunk(b, dit.config.depth)
         with torch.no_grad():
             t0 = time.perf_counter()
             noise = draw_noise(self.latent_shape, self._generators, self.device)

@@ -171,7 +171,8 @@ class BlockContext:
 
     Attributes:
         c: adaLN conditioning, (b, d); (b, t, d) with one vector per chunk in sequence mode.
-        action: the action + ego-speed part of ``c``, same shape; an entry of X-Cache fingerprints.
+        action: the chunk's raw action, (b, 2) ((b, t, 2) in sequence mode): the action entry of
+            X-Cache fingerprints (an embedding would hide a sign flip; the raw vector does not).
         step: denoising step index ``s`` of this pass (``num_steps`` for the KV-update pass).
         writes_kv: whether this pass commits keys and values to the cache; such a pass must call
             every block (X-Cache guardrail 1).
@@ -564,7 +565,7 @@ class CausalDiT(nn.Module):
         if writes_kv and kv is None:
             raise ValueError("writes_kv=True needs a kv cache to write to")
         executor = FullCompute() if executor is None else executor
-        c, a = self.condition(t, action, ego_speed)
+        c, _ = self.condition(t, action, ego_speed)
         h = self.embed(x)
         past_rope, attn_mask = self._past_inputs(kv, h.device)
         rope = RotaryTables(self.rope(self.token_frame), past_rope)
@@ -572,7 +573,7 @@ class CausalDiT(nn.Module):
         for l, block in enumerate(self.blocks):  # noqa: E741
             ctx = BlockContext(
                 c=c,
-                action=a,
+                action=action,
                 step=step,
                 writes_kv=writes_kv,
                 past=None if kv is None else kv.view(l),
@@ -639,8 +640,8 @@ class CausalDiT(nn.Module):
             chunk = chunk.repeat(2)
             is_noisy = torch.cat([is_noisy, ~is_noisy])
         g = clean.shape[1]
-        c, a = self.condition(times.flatten(), action.flatten(0, 1), ego_speed.flatten())
-        c, a = c.view(b, g, -1), a.view(b, g, -1)
+        c, _ = self.condition(times.flatten(), action.flatten(0, 1), ego_speed.flatten())
+        c = c.view(b, g, -1)
 
         # Chunk-level mask, query chunk (rows) x key chunk (columns).
         span = n if window is None else window
@@ -655,7 +656,7 @@ class CausalDiT(nn.Module):
         h = self.embed(clean)
         for block in self.blocks:
             ctx = BlockContext(
-                c=c, action=a, step=0, writes_kv=False, past=None, rope=rope, attn_mask=mask
+                c=c, action=action, step=0, writes_kv=False, past=None, rope=rope, attn_mask=mask
             )
             h = block(h, ctx)
         out = self.unpatchify(self.final_layer(h, c))

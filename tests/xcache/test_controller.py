@@ -1,0 +1,187 @@
+"""X-Cache and the baselines under the real (tiny) DiT and engine."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from tests.model.conftest import make_autoencoder, make_dit, make_heads
+from xworld_env.engine import EngineConfig, WorldModelEngine
+from xworld_env.model.dit import FullCompute
+from xworld_env.model.kv_cache import KVCacheConfig
+from xworld_env.model.sampler import SamplerConfig
+from xworld_env.xcache import (
+    FirstBlockCacheConfig,
+    StaticReuseConfig,
+    XCache,
+    XCacheConfig,
+    make_executor,
+)
+
+CONFIG = EngineConfig(sampler=SamplerConfig(num_steps=3), kv_cache=KVCacheConfig(window=2))
+#: Gate that passes unless an entry points the other way (cosine below -0.5).
+PERMISSIVE = {"floor": -0.5, "margin": 2.0, "max_deviation": math.inf}
+
+
+def engine_with(executor) -> WorldModelEngine:
+    engine = WorldModelEngine(CONFIG, make_autoencoder(), make_dit(), make_heads())
+    engine.executor = executor
+    return engine
+
+
+def start(engine: WorldModelEngine, b: int = 1, seed: int = 0) -> None:
+    g = torch.Generator().manual_seed(seed)
+    frames = torch.randint(0, 256, (b, 1, 2, 7, 64, 64, 3), generator=g, dtype=torch.uint8)
+    engine.start(frames, torch.zeros(b, 1, 2), torch.full((b, 1, 3), 10.0),
+                 seeds=[seed + i for i in range(b)])
+
+
+def rollout(executor, acts: torch.Tensor, b: int = 1, seed: int = 0):
+    engine = engine_with(executor)
+    start(engine, b, seed)
+    outs = [engine.step_chunk(a) for a in acts]
+    return engine, outs
+
+
+def constant_actions(n: int, b: int = 1) -> torch.Tensor:
+    return torch.tensor([0.3, -0.2]).expand(n, b, 2).clone()
+
+
+def test_floor_above_one_is_bit_identical_to_full_compute():
+    acts = constant_actions(4)
+    _, full = rollout(FullCompute(), acts)
+    engine, cached = rollout(XCache(XCacheConfig(floor=1.5)), acts)
+    for a, b in zip(full, cached):
+        assert torch.equal(a.latents, b.latents) and torch.equal(a.frames, b.frames)
+    assert engine.executor.stats.summary()["reused_evaluations"] == 0
+
+
+def test_kv_update_pass_never_skips_even_when_everything_reuses():
+    acts = constant_actions(4)
+    engine, outs = rollout(XCache(XCacheConfig(**PERMISSIVE)), acts)
+    stats = engine.executor.stats.summary()
+    assert stats["skip_rate"] == 1.0  # stress mode: every eligible cell reused
+    # Replaying the same clean chunks with full compute commits exactly the same keys/values.
+    replay = engine_with(FullCompute())
+    start(replay)
+    for a, out in zip(acts, outs):
+        replay.dit(out.latents, torch.zeros(1), a, replay._speed, kv=replay.kv,
+                   step=CONFIG.sampler.num_steps, writes_kv=True)
+        replay._speed = out.ego[:, 0]
+    for layer in range(engine.dit.config.depth):
+        got, want = engine.kv.view(layer), replay.kv.view(layer)
+        assert torch.equal(got.k, want.k) and torch.equal(got.v, want.v)
+
+
+def test_executor_refuses_nothing_on_kv_writing_passes():
+    # Called directly on a KV-writing pass, X-Cache computes the block even in stress mode.
+    engine, _ = rollout(XCache(XCacheConfig(**PERMISSIVE)), constant_actions(3))
+    x = torch.randn(1, *engine.latent_shape)
+    engine.dit(x, torch.zeros(1), torch.zeros(1, 2), torch.ones(1), kv=engine.kv,
+               step=3, writes_kv=True, executor=engine.executor)  # raises if a block skipped
+
+
+def test_warmup_and_reset():
+    engine, _ = rollout(XCache(XCacheConfig(warmup_chunks=2, **PERMISSIVE)), constant_actions(4))
+    chunks = engine.executor.stats.chunks
+    assert [c["reused"] for c in chunks[:2]] == [0, 0]
+    assert all(c["reused"] > 0 for c in chunks[2:])
+    engine.reset_worlds([0])
+    assert engine.executor.chunk_index.tolist() == [0]
+    assert not engine.executor.store.cell(0, 1).has.any()
+    start(engine)
+    engine.step_chunk(torch.zeros(1, 2))
+    assert engine.executor.stats.last_chunk()["reused"] == 0
+
+
+def test_abrupt_action_change_vetoes_reuse():
+    acts = constant_actions(4)
+    acts[3] = -acts[3]
+    engine, _ = rollout(XCache(XCacheConfig(**PERMISSIVE)), acts)
+    chunks = engine.executor.stats.chunks
+    assert chunks[2]["reused"] == chunks[2]["eligible"] > 0
+    assert chunks[3]["eligible"] > 0 and chunks[3]["reused"] == 0
+
+
+def test_one_world_does_not_depend_on_another():
+    cfg = XCacheConfig(floor=0.0, margin=2.0, max_deviation=math.inf)
+    acts_a = constant_actions(4, 2)
+    acts_b = acts_a.clone()
+    acts_b[:, 1] = torch.rand(4, 2, generator=torch.Generator().manual_seed(5)) * 2 - 1
+    engine_a, outs_a = rollout(XCache(cfg), acts_a, b=2)
+    engine_b, outs_b = rollout(XCache(cfg), acts_b, b=2)
+    for a, b in zip(outs_a, outs_b):
+        torch.testing.assert_close(a.latents[0], b.latents[0], rtol=0, atol=1e-5)
+    ra, rb = engine_a.executor.stats, engine_b.executor.stats
+    assert ra.world_reused[0] == rb.world_reused[0] and ra.world_eligible[0] == rb.world_eligible[0]
+    assert ra.world_reused[1] != rb.world_reused[1] or not torch.equal(acts_a, acts_b)
+
+
+def test_batch_mode_all_only_reuses_when_every_world_agrees():
+    acts = constant_actions(3, 2)
+    acts[2, 1] = -acts[2, 1]  # world 1 turns around in the last chunk
+    engine, _ = rollout(XCache(XCacheConfig(batch_mode="all", **PERMISSIVE)), acts, b=2)
+    assert engine.executor.stats.chunks[2]["reused"] == 0
+    engine, _ = rollout(XCache(XCacheConfig(**PERMISSIVE)), acts, b=2)
+    last = engine.executor.stats.chunks[2]
+    assert 0 < last["reused"] < last["eligible"]  # gather: world 0 still reuses
+
+
+def test_stats_counts_and_rates():
+    engine, _ = rollout(XCache(XCacheConfig(**PERMISSIVE)), constant_actions(3))
+    s = engine.executor.stats.summary()
+    depth, steps = engine.dit.config.depth, CONFIG.sampler.num_steps
+    # 3 chunks x (steps denoising passes + 1 KV pass) x depth blocks, one world.
+    assert s["all_evaluations"] == 3 * (steps + 1) * depth
+    # After the warmup chunk, every non-anchor cell of every denoising pass reused.
+    assert s["reused_evaluations"] == 2 * steps * (depth - 1)
+    assert s["skip_rate_all"] == pytest.approx(s["reused_evaluations"] / s["all_evaluations"])
+    assert set(s["per_block"]) == set(range(1, depth)) and s["per_chunk"][0] == 0.0
+
+
+def test_baselines_with_reuse_off_match_full_compute():
+    acts = constant_actions(3)
+    _, full = rollout(FullCompute(), acts)
+    for executor in (make_executor("fbcache", threshold=0.0), make_executor("static", k=0, n=2)):
+        _, outs = rollout(executor, acts)
+        for a, b in zip(full, outs):
+            assert torch.equal(a.latents, b.latents)
+
+
+def test_static_reuse_alternates_and_fbcache_reuses():
+    engine, _ = rollout(make_executor("static", k=1, n=2), constant_actions(5))
+    reused = [c["reused"] > 0 for c in engine.executor.stats.chunks]
+    assert reused == [False, False, True, False, True]
+    engine, _ = rollout(make_executor("fbcache", threshold=1e9), constant_actions(3))
+    assert engine.executor.stats.summary()["skip_rate"] == 1.0
+
+
+@pytest.mark.parametrize(
+    ("cache", "settings", "message"),
+    [
+        ("xcache", {"ema_alpha": 0.0}, "ema_alpha"),
+        ("xcache", {"floor": float("nan")}, "floor"),
+        ("xcache", {"batch_mode": "some"}, "batch_mode"),
+        ("xcache", {"front_anchor": -1}, "front_anchor"),
+        ("xcache", {"treshold": 1}, "accepted"),
+        ("static", {"k": 2, "n": 2}, "0 <= k < n"),
+        ("fbcache", {"threshold": -1.0}, "threshold"),
+        ("turbo", {}, "accepted: xcache, none, fbcache, static"),
+    ],
+)
+def test_invalid_settings_are_rejected(cache, settings, message):
+    with pytest.raises(ValueError, match=message):
+        make_executor(cache, **settings)
+
+
+def test_unknown_view_group_camera():
+    with pytest.raises(ValueError, match="not in"):
+        XCache(XCacheConfig(view_groups=(("front_wide", "roof"),)))
+
+
+def test_static_config_validation():
+    with pytest.raises(ValueError):
+        StaticReuseConfig(k=-1)
+    assert FirstBlockCacheConfig().threshold > 0

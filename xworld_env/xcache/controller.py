@@ -1,0 +1,224 @@
+"""X-Cache: cross-chunk block residual reuse, as an executor of the DiT's block loop.
+
+For every denoising step ``s`` and block ``l`` (a *cell*), X-Cache keeps the residual of the
+block from the last chunk in which the cell was computed and the fingerprint of the input that
+produced it. In the next chunk, the cell's new input is fingerprinted; if it is close enough to
+the stored one (two metrics, adaptive threshold; see ``gate.py``), the block is skipped and its
+stored residual added instead. Every world of a batch gates on its own.
+
+Guardrails (XCACHE.md, "Guardrails"): passes that write the KV cache always compute every block;
+the first ``front_anchor`` (and last ``tail_anchor``) blocks always compute; the first
+``warmup_chunks`` chunks after a reset compute everything; step-0 protection and a cap on
+consecutive reuses are optional.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+
+import torch
+
+from xworld_env.model.dit import BlockContext
+from xworld_env.types import CAMERA_NAMES, VIEW_GROUPS
+from xworld_env.xcache.fingerprint import DEFAULT_BUDGET, fingerprint
+from xworld_env.xcache.gate import (
+    cosine_threshold,
+    max_deviation,
+    min_cosine,
+    reuse_decision,
+    update_ema,
+)
+from xworld_env.xcache.stats import CacheStats
+from xworld_env.xcache.store import CellStore
+
+BATCH_MODES = ("gather", "all")
+
+
+@dataclass(frozen=True)
+class XCacheConfig:
+    """Settings of :class:`XCache` (the ``xcache`` config group).
+
+    Attributes:
+        budget: token budget K of each view group's structure-aware sample.
+        ema_alpha: weight of the newest cosine in the per-cell EMA.
+        margin: the threshold sits this far below the EMA ...
+        floor: ... but never below this floor (a floor above 1 disables reuse).
+        max_deviation: reuse only while the maximum relative deviation stays below this.
+        front_anchor: first blocks that always compute (``Fn``).
+        tail_anchor: last blocks that always compute (``Bn``).
+        warmup_chunks: chunks after a reset that compute everything (``W``).
+        protect_step0: always compute the first denoising step.
+        max_consecutive: at most this many reuses in a row per cell (0: no limit).
+        batch_mode: ``gather`` computes a block only for the worlds that need it; ``all``
+            reuses only when every world of the batch agrees (one full-batch block call).
+        view_groups: camera names of each fingerprint view group.
+    """
+
+    budget: int = DEFAULT_BUDGET
+    ema_alpha: float = 0.3
+    margin: float = 0.02
+    floor: float = 0.97
+    max_deviation: float = 2.0
+    front_anchor: int = 1
+    tail_anchor: int = 0
+    warmup_chunks: int = 1
+    protect_step0: bool = False
+    max_consecutive: int = 0
+    batch_mode: str = "gather"
+    view_groups: tuple[tuple[str, ...], ...] = tuple(VIEW_GROUPS.values())
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "view_groups", tuple(tuple(g) for g in self.view_groups))
+        checks = [
+            (isinstance(self.budget, int) and self.budget >= 1, "budget must be an int >= 1"),
+            (0.0 < self.ema_alpha <= 1.0, "ema_alpha must be in (0, 1]"),
+            (math.isfinite(self.margin) and self.margin >= 0.0, "margin must be >= 0"),
+            (math.isfinite(self.floor) and self.floor >= -1.0,
+             "floor must be a finite number >= -1 (above 1 disables reuse)"),
+            (self.max_deviation > 0.0, "max_deviation must be > 0 (inf allowed)"),
+            (isinstance(self.front_anchor, int) and self.front_anchor >= 0,
+             "front_anchor must be an int >= 0"),
+            (isinstance(self.tail_anchor, int) and self.tail_anchor >= 0,
+             "tail_anchor must be an int >= 0"),
+            (isinstance(self.warmup_chunks, int) and self.warmup_chunks >= 0,
+             "warmup_chunks must be an int >= 0"),
+            (isinstance(self.max_consecutive, int) and self.max_consecutive >= 0,
+             "max_consecutive must be an int >= 0 (0: no limit)"),
+            (self.batch_mode in BATCH_MODES, f"batch_mode must be one of {BATCH_MODES}"),
+            (len(self.view_groups) > 0 and all(self.view_groups), "view_groups must not be empty"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise ValueError(f"invalid XCacheConfig: {message}; got {self}")
+
+
+class ChunkCacheExecutor:
+    """What every cross-chunk cache executor shares: per-world chunk counters, cells, stats.
+
+    The engine calls ``reset(worlds)`` when worlds start or end and ``begin_chunk(...)`` before
+    the denoising passes of every chunk.
+    """
+
+    name = "cache"
+
+    def __init__(self, warmup_chunks: int) -> None:
+        self.warmup_chunks = warmup_chunks
+        self.store = CellStore()
+        self.stats = CacheStats()
+        self.num_blocks = 0
+        self.chunk_index = torch.zeros(0, dtype=torch.long)
+
+    def reset(self, worlds: torch.Tensor | None = None) -> None:
+        """Forgets every stored residual and counter of some worlds (all when None)."""
+        if worlds is None:
+            self.store.resize(0)
+            self.chunk_index = torch.zeros(0, dtype=torch.long)
+            return
+        worlds = torch.as_tensor(worlds, dtype=torch.long).cpu()
+        self.store.reset(worlds)
+        if len(self.chunk_index):
+            self.chunk_index[worlds] = 0
+
+    def begin_chunk(self, batch_size: int, num_blocks: int) -> None:
+        """Called once per chunk, before its denoising passes."""
+        if batch_size != len(self.chunk_index):
+            self.store.resize(batch_size)
+            self.chunk_index = torch.zeros(batch_size, dtype=torch.long)
+        else:
+            self.chunk_index += 1
+        self.num_blocks = num_blocks
+        self.stats.begin_chunk(batch_size, num_blocks)
+
+    def warm(self) -> torch.Tensor:
+        """(b,) bool: worlds still in their warmup chunks."""
+        return self.chunk_index < self.warmup_chunks
+
+    def compute_some(
+        self, block, x: torch.Tensor, ctx: BlockContext, compute: torch.Tensor,
+        reused_out: torch.Tensor | None,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Runs ``block`` for the worlds in ``compute`` only.
+
+        Returns:
+            (output for every world, indices computed, their new outputs).
+        """
+        if bool(compute.all()):
+            y = block(x, ctx)
+            return y, torch.arange(x.shape[0], device=x.device), y
+        idx = compute.nonzero().flatten().to(x.device)
+        y = block(x[idx], ctx.select(idx))
+        out = reused_out.clone()
+        out[idx] = y
+        return out, idx, y
+
+
+class XCache(ChunkCacheExecutor):
+    """The X-Cache executor (see the module docstring).
+
+    Args:
+        config: thresholds and guardrails.
+        camera_names: cameras along the ``v`` axis of block inputs, to resolve view groups.
+    """
+
+    name = "xcache"
+
+    def __init__(
+        self, config: XCacheConfig | None = None, camera_names: tuple[str, ...] = CAMERA_NAMES
+    ) -> None:
+        self.config = config or XCacheConfig()
+        super().__init__(self.config.warmup_chunks)
+        unknown = {c for g in self.config.view_groups for c in g} - set(camera_names)
+        if unknown:
+            raise ValueError(
+                f"view groups name cameras {sorted(unknown)} that are not in {camera_names}"
+            )
+        self.groups = [[camera_names.index(c) for c in g] for g in self.config.view_groups]
+
+    def anchored(self, s: int, l: int) -> bool:  # noqa: E741
+        """Whether cell (s, l) always computes (front/tail anchors, step-0 protection)."""
+        cfg = self.config
+        return (
+            l < cfg.front_anchor
+            or l >= self.num_blocks - cfg.tail_anchor
+            or (cfg.protect_step0 and s == 0)
+        )
+
+    def run(self, s: int, l: int, block, x: torch.Tensor, ctx: BlockContext) -> torch.Tensor:  # noqa: E741
+        """Returns block ``l``'s output at step ``s``, computed or reused per world."""
+        b = x.shape[0]
+        if ctx.writes_kv or self.anchored(s, l) or b != len(self.chunk_index):
+            # Guardrail 1 (KV-update protection) and the anchors: compute in full.
+            self.stats.forced(b)
+            return block(x, ctx)
+        cfg = self.config
+        cell = self.store.cell(s, l)
+        started = time.perf_counter()
+        fp = fingerprint(x, self.groups, ctx.action, cfg.budget)
+        eligible = cell.has & ~self.warm()
+        reuse = torch.zeros(b, dtype=torch.bool)
+        cos = dev = None
+        if bool(cell.has.any()):
+            cos = min_cosine(fp, cell.fingerprint).cpu()
+            dev = max_deviation(fp, cell.fingerprint).cpu()
+            has = cell.has
+            ema = update_ema(cell.cos_ema, cos, cfg.ema_alpha, fresh=~cell.ema_started)
+            cell.cos_ema = torch.where(has, ema, cell.cos_ema)
+            cell.ema_started = cell.ema_started | has
+            tau = cosine_threshold(cell.cos_ema, cfg.margin, cfg.floor)
+            reuse = eligible & reuse_decision(cos, dev, tau, cfg.max_deviation)
+            if cfg.max_consecutive:
+                reuse &= cell.consecutive < cfg.max_consecutive
+        if cfg.batch_mode == "all" and not bool(reuse.all()):
+            reuse[:] = False
+        self.stats.gate_seconds += time.perf_counter() - started
+        self.stats.decided(s, l, eligible, reuse, cos, dev)
+        if bool(reuse.all()):
+            cell.consecutive += 1
+            return x + cell.residual
+        reused_out = x + cell.residual if bool(reuse.any()) else None
+        out, idx, y = self.compute_some(block, x, ctx, ~reuse.to(x.device), reused_out)
+        cell.write(idx, y - x[idx], fp.select(idx))
+        cell.consecutive[reuse] += 1
+        return out

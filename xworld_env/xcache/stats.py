@@ -1,0 +1,121 @@
+"""What a cache executor did: reuse counts per block, step, chunk and world, gate metrics, time.
+
+Two skip rates are kept (XCACHE.md, "What measured means"):
+
+* ``skip_rate``: reused / evaluated over the cells a policy may reuse, i.e. denoising passes
+  after warmup, anchors left out;
+* ``skip_rate_all``: reused / every block evaluation of every pass, anchors, warmup chunks and
+  the KV-update passes included (the share of DiT block work actually saved).
+"""
+
+from __future__ import annotations
+
+from collections import deque
+
+import numpy as np
+import torch
+
+_HISTORY = 50_000
+
+
+class CacheStats:
+    """Counters of one executor; ``reset()`` starts them over."""
+
+    def __init__(self) -> None:
+        self.reset()
+
+    def reset(self) -> None:
+        self.eligible: dict[tuple[int, int], int] = {}
+        self.reused: dict[tuple[int, int], int] = {}
+        self.all_evals = 0
+        self.all_reused = 0
+        self.world_eligible = np.zeros(0, dtype=np.int64)
+        self.world_reused = np.zeros(0, dtype=np.int64)
+        self.chunks: list[dict[str, int]] = []
+        self.cos: deque[float] = deque(maxlen=_HISTORY)
+        self.dev: deque[float] = deque(maxlen=_HISTORY)
+        self.gate_seconds = 0.0
+
+    def begin_chunk(self, batch_size: int, num_blocks: int) -> None:
+        """Opens the record of a new chunk; its KV-update pass computes every block in full."""
+        if len(self.world_eligible) < batch_size:
+            grow = batch_size - len(self.world_eligible)
+            self.world_eligible = np.concatenate([self.world_eligible, np.zeros(grow, np.int64)])
+            self.world_reused = np.concatenate([self.world_reused, np.zeros(grow, np.int64)])
+        kv_evals = batch_size * num_blocks
+        self.all_evals += kv_evals
+        self.chunks.append({"eligible": 0, "reused": 0, "evaluations": kv_evals})
+
+    def forced(self, worlds: int) -> None:
+        """Block evaluations that no policy may skip (anchors, protected steps)."""
+        self.all_evals += worlds
+        if self.chunks:
+            self.chunks[-1]["evaluations"] += worlds
+
+    def decided(
+        self, s: int, l: int, eligible: torch.Tensor, reuse: torch.Tensor,  # noqa: E741
+        cos: torch.Tensor | None = None, dev: torch.Tensor | None = None,
+    ) -> None:
+        """One cell's decision for a batch: ``eligible`` and ``reuse`` are (b,) bool masks.
+
+        Worlds not eligible (warmup, nothing stored) are computed and count only in
+        ``skip_rate_all``.
+        """
+        b = int(reuse.numel())
+        n_eligible, n_reused = int(eligible.sum()), int(reuse.sum())
+        key = (s, l)
+        self.eligible[key] = self.eligible.get(key, 0) + n_eligible
+        self.reused[key] = self.reused.get(key, 0) + n_reused
+        self.all_evals += b
+        self.all_reused += n_reused
+        self.world_eligible[:b] += eligible.cpu().numpy()
+        self.world_reused[:b] += reuse.cpu().numpy()
+        if self.chunks:
+            row = self.chunks[-1]
+            row["eligible"] += n_eligible
+            row["reused"] += n_reused
+            row["evaluations"] += b
+        if cos is not None and n_eligible:
+            self.cos.extend(cos[eligible].float().cpu().tolist())
+        if dev is not None and n_eligible:
+            self.dev.extend(dev[eligible].float().cpu().tolist())
+
+    def last_chunk(self) -> dict[str, int]:
+        """Counts of the latest chunk (what a step's ``info`` reports)."""
+        return dict(self.chunks[-1]) if self.chunks else {"eligible": 0, "reused": 0,
+                                                           "evaluations": 0}
+
+    def summary(self) -> dict:
+        """Skip rates per block, step, chunk and world, and gate-metric percentiles."""
+        eligible = sum(self.eligible.values())
+        reused = sum(self.reused.values())
+        blocks = sorted({blk for _, blk in self.eligible})
+        steps = sorted({s for s, _ in self.eligible})
+
+        def rate(keys) -> float:
+            e = sum(self.eligible[k] for k in keys)
+            return sum(self.reused[k] for k in keys) / e if e else 0.0
+
+        return {
+            "skip_rate": reused / eligible if eligible else 0.0,
+            "skip_rate_all": self.all_reused / self.all_evals if self.all_evals else 0.0,
+            "eligible_evaluations": eligible,
+            "reused_evaluations": reused,
+            "all_evaluations": self.all_evals,
+            "per_block": {blk: rate([k for k in self.eligible if k[1] == blk]) for blk in blocks},
+            "per_step": {s: rate([k for k in self.eligible if k[0] == s]) for s in steps},
+            "per_chunk": [c["reused"] / c["eligible"] if c["eligible"] else 0.0
+                          for c in self.chunks],
+            "per_world": [float(r / e) if e else 0.0
+                          for r, e in zip(self.world_reused, self.world_eligible)],
+            "cos_percentiles": _percentiles(self.cos),
+            "dev_percentiles": _percentiles(self.dev),
+            "gate_seconds": self.gate_seconds,
+        }
+
+
+def _percentiles(values) -> dict[str, float]:
+    if not values:
+        return {}
+    arr = np.asarray(values, dtype=np.float64)
+    return {f"p{q}": float(np.percentile(arr, q)) for q in (5, 25, 50, 75, 95)}
