@@ -8,6 +8,13 @@ __version__ = "0.1.0"
 
 __all__ = ["CAMERA_NAMES", "EGO_FIELDS", "FAMILIES", "VIEW_GROUPS", "__version__"]
 
+if "XWorld-v0" not in registry:
+    register(
+        id="XWorld-v0",
+        entry_point="xworld_env.envs.xworld:XWorldEnv",
+        max_episode_steps=80,
+    )
+
 if "XWorldSim-v0" not in registry:
     register(
         id="XWorldSim-v0",

@@ -46,7 +46,10 @@ def assemble(cfg: BundleConfig) -> Path:
     heads_cfg["ego_scale"] = tuple(heads_cfg["ego_scale"])
     heads = Heads(HeadsConfig(**heads_cfg))
     heads.load_state_dict(heads_state["model"])
+    wm_config = json.loads((Path(cfg.world_model) / "config.json").read_text())
     metadata = {
+        # The sampler and cache the DiT was trained for; the engine defaults to them.
+        "engine": {key: wm_config[key] for key in ("num_steps", "shift", "window")},
         "autoencoder": _last_log(Path(cfg.autoencoder).parent),
         "world_model": _last_log(Path(cfg.world_model)),
         "heads": _last_log(Path(cfg.heads)),
