@@ -12,6 +12,7 @@ if "XWorld-v0" not in registry:
     register(
         id="XWorld-v0",
         entry_point="xworld_env.envs.xworld:XWorldEnv",
+        vector_entry_point="xworld_env.envs.xworld_vector:XWorldVectorEnv",
         max_episode_steps=80,
     )
 

@@ -32,6 +32,7 @@ class CacheStats:
         self.world_eligible = np.zeros(0, dtype=np.int64)
         self.world_reused = np.zeros(0, dtype=np.int64)
         self.chunks: list[dict[str, int]] = []
+        self.chunk_world_reused = np.zeros(0, dtype=np.int64)
         self.cos: deque[float] = deque(maxlen=_HISTORY)
         self.dev: deque[float] = deque(maxlen=_HISTORY)
         self.gate_seconds = 0.0
@@ -42,6 +43,7 @@ class CacheStats:
             grow = batch_size - len(self.world_eligible)
             self.world_eligible = np.concatenate([self.world_eligible, np.zeros(grow, np.int64)])
             self.world_reused = np.concatenate([self.world_reused, np.zeros(grow, np.int64)])
+        self.chunk_world_reused = np.zeros(batch_size, dtype=np.int64)
         kv_evals = batch_size * num_blocks
         self.all_evals += kv_evals
         self.chunks.append({"eligible": 0, "reused": 0, "evaluations": kv_evals})
@@ -70,6 +72,8 @@ class CacheStats:
         self.all_reused += n_reused
         self.world_eligible[:b] += eligible.cpu().numpy()
         self.world_reused[:b] += reuse.cpu().numpy()
+        if len(self.chunk_world_reused) >= b:
+            self.chunk_world_reused[:b] += reuse.cpu().numpy()
         if self.chunks:
             row = self.chunks[-1]
             row["eligible"] += n_eligible
@@ -84,6 +88,11 @@ class CacheStats:
         """Counts of the latest chunk (what a step's ``info`` reports)."""
         return dict(self.chunks[-1]) if self.chunks else {"eligible": 0, "reused": 0,
                                                            "evaluations": 0}
+
+    def last_chunk_per_world(self, batch_size: int) -> list[int]:
+        """Reused block evaluations of each world in the latest chunk."""
+        counts = self.chunk_world_reused[:batch_size].tolist()
+        return counts + [0] * (batch_size - len(counts))
 
     def summary(self) -> dict:
         """Skip rates per block, step, chunk and world, and gate-metric percentiles."""
