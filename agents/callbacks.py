@@ -1,0 +1,42 @@
+"""SB3 callbacks: X-Cache statistics of the batched world model, logged with the episode stats."""
+
+from __future__ import annotations
+
+from stable_baselines3.common.callbacks import BaseCallback
+
+
+class XCacheStatsCallback(BaseCallback):
+    """Logs the cache policy's skip rates and the engine's stage timings after every rollout.
+
+    Reads the executor of the ``XWorldVectorEnv`` under the SB3 adapter; stats are cumulative
+    since the start of training, and ``xcache/rollout_skip_rate`` covers the last rollout only.
+    """
+
+    def __init__(self, verbose: int = 0) -> None:
+        super().__init__(verbose)
+        self._last = (0, 0)
+
+    def _engine(self):
+        venv = self.training_env
+        while not hasattr(venv, "venv") or not hasattr(venv.venv, "engine"):
+            venv = venv.venv
+        return venv.venv.engine
+
+    def _on_step(self) -> bool:
+        return True
+
+    def _on_rollout_end(self) -> None:
+        engine = self._engine()
+        stats = getattr(engine.executor, "stats", None)
+        if stats is not None:
+            summary = stats.summary()
+            self.logger.record("xcache/skip_rate", summary["skip_rate"])
+            self.logger.record("xcache/skip_rate_all", summary["skip_rate_all"])
+            eligible, reused = summary["eligible_evaluations"], summary["reused_evaluations"]
+            d_eligible, d_reused = eligible - self._last[0], reused - self._last[1]
+            if d_eligible:
+                self.logger.record("xcache/rollout_skip_rate", d_reused / d_eligible)
+            self._last = (eligible, reused)
+        chunks = max(1, engine.stats["chunks"])
+        for key in ("dit_s", "kv_update_s", "decode_s", "heads_s"):
+            self.logger.record(f"engine/{key}_per_chunk", engine.stats[key] / chunks)

@@ -1,0 +1,38 @@
+"""The agents entry points on the tiny world model."""
+
+import numpy as np
+import torch
+from gymnasium import spaces
+
+from agents.evaluate import evaluate
+from agents.extractors import SevenViewExtractor
+from agents.train import main as train_main
+from xworld_env.types import CAMERA_NAMES
+
+
+def test_extractor_shares_one_cnn_across_cameras():
+    space = spaces.Dict({
+        **{n: spaces.Box(0, 255, (3, 64, 64), np.uint8) for n in CAMERA_NAMES},
+        "ego": spaces.Box(-1, 1, (3,), np.float32),
+    })
+    extractor = SevenViewExtractor(space, features_dim=32, view_dim=16)
+    obs = {n: torch.rand(2, 3, 64, 64) for n in CAMERA_NAMES} | {"ego": torch.zeros(2, 3)}
+    assert extractor(obs).shape == (2, 32)
+    # One CNN: its parameters do not grow with the number of cameras.
+    single = SevenViewExtractor(spaces.Dict({"rear": space["rear"]}), 32, 16)
+    assert sum(p.numel() for p in extractor.cnn.parameters()) == sum(
+        p.numel() for p in single.cnn.parameters()
+    )
+
+
+def test_train_tiny_then_evaluate(tiny_env_kwargs, tmp_path):
+    overrides = ["agent=tiny", f"agent.run_dir={tmp_path}",
+                 f"agent.checkpoint={tiny_env_kwargs['checkpoint']}",
+                 f"agent.scenario_bank={tiny_env_kwargs['scenario_bank']}"]
+    assert train_main(overrides) == 0
+    policy = tmp_path / "ppo_final.zip"
+    assert policy.is_file()
+    result = evaluate(str(policy), episodes=1, max_steps=2, family="highway",
+                      **tiny_env_kwargs)
+    for name in ("XWorld-v0", "XWorldSim-v0"):
+        assert result[name]["episodes"] == 1 and np.isfinite(result[name]["mean_return"])
