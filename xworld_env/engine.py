@@ -31,6 +31,7 @@ from xworld_env.model.kv_cache import KVCacheConfig, RollingKVCache
 from xworld_env.model.sampler import FlowSampler, SamplerConfig, draw_noise
 from xworld_env.types import EGO_FIELDS
 
+NOISE_MODES = ("fresh", "fixed")
 _STAT_KEYS = ("prime_s", "dit_s", "kv_update_s", "decode_s", "heads_s")
 
 
@@ -41,10 +42,19 @@ class EngineConfig:
     Attributes:
         sampler: denoising steps and schedule.
         kv_cache: window and sink of the rolling KV cache.
+        noise: ``"fresh"`` draws new noise for every chunk; ``"fixed"`` draws each world's
+            starting and re-noising noise once per episode and uses it for every chunk, so that
+            consecutive chunks differ only where the world changes (each chunk's noise is still
+            standard normal; successive chunks share it).
     """
 
     sampler: SamplerConfig = field(default_factory=SamplerConfig)
     kv_cache: KVCacheConfig = field(default_factory=KVCacheConfig)
+    noise: str = "fresh"
+
+    def __post_init__(self) -> None:
+        if self.noise not in NOISE_MODES:
+            raise ValueError(f"noise must be one of {NOISE_MODES}, got {self.noise!r}")
 
 
 @dataclass
@@ -115,6 +125,7 @@ class WorldModelEngine:
         self._generators: list[torch.Generator] = []
         self._speed = torch.zeros(0)
         self._started = torch.zeros(0, dtype=torch.bool)
+        self._fixed: Tensor | None = None
 
     @classmethod
     def from_bundle(cls, config: EngineConfig, bundle: WorldModelBundle) -> WorldModelEngine:
@@ -213,7 +224,9 @@ class WorldModelEngine:
         self.stats["prime_s"] += time.perf_counter() - started
 
         generators = [self._generator(seed) for seed in seeds]
+        fixed = self._draw_fixed(generators) if self.config.noise == "fixed" else None
         if worlds is None:
+            self._fixed = fixed
             self.kv, self._generators = kv, generators
             self._speed = speed.clone()
             self._started = torch.ones(n, dtype=torch.bool)
@@ -221,6 +234,8 @@ class WorldModelEngine:
             self.kv.replace(index, kv)
             for i, g in zip(index.tolist(), generators, strict=True):
                 self._generators[i] = g
+            if fixed is not None:
+                self._fixed[:, index] = fixed
             self._speed[index] = speed
             self._started[index] = True
         self._reset_executor(None if worlds is None else index)
@@ -259,12 +274,15 @@ class WorldModelEngine:
             begin_chunk(b, dit.config.depth)
         with torch.no_grad():
             t0 = time.perf_counter()
-            noise = draw_noise(self.latent_shape, self._generators, self.device)
+            if self._fixed is not None:
+                noise, renoise = self._fixed[0], list(self._fixed[1:])
+            else:
+                noise, renoise = draw_noise(self.latent_shape, self._generators, self.device), None
 
             def denoise(x: Tensor, t: Tensor, s: int) -> Tensor:
                 return dit(x, t, action, speed, kv=kv, step=s, executor=self.executor)
 
-            x0 = self.sampler.sample(denoise, noise, self._generators)
+            x0 = self.sampler.sample(denoise, noise, self._generators, renoise)
             t1 = self._sync()
             # KV-update protection: the committed chunk is attended to by every later chunk, so
             # it is always computed in full whatever executor is set (X-Cache guardrail 1).
@@ -297,6 +315,11 @@ class WorldModelEngine:
         )
 
     # ------------------------------------------------------------------ helpers
+
+    def _draw_fixed(self, generators: list[torch.Generator]) -> Tensor:
+        """(S, n, v, f, h, w, c): each world's starting noise and its S - 1 re-noisings."""
+        return torch.stack([draw_noise(self.latent_shape, generators, self.device)
+                            for _ in range(self.sampler.num_steps)])
 
     def _generator(self, seed: int | torch.Generator) -> torch.Generator:
         if isinstance(seed, torch.Generator):

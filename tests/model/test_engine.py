@@ -161,3 +161,31 @@ def test_bad_calls_are_rejected():
         engine.step_chunk(torch.tensor([[0.0, float("nan")], [0.0, 0.0]]))
     with pytest.raises(IndexError):
         engine.start(frames[:1], acts[:1], ego[:1], seeds=[0], worlds=[2])
+
+
+def test_fixed_noise_is_drawn_once_per_episode():
+    config = EngineConfig(sampler=SamplerConfig(num_steps=3), kv_cache=KVCacheConfig(window=2),
+                          noise="fixed")
+    engine = make_engine(config)
+    frames, acts, ego = context(2)
+    engine.start(frames, acts, ego, seeds=[0, 1])
+    fixed = engine._fixed.clone()
+    assert fixed.shape == (3, 2, *engine.latent_shape)
+    engine.step_chunk(actions(2, 1)[0])
+    assert torch.equal(engine._fixed, fixed)  # stepping draws nothing new
+    engine.start(frames[:1], acts[:1], ego[:1], seeds=[5], worlds=[1])
+    assert torch.equal(engine._fixed[:, 0], fixed[:, 0])
+    assert not torch.equal(engine._fixed[:, 1], fixed[:, 1])
+    with pytest.raises(ValueError, match="noise"):
+        EngineConfig(noise="pink")
+
+
+def test_fixed_noise_rollout_is_reproducible():
+    config = EngineConfig(sampler=SamplerConfig(num_steps=2), noise="fixed")
+    outs = []
+    for _ in range(2):
+        engine = make_engine(config)
+        engine.start(*context(1), seeds=[3])
+        outs.append([engine.step_chunk(a).latents for a in actions(1, 2)])
+    for a, b in zip(*outs):
+        assert torch.equal(a, b)

@@ -53,6 +53,7 @@ def load_runtime(
     dtype: str,
     num_steps: int | None = None,
     window: int | None = None,
+    noise: str | None = None,
 ) -> WorldModelRuntime:
     """Loads the checkpoint (default: the shipped one) into an engine, and the scenario bank."""
     if dtype not in DTYPES:
@@ -66,6 +67,7 @@ def load_runtime(
         sampler=SamplerConfig(num_steps=num_steps or trained.get("num_steps", 4),
                               shift=trained.get("shift", 3.0)),
         kv_cache=KVCacheConfig(window=window or trained.get("window", 4)),
+        noise=noise or trained.get("noise", "fresh"),
     )
     engine = WorldModelEngine.from_bundle(config, bundle)
     if DTYPES[dtype] != torch.float32:
@@ -105,7 +107,8 @@ class XWorldEnv(gym.Env):
     ## Arguments
     ``cache`` (``"xcache"``, ``"none"``, ``"fbcache"``, ``"static"``, a policy config or a dict),
     ``family``, ``checkpoint``, ``scenario_bank``, ``device``, ``dtype``, ``num_steps``,
-    ``window``, ``reward``, ``include_ego``, ``render_mode``.
+    ``window``, ``noise`` (``"fresh"`` or ``"fixed"``, see ``EngineConfig``), ``reward``,
+    ``include_ego``, ``render_mode``.
 
     ## Version history
     v0: first release.
@@ -123,6 +126,7 @@ class XWorldEnv(gym.Env):
         dtype: str = "float32",
         num_steps: int | None = None,
         window: int | None = None,
+        noise: str | None = None,
         reward: RewardConfig | dict | None = None,
         include_ego: bool = True,
         render_mode: str | None = None,
@@ -131,7 +135,8 @@ class XWorldEnv(gym.Env):
             check_family(family)
         if render_mode not in (None, "rgb_array"):
             raise ValueError(f"render_mode must be None or 'rgb_array', got {render_mode!r}")
-        self.runtime = load_runtime(checkpoint, scenario_bank, device, dtype, num_steps, window)
+        self.runtime = load_runtime(checkpoint, scenario_bank, device, dtype, num_steps, window,
+                                    noise)
         self.engine = self.runtime.engine
         self.engine.executor = make_executor(cache)
         self.cache_policy = getattr(self.engine.executor, "name", "none")

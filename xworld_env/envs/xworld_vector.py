@@ -34,8 +34,8 @@ class XWorldVectorEnv(VectorEnv):
         max_episode_steps: steps after which a world's episode is truncated (None: never).
         autoreset_mode: ``AutoresetMode.NEXT_STEP`` (default) or ``AutoresetMode.SAME_STEP``.
         Others: as ``XWorldEnv`` (``cache``, ``family``, ``checkpoint``, ``scenario_bank``,
-            ``device``, ``dtype``, ``num_steps``, ``window``, ``reward``, ``include_ego``,
-            ``render_mode``).
+            ``device``, ``dtype``, ``num_steps``, ``window``, ``noise``, ``reward``,
+            ``include_ego``, ``render_mode``).
     """
 
     metadata = {"render_modes": ["rgb_array"], "render_fps": 4,
@@ -52,6 +52,7 @@ class XWorldVectorEnv(VectorEnv):
         dtype: str = "float32",
         num_steps: int | None = None,
         window: int | None = None,
+        noise: str | None = None,
         reward: RewardConfig | dict | None = None,
         include_ego: bool = True,
         render_mode: str | None = None,
@@ -70,7 +71,8 @@ class XWorldVectorEnv(VectorEnv):
         if max_episode_steps is not None and max_episode_steps < 1:
             raise ValueError(f"max_episode_steps must be >= 1 or None, got {max_episode_steps}")
         self.metadata = {**self.metadata, "autoreset_mode": mode}
-        self.runtime = load_runtime(checkpoint, scenario_bank, device, dtype, num_steps, window)
+        self.runtime = load_runtime(checkpoint, scenario_bank, device, dtype, num_steps, window,
+                                    noise)
         self.engine = self.runtime.engine
         self.engine.executor = make_executor(cache)
         self.num_envs = num_envs

@@ -85,7 +85,11 @@ class FlowSampler:
         return shift_time(base, self.config.shift).float()
 
     def sample(
-        self, denoise: Denoiser, noise: Tensor, generators: Sequence[torch.Generator]
+        self,
+        denoise: Denoiser,
+        noise: Tensor,
+        generators: Sequence[torch.Generator],
+        renoise: Sequence[Tensor] | None = None,
     ) -> Tensor:
         """Generates clean latents from noise in ``S`` model evaluations.
 
@@ -93,6 +97,8 @@ class FlowSampler:
             denoise: the model, called once per step with ``(x_t, t, s)``.
             noise: (b, ...) starting noise at t = 1.
             generators: one per world, for the re-noising between steps.
+            renoise: optional noise for each re-noising (``S - 1`` tensors shaped like
+                ``noise``) instead of fresh draws from ``generators``.
 
         Returns:
             (b, ...) the predicted clean latents of the last step.
@@ -109,6 +115,9 @@ class FlowSampler:
             x0 = x - times[s] * denoise(x, t, s)
             t_next = times[s + 1]
             if t_next > 0:
-                fresh = draw_noise(noise.shape[1:], generators, noise.device, noise.dtype)
+                if renoise is not None:
+                    fresh = renoise[s]
+                else:
+                    fresh = draw_noise(noise.shape[1:], generators, noise.device, noise.dtype)
                 x = add_noise(x0, fresh, noise.new_full((b,), t_next))
         return x0
