@@ -18,13 +18,19 @@ import torch
 from xworld_env.data.scenario_bank import ScenarioBank
 from xworld_env.engine import EngineConfig, WorldModelEngine
 from xworld_env.envs.rewards import RewardConfig, is_terminal, reward_terms
+from xworld_env.envs.spaces import (
+    EGO_LIMITS,
+    action_space,
+    check_action,
+    family_option,
+    observation_space,
+)
 from xworld_env.model.checkpoint import load_bundle
 from xworld_env.model.kv_cache import KVCacheConfig
 from xworld_env.model.sampler import SamplerConfig
 from xworld_env.mosaic import mosaic
 from xworld_env.sim.rig import RigConfig
 from xworld_env.sim.scenarios import check_family
-from xworld_env.sim.sim_env import EGO_LIMITS, action_space, check_action, observation_space
 from xworld_env.types import CAMERA_NAMES, EGO_FIELDS, FAMILIES
 from xworld_env.xcache import make_executor
 
@@ -44,6 +50,30 @@ class WorldModelRuntime:
     engine: WorldModelEngine
     bank: ScenarioBank
     checkpoint: Path
+
+    def bank_family(self, family: str | None) -> str | None:
+        """``family`` if the scenario bank has starts of it (None: any family)."""
+        if family is not None and family not in self.bank.families:
+            raise ValueError(
+                f"the scenario bank has no {family!r} starts; it has "
+                f"{', '.join(self.bank.families)}"
+            )
+        return family
+
+
+def reward_config(reward: RewardConfig | dict | None) -> RewardConfig:
+    """A reward config from None (defaults), a config, or a dict of its settings."""
+    if reward is None or isinstance(reward, RewardConfig):
+        return reward or RewardConfig()
+    return RewardConfig(**reward)
+
+
+def check_env_arguments(family: str | None, render_mode: str | None) -> None:
+    """Raises ``ValueError`` for an unknown family or render mode."""
+    if family is not None:
+        check_family(family)
+    if render_mode not in (None, "rgb_array"):
+        raise ValueError(f"render_mode must be None or 'rgb_array', got {render_mode!r}")
 
 
 def load_runtime(
@@ -131,19 +161,13 @@ class XWorldEnv(gym.Env):
         include_ego: bool = True,
         render_mode: str | None = None,
     ) -> None:
-        if family is not None:
-            check_family(family)
-        if render_mode not in (None, "rgb_array"):
-            raise ValueError(f"render_mode must be None or 'rgb_array', got {render_mode!r}")
+        check_env_arguments(family, render_mode)
         self.runtime = load_runtime(checkpoint, scenario_bank, device, dtype, num_steps, window,
                                     noise)
         self.engine = self.runtime.engine
         self.engine.executor = make_executor(cache)
         self.cache_policy = getattr(self.engine.executor, "name", "none")
-        if reward is None or isinstance(reward, RewardConfig):
-            self.reward_config = reward or RewardConfig()
-        else:
-            self.reward_config = RewardConfig(**reward)
+        self.reward_config = reward_config(reward)
         self.family = family
         self.include_ego = include_ego
         self.render_mode = render_mode
@@ -159,18 +183,7 @@ class XWorldEnv(gym.Env):
     def reset(self, *, seed: int | None = None, options: dict | None = None):
         if self._closed:
             raise RuntimeError("XWorld-v0 was closed; make a new environment")
-        options = dict(options or {})
-        unknown = set(options) - {"family"}
-        if unknown:
-            raise ValueError(f"unknown reset option(s) {sorted(unknown)}; accepted: family")
-        family = options.get("family", self.family)
-        if family is not None:
-            check_family(family)
-            if family not in self.runtime.bank.families:
-                raise ValueError(
-                    f"the scenario bank has no {family!r} starts; it has "
-                    f"{', '.join(self.runtime.bank.families)}"
-                )
+        family = self.runtime.bank_family(family_option(options, self.family))
         super().reset(seed=seed)
         start = self.runtime.bank.sample(family, self.np_random)
         noise_seed = int(self.np_random.integers(2**63 - 1))

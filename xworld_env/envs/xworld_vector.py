@@ -17,11 +17,10 @@ from gymnasium.vector import AutoresetMode, VectorEnv
 from gymnasium.vector.utils import batch_space
 
 from xworld_env.envs.rewards import RewardConfig, is_terminal, reward_terms
-from xworld_env.envs.xworld import load_runtime
+from xworld_env.envs.spaces import EGO_LIMITS, action_space, family_option, observation_space
+from xworld_env.envs.xworld import check_env_arguments, load_runtime, reward_config
 from xworld_env.mosaic import mosaic
 from xworld_env.sim.rig import RigConfig
-from xworld_env.sim.scenarios import check_family
-from xworld_env.sim.sim_env import EGO_LIMITS, action_space, observation_space
 from xworld_env.types import CAMERA_NAMES, EGO_FIELDS
 from xworld_env.xcache import make_executor
 
@@ -61,10 +60,7 @@ class XWorldVectorEnv(VectorEnv):
     ) -> None:
         if not isinstance(num_envs, int) or num_envs < 1:
             raise ValueError(f"num_envs must be an int >= 1, got {num_envs!r}")
-        if family is not None:
-            check_family(family)
-        if render_mode not in (None, "rgb_array"):
-            raise ValueError(f"render_mode must be None or 'rgb_array', got {render_mode!r}")
+        check_env_arguments(family, render_mode)
         mode = AutoresetMode(autoreset_mode)
         if mode not in (AutoresetMode.NEXT_STEP, AutoresetMode.SAME_STEP):
             raise ValueError("autoreset_mode must be NEXT_STEP or SAME_STEP")
@@ -80,10 +76,7 @@ class XWorldVectorEnv(VectorEnv):
         self.include_ego = include_ego
         self.render_mode = render_mode
         self.max_episode_steps = max_episode_steps
-        if reward is None or isinstance(reward, RewardConfig):
-            self.reward_config = reward or RewardConfig()
-        else:
-            self.reward_config = RewardConfig(**reward)
+        self.reward_config = reward_config(reward)
         _, _, h, w, _ = self.engine.frame_shape
         self.single_observation_space = observation_space(RigConfig(height=h, width=w),
                                                           include_ego)
@@ -104,12 +97,7 @@ class XWorldVectorEnv(VectorEnv):
     def reset(self, *, seed: int | list[int] | None = None, options: dict | None = None):
         if self._closed:
             raise RuntimeError("the XWorld-v0 vector env was closed; make a new one")
-        options = dict(options or {})
-        unknown = set(options) - {"family"}
-        if unknown:
-            raise ValueError(f"unknown reset option(s) {sorted(unknown)}; accepted: family")
-        family = options.get("family", self.family)
-        self._check_bank_family(family)
+        family = self.runtime.bank_family(family_option(options, self.family))
         if seed is None or isinstance(seed, int):
             base = seed if seed is not None else int(np.random.SeedSequence().entropy % 2**31)
             seeds = [base + i for i in range(self.num_envs)]
@@ -188,14 +176,6 @@ class XWorldVectorEnv(VectorEnv):
         self._closed = True
 
     # ---------------------------------------------------------------- helpers
-
-    def _check_bank_family(self, family: str | None) -> None:
-        if family is None:
-            return
-        check_family(family)
-        if family not in self.runtime.bank.families:
-            raise ValueError(f"the scenario bank has no {family!r} starts; it has "
-                             f"{', '.join(self.runtime.bank.families)}")
 
     def _check_actions(self, actions) -> np.ndarray:
         try:

@@ -11,8 +11,16 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from xworld_env.model.autoencoder import Autoencoder, AutoencoderConfig
-from xworld_env.model.checkpoint import load_training_state, save_training_state
-from xworld_env.training.common import RunLog, load_split, psnr, resolve_device, seed_everything
+from xworld_env.model.checkpoint import save_training_state
+from xworld_env.training.common import (
+    RunLog,
+    load_split,
+    psnr,
+    resolve_device,
+    resume,
+    save_state,
+    seed_everything,
+)
 
 STATE_NAME = "state.pt"
 
@@ -85,14 +93,8 @@ def train_autoencoder(cfg: AutoencoderTrainConfig, progress: bool = True) -> dic
         AutoencoderConfig(latent_channels=cfg.latent_channels, channels=tuple(cfg.channels))
     ).to(device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=1e-4)
-    step = 0
     state_path = run_dir / STATE_NAME
-    if state_path.is_file():
-        state = load_training_state(state_path)
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        generator.set_state(state["generator"])
-        step = int(state["step"])
+    step = resume(state_path, model, optimizer, generator)
     train = image_pool(cfg.data, "train")
     val = image_pool(cfg.data, "val")
     val = val[torch.randperm(len(val), generator=torch.Generator().manual_seed(1))][
@@ -116,11 +118,7 @@ def train_autoencoder(cfg: AutoencoderTrainConfig, progress: bool = True) -> dic
             bar.set_postfix(loss=f"{loss.item():.4f}")
             log.write(step, loss=loss.item(), lr=optimizer.param_groups[0]["lr"])
         if step % cfg.save_every == 0 or step == cfg.steps:
-            save_training_state(
-                state_path,
-                {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "step": step,
-                 "generator": generator.get_state()},
-            )
+            save_state(state_path, model, optimizer, generator, step)
     bar.close()
     model.eval()
     calib = train[torch.randperm(len(train), generator=torch.Generator().manual_seed(2))[:4096]]

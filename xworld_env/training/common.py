@@ -78,3 +78,29 @@ def psnr(a: torch.Tensor, b: torch.Tensor) -> float:
     """PSNR in dB of two float images in [0, 1]."""
     mse = torch.mean((a.float() - b.float()) ** 2).clamp_min(1e-10)
     return float(10.0 * torch.log10(1.0 / mse))
+
+
+def resume(state_path: Path, model, optimizer, generator: torch.Generator) -> int:
+    """Loads a saved training state if there is one; returns the step to continue from."""
+    from xworld_env.model.checkpoint import load_training_state
+
+    if not Path(state_path).is_file():
+        return 0
+    state = load_training_state(state_path)
+    model.load_state_dict(state["model"])
+    optimizer.load_state_dict(state["optimizer"])
+    generator.set_state(state["generator"])
+    return int(state["step"])
+
+
+def save_state(
+    state_path: Path, model, optimizer, generator: torch.Generator, step: int, **extra
+) -> None:
+    """Saves what :func:`resume` needs (and ``extra`` entries) atomically."""
+    from xworld_env.model.checkpoint import save_training_state
+
+    save_training_state(
+        state_path,
+        {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "step": step,
+         "generator": generator.get_state(), **extra},
+    )

@@ -10,10 +10,9 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from xworld_env.model.checkpoint import load_training_state, save_training_state
 from xworld_env.model.heads import Heads, HeadsConfig
 from xworld_env.training.autoencoder import lr_at
-from xworld_env.training.common import RunLog, resolve_device, seed_everything
+from xworld_env.training.common import RunLog, resolve_device, resume, save_state, seed_everything
 from xworld_env.training.world_model import encode_split, load_autoencoder
 
 STATE_NAME = "state.pt"
@@ -100,14 +99,8 @@ def train_heads(cfg: HeadsTrainConfig, progress: bool = True) -> dict:
     val = _flat(encode_split(ae, cfg.data, "val", Path(cfg.latents_dir) / "val.pt"))
     heads = Heads(HeadsConfig(latent_channels=ae.config.latent_channels)).to(device)
     optimizer = torch.optim.AdamW(heads.parameters(), lr=cfg.lr, weight_decay=1e-4)
-    step = 0
     state_path = run_dir / STATE_NAME
-    if state_path.is_file():
-        state = load_training_state(state_path)
-        heads.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        generator.set_state(state["generator"])
-        step = int(state["step"])
+    step = resume(state_path, heads, optimizer, generator)
     scale = torch.tensor(heads.config.ego_scale, device=device)
     pos_weight = torch.tensor(cfg.event_pos_weight, device=device)
     log = RunLog(run_dir, cfg)
@@ -137,11 +130,7 @@ def train_heads(cfg: HeadsTrainConfig, progress: bool = True) -> dict:
             log.write(step, loss=loss.item(), ego=ego_loss.item(), collision=col.item(),
                       off_road=off.item())
         if step % cfg.save_every == 0 or step == cfg.steps:
-            save_training_state(
-                state_path,
-                {"model": heads.state_dict(), "optimizer": optimizer.state_dict(), "step": step,
-                 "generator": generator.get_state(), "config": asdict(heads.config)},
-            )
+            save_state(state_path, heads, optimizer, generator, step, config=asdict(heads.config))
     bar.close()
     metrics = evaluate_heads(heads, val)
     log.write(step, **metrics)

@@ -15,11 +15,18 @@ from einops import rearrange
 from tqdm import tqdm
 
 from xworld_env.model.autoencoder import Autoencoder, AutoencoderConfig
-from xworld_env.model.checkpoint import load_training_state, save_training_state
+from xworld_env.model.checkpoint import load_training_state
 from xworld_env.model.dit import CausalDiT, dit_config
 from xworld_env.model.sampler import FlowSampler, SamplerConfig
 from xworld_env.training.autoencoder import lr_at
-from xworld_env.training.common import RunLog, load_split, resolve_device, seed_everything
+from xworld_env.training.common import (
+    RunLog,
+    load_split,
+    resolve_device,
+    resume,
+    save_state,
+    seed_everything,
+)
 from xworld_env.training.losses import flow_matching_loss, sample_flow_times
 from xworld_env.types import EGO_FIELDS
 
@@ -149,14 +156,8 @@ def train_world_model(cfg: WorldModelTrainConfig, progress: bool = True) -> dict
     val = encode_split(ae, cfg.data, "val", Path(cfg.latents_dir) / "val.pt")
     model = CausalDiT(dit_config(cfg.preset, latent_channels=ae.config.latent_channels)).to(device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=0.01)
-    step = 0
     state_path = run_dir / STATE_NAME
-    if state_path.is_file():
-        state = load_training_state(state_path)
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        generator.set_state(state["generator"])
-        step = int(state["step"])
+    step = resume(state_path, model, optimizer, generator)
     train_starts = window_starts(train["valid"], cfg.chunks)
     val_starts = window_starts(val["valid"], cfg.chunks)
     order = torch.randperm(len(val_starts), generator=torch.Generator().manual_seed(3))
@@ -187,11 +188,8 @@ def train_world_model(cfg: WorldModelTrainConfig, progress: bool = True) -> dict
         if step % cfg.save_every == 0 or step == cfg.steps:
             val_loss = validation_loss(model, val, val_pick, cfg, inference_times, device)
             log.write(step, val_loss=val_loss)
-            save_training_state(
-                state_path,
-                {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "step": step,
-                 "generator": generator.get_state(), "config": model.config.__dict__},
-            )
+            save_state(state_path, model, optimizer, generator, step,
+                       config=model.config.__dict__)
     bar.close()
     return {"steps": step, "val_loss": val_loss, "run_dir": str(run_dir)}
 
