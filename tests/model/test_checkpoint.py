@@ -116,3 +116,19 @@ def test_config_that_is_not_json(saved):
     (path / CONFIG_NAME).write_text("{not json")
     with pytest.raises(CheckpointError, match="not a readable JSON file"):
         load_bundle(path)
+
+
+def test_half_precision_storage_loads_the_rounded_weights(tmp_path):
+    bundle = WorldModelBundle(make_autoencoder(), make_dit(), make_heads(), {})
+    path = save_bundle(tmp_path / "half", bundle, storage_dtype="float16")
+    full = save_bundle(tmp_path / "full", bundle)
+    assert (path / "model.safetensors").stat().st_size < 0.6 * (
+        full / "model.safetensors"
+    ).stat().st_size
+    loaded = load_bundle(path)
+    for name, value in bundle.dit.state_dict().items():
+        got = loaded.dit.state_dict()[name]
+        assert got.dtype == value.dtype
+        assert torch.equal(got, value.to(torch.float16).to(value.dtype))
+    with pytest.raises(ValueError, match="storage_dtype"):
+        save_bundle(tmp_path / "x", bundle, storage_dtype="int8")

@@ -83,20 +83,36 @@ def _sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def save_bundle(path: str | os.PathLike, bundle: WorldModelBundle) -> Path:
+#: Storage dtypes of floating-point weights; loading converts back to the modules' dtype.
+STORAGE_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
+def save_bundle(
+    path: str | os.PathLike, bundle: WorldModelBundle, storage_dtype: str = "float32"
+) -> Path:
     """Writes ``bundle`` as a checkpoint directory (created if needed, files replaced atomically).
 
     Args:
         path: checkpoint directory.
         bundle: networks and metadata to save.
+        storage_dtype: dtype of the stored floating-point tensors (``float16`` halves the file;
+            the loaded model is then the rounded one).
 
     Returns:
         The checkpoint directory.
     """
+    if storage_dtype not in STORAGE_DTYPES:
+        raise ValueError(
+            f"storage_dtype must be one of {sorted(STORAGE_DTYPES)}, got {storage_dtype!r}"
+        )
+    store = STORAGE_DTYPES[storage_dtype]
     directory = Path(path)
     directory.mkdir(parents=True, exist_ok=True)
     tensors = {
-        f"{prefix}.{name}": value.detach().to("cpu").contiguous()
+        f"{prefix}.{name}": (value.to(store) if value.is_floating_point() else value)
+        .detach()
+        .to("cpu")
+        .contiguous()
         for prefix, module in bundle.modules().items()
         for name, value in module.state_dict().items()
     }
@@ -108,7 +124,8 @@ def save_bundle(path: str | os.PathLike, bundle: WorldModelBundle) -> Path:
         "autoencoder": dataclasses.asdict(bundle.autoencoder.config),
         "dit": dataclasses.asdict(bundle.dit.config),
         "heads": dataclasses.asdict(bundle.heads.config),
-        "weights": {"file": WEIGHTS_NAME, "sha256": _sha256(tmp_weights)},
+        "weights": {"file": WEIGHTS_NAME, "sha256": _sha256(tmp_weights),
+                    "storage_dtype": storage_dtype},
         "metadata": bundle.metadata,
     }
     tmp_config = directory / (CONFIG_NAME + ".tmp")

@@ -20,12 +20,14 @@ class BundleConfig:
         world_model: world-model run folder.
         heads: heads run folder.
         out: checkpoint folder to write (``xworld_env/assets/default`` ships with the package).
+        storage_dtype: dtype of the stored weights (``float16`` keeps the shipped file small).
     """
 
     autoencoder: str = "runs/autoencoder/autoencoder.pt"
     world_model: str = "runs/world_model"
     heads: str = "runs/heads"
     out: str = "runs/bundle"
+    storage_dtype: str = "float16"
 
 
 def _last_log(run_dir: Path) -> dict:
@@ -54,4 +56,5 @@ def assemble(cfg: BundleConfig) -> Path:
         "world_model": _last_log(Path(cfg.world_model)),
         "heads": _last_log(Path(cfg.heads)),
     }
-    return save_bundle(cfg.out, WorldModelBundle(ae, dit, heads.eval(), metadata))
+    bundle = WorldModelBundle(ae, dit, heads.eval(), metadata)
+    return save_bundle(cfg.out, bundle, storage_dtype=cfg.storage_dtype)
