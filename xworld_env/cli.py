@@ -17,13 +17,28 @@ def _render_sheet(args: argparse.Namespace) -> int:
     return 0
 
 
-def _bench(args: argparse.Namespace) -> int:
-    if args.target == "sim":
-        from xworld_env.bench import sim
+def _bench_sim(args: argparse.Namespace) -> int:
+    from xworld_env.bench import sim
 
-        sim.main(steps=args.steps, json_path=args.json)
+    sim.main(steps=args.steps, json_path=args.json)
+    return 0
+
+
+def _bench_module(name: str):
+    def run(args: argparse.Namespace) -> int:
+        import importlib
+
+        importlib.import_module(f"xworld_env.bench.{name}").main(args)
         return 0
-    raise AssertionError(args.target)
+
+    return run
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from xworld_env.demo import main
+
+    main(args)
+    return 0
 
 
 def _generate(args: argparse.Namespace) -> int:
@@ -59,11 +74,38 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="scenario seed (default 0)")
     p.set_defaults(func=_render_sheet)
 
-    p = sub.add_parser("bench", help="benchmarks that print a table and write JSON")
-    p.add_argument("target", choices=["sim"], help="what to measure")
+    p = sub.add_parser(
+        "demo", help="drive the shipped world model with X-Cache, write a video, compare speed"
+    )
+    p.add_argument("--out", default="xworld_demo.gif", help="GIF to write")
+    p.add_argument("--steps", type=int, default=40, help="env steps (default 40 = 20 s)")
+    p.add_argument("--family", default="highway", help="scenario family (default highway)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--cache", default="xcache", help="cache policy (default xcache)")
+    p.add_argument("--checkpoint", default=None, help="world model folder (default: shipped)")
+    p.set_defaults(func=_demo)
+
+    bench = sub.add_parser("bench", help="benchmarks that print a table and write JSON")
+    targets = bench.add_subparsers(dest="target", required=True, metavar="TARGET")
+    p = targets.add_parser("sim", help="simulator: 7-view frames/s and env steps/s")
+    p.add_argument("--steps", type=int, default=40, help="env steps per family")
     p.add_argument("--json", default=None, help="write the results to this JSON file")
-    p.add_argument("--steps", type=int, default=40, help="env steps per family (sim)")
-    p.set_defaults(func=_bench)
+    p.set_defaults(func=_bench_sim)
+    p = targets.add_parser("env", help="XWorld-v0 steps/s, single and batched, cache on/off")
+    p.add_argument("--steps", type=int, default=20, help="steps per measurement")
+    p.add_argument("--sizes", type=int, nargs="+", default=[1, 4, 8, 16], help="batch sizes")
+    p.add_argument("--checkpoint", default=None, help="world model folder (default: shipped)")
+    p.add_argument("--json", default=None, help="write the results to this JSON file")
+    p.set_defaults(func=_bench_module("env"))
+    for name, module, text in (
+        ("xcache", "fidelity", "X-Cache vs full compute and baselines: speed and fidelity"),
+        ("quality", "quality", "world model vs the simulator: PSNR by horizon, heads"),
+    ):
+        import importlib
+
+        p = targets.add_parser(name, help=text)
+        importlib.import_module(f"xworld_env.bench.{module}").add_arguments(p)
+        p.set_defaults(func=_bench_module(module))
 
     p = sub.add_parser(
         "generate", help="write a simulator dataset (hydra overrides, e.g. data.out_dir=DIR)"

@@ -1,0 +1,56 @@
+"""The ``xworld`` command: every subcommand runs, errors exit with a message."""
+
+import json
+
+import pytest
+from PIL import Image
+
+from xworld_env.cli import main
+
+
+def test_help_lists_the_commands(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--help"])
+    assert exit_info.value.code == 0
+    out = capsys.readouterr().out
+    for command in ("demo", "render-sheet", "bench", "generate", "scenario-bank", "train"):
+        assert command in out
+
+
+def test_render_sheet(tmp_path):
+    out = tmp_path / "sheet.png"
+    assert main(["render-sheet", "--out", str(out)]) == 0
+    width, height = Image.open(out).size
+    assert width > 7 * 64 and height > 4 * 64
+
+
+def test_bench_sim_writes_json(tmp_path):
+    path = tmp_path / "sim.json"
+    assert main(["bench", "sim", "--steps", "2", "--json", str(path)]) == 0
+    result = json.loads(path.read_text())
+    assert result["frames_per_s"] > 0 and result["steps_per_s"] > 0
+    assert set(result["families"]) == {"highway", "merge", "roundabout", "intersection"}
+
+
+def test_bench_env_writes_json(tmp_path, tiny_checkpoint):
+    path = tmp_path / "env.json"
+    args = ["bench", "env", "--steps", "2", "--sizes", "2", "--checkpoint", str(tiny_checkpoint),
+            "--json", str(path)]
+    assert main(args) == 0
+    result = json.loads(path.read_text())
+    assert set(result["single"]) == {"xcache", "none"} and set(result["batched"]) == {"2"}
+
+
+def test_demo_writes_a_video(tmp_path, tiny_checkpoint, capsys):
+    out = tmp_path / "demo.gif"
+    args = ["demo", "--steps", "3", "--out", str(out), "--checkpoint", str(tiny_checkpoint)]
+    assert main(args) == 0
+    assert out.stat().st_size > 0
+    printed = capsys.readouterr().out
+    assert "steps/s" in printed and "skip rate" in printed and "PSNR" in printed
+
+
+def test_bad_override_exits_with_a_message(capsys, tmp_path):
+    assert main(["generate", "data.nonsense=1", f"data.out={tmp_path}"]) == 2
+    assert "error" in capsys.readouterr().err
+    assert main(["train", "heads", "steps=0"]) == 2

@@ -1,0 +1,582 @@
+"""``xworld bench quality``: the world model against the teacher simulator it learned from.
+
+On held-out simulator episodes (seeds never used for training; :mod:`xworld_env.bench.heldout`)
+the engine, with full compute, starts from an episode's first ``context`` chunks and replays its
+recorded actions; the decoded views are compared with the simulator's frames, next to the
+"repeat the last observed frame" baseline. Beside that, per family:
+
+* ``ae_psnr``: the autoencoder's reconstruction of the simulator frames, the ceiling of any
+  rollout;
+* ``action_sensitivity_db``: PSNR with the true actions minus PSNR with another episode's actions
+  (same start, same noise seed), averaged over the horizons: positive when the actions steer the
+  world;
+* ``stable``: whether a long rollout stays finite and keeps its contrast;
+* ``heads_sim`` / ``heads_model``: the heads on the autoencoder latents of the simulator chunks
+  (their training input) and on the generated latents, both against the simulator's labels.
+
+A PNG strip next to the JSON shows simulator and model views side by side over the horizon.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from einops import rearrange
+from PIL import Image, ImageDraw
+from tqdm import tqdm
+
+from xworld_env.bench.heldout import HELDOUT_BASE_SEED, HeldoutEpisode, record_heldout
+from xworld_env.bench.machine import machine_info
+from xworld_env.bench.metrics import finite_mean, psnr
+from xworld_env.engine import WorldModelEngine
+from xworld_env.envs.xworld import DEFAULT_CHECKPOINT, load_runtime
+from xworld_env.model.autoencoder import to_uint8
+from xworld_env.training.heads import evaluate_heads
+from xworld_env.types import CAMERA_NAMES, FAMILIES
+
+#: Horizons (chunks after the context) at which PSNR is reported; the rollout's last chunk is
+#: added when it is not among them.
+HORIZONS = (1, 5, 10, 20)
+#: Horizons shown as columns of the PNG strip.
+STRIP_HORIZONS = (1, 2, 5, 10, 20)
+#: A long rollout has collapsed when its pixel std falls below this fraction of the simulator's.
+COLLAPSE_FRACTION = 0.2
+#: Autoencoder PSNR below which no rollout can look right (the ``ae_psnr_ge_30`` bar).
+AE_PSNR_BAR_DB = 30.0
+
+_BACKGROUND = (24, 24, 28)
+_TEXT = (225, 225, 225)
+_DIM = (140, 140, 140)
+
+
+@dataclass
+class Rollout:
+    """Chunks generated from one start per world.
+
+    Attributes:
+        frames: uint8 (b, t, f, v, H, W, 3) decoded views of every generated chunk.
+        latents: float (b, t, v, f, h, w, c) clean latents, on the CPU.
+    """
+
+    frames: np.ndarray
+    latents: torch.Tensor
+
+
+def report_horizons(horizon: int) -> tuple[int, ...]:
+    """The horizons of ``HORIZONS`` within ``horizon``, plus ``horizon`` itself."""
+    return tuple(sorted({h for h in HORIZONS if h <= horizon} | {horizon}))
+
+
+def copy_baseline(episode: HeldoutEpisode, context: int) -> np.ndarray:
+    """The "repeat the last observed frame" prediction: uint8 (f, v, H, W, 3), the last frame of
+    the last context chunk in every frame slot."""
+    last = episode.frames[context - 1, -1]
+    return np.repeat(last[None], episode.frames.shape[1], axis=0)
+
+
+def roll_out(
+    engine: WorldModelEngine,
+    episodes: list[HeldoutEpisode],
+    context: int,
+    actions: np.ndarray,
+    seeds: list[int],
+    desc: str = "rollout",
+    progress: bool = True,
+) -> Rollout:
+    """Starts one world per episode from its first ``context`` chunks and steps it.
+
+    Args:
+        engine: the world model; its executor runs the DiT blocks.
+        episodes: the start of world ``i`` is ``episodes[i]``.
+        context: chunks of each episode that prime the KV cache.
+        actions: (b, t, 2) the action of every generated chunk of every world.
+        seeds: noise seed of every world.
+        desc: progress-bar label.
+        progress: show a tqdm bar.
+    """
+    engine.start(
+        np.stack([ep.frames[:context] for ep in episodes]),
+        np.stack([ep.actions[:context] for ep in episodes]),
+        np.stack([ep.ego[:context] for ep in episodes]),
+        seeds=seeds,
+    )
+    frames, latents = [], []
+    for k in tqdm(range(actions.shape[1]), desc=desc, leave=False, disable=not progress):
+        out = engine.step_chunk(actions[:, k])
+        frames.append(out.frames.cpu().numpy())
+        latents.append(out.latents.float().cpu())
+    return Rollout(np.stack(frames, axis=1), torch.stack(latents, dim=1))
+
+
+def _mean(values: list[float]) -> float:
+    # inf PSNR (identical images) carries no magnitude; finite_mean keeps it only if all are inf.
+    return finite_mean(np.asarray(values)) if values else math.nan
+
+
+def _encode_decode(engine: WorldModelEngine, frames: np.ndarray) -> tuple[torch.Tensor, np.ndarray]:
+    """uint8 chunks (t, f, v, H, W, 3) -> (latents (t, v, f, h, w, c), reconstruction uint8)."""
+    latents = engine.encode(frames)
+    with torch.no_grad():
+        images = to_uint8(engine.autoencoder.decode(latents))
+    recon = rearrange(images, "t v f h w c -> t f v h w c").cpu().numpy()
+    return latents.float().cpu(), recon
+
+
+def _heads_data(latents: torch.Tensor, episodes: list[HeldoutEpisode], chunks: np.ndarray) -> dict:
+    """``evaluate_heads`` input: latents (n, v, f, h, w, c) and the simulator labels of the same
+    chunks, ``chunks`` being (episode, chunk) index pairs."""
+    def pick(field: str) -> np.ndarray:
+        return np.stack([getattr(episodes[i], field)[t] for i, t in chunks])
+
+    return {
+        "latents": latents,
+        "ego": torch.from_numpy(pick("ego")).float(),
+        "collision": torch.from_numpy(pick("collision")).bool(),
+        "off_road": torch.from_numpy(pick("off_road")).bool(),
+    }
+
+
+def _concat(parts: list[dict]) -> dict:
+    return {key: torch.cat([p[key] for p in parts]) for key in parts[0]}
+
+
+def evaluate_family(
+    engine: WorldModelEngine,
+    episodes: list[HeldoutEpisode],
+    context: int,
+    horizon: int,
+    progress: bool = True,
+) -> tuple[dict, dict, dict, Rollout]:
+    """PSNR against the simulator and the copy baseline, action sensitivity, autoencoder PSNR.
+
+    World ``i`` replays episode ``i``'s actions; world ``n + i`` starts the same way, with the
+    same noise seed, under the actions of episode ``i + 1`` (with a single episode: its own
+    actions negated). Chunks are compared only while the simulator episode still runs; the PSNR
+    of a horizon is the mean over the episodes still running then (``valid_episodes``).
+
+    Returns:
+        The family's metrics, the heads' inputs on simulator and on generated latents, and the
+        rollout of the true actions.
+    """
+    n = len(episodes)
+    family = episodes[0].family
+    true_actions = np.stack([ep.actions[context : context + horizon] for ep in episodes])
+    other_actions = np.roll(true_actions, -1, axis=0) if n > 1 else -true_actions
+    seeds = [ep.seed for ep in episodes]
+    rollout = roll_out(
+        engine,
+        episodes + episodes,
+        context,
+        np.concatenate([true_actions, other_actions]),
+        seeds + seeds,
+        desc=f"rollout {family}",
+        progress=progress,
+    )
+
+    shown = report_horizons(horizon)
+    per_episode, model_h, copy_h, sensitivity, ae = [], {}, {}, [], []
+    sim_latents, sim_chunks, model_chunks = [], [], []
+    for i, ep in enumerate(episodes):
+        valid_t = np.flatnonzero(ep.valid)
+        latents, recon = _encode_decode(engine, ep.frames[valid_t])
+        ae.extend(psnr(r, ep.frames[t]) for r, t in zip(recon, valid_t, strict=True))
+        sim_latents.append(latents)
+        sim_chunks.extend((i, int(t)) for t in valid_t)
+
+        copy = copy_baseline(ep, context)
+        row = {"seed": ep.seed, "valid_chunks": ep.length, "model_psnr": {}, "copy_psnr": {}}
+        diffs = []
+        for k in range(horizon):
+            t = context + k
+            if not ep.valid[t]:
+                break
+            model = psnr(rollout.frames[i, k], ep.frames[t])
+            other = psnr(rollout.frames[n + i, k], ep.frames[t])
+            diffs.append(model - other)
+            model_chunks.append((i, k, t))
+            if k + 1 in shown:
+                row["model_psnr"][str(k + 1)] = model
+                row["copy_psnr"][str(k + 1)] = psnr(copy, ep.frames[t])
+        row["action_sensitivity_db"] = _mean(diffs)
+        sensitivity.extend(diffs)
+        per_episode.append(row)
+    counts = {}
+    for h in shown:
+        key = str(h)
+        model_h[key] = _mean([r["model_psnr"][key] for r in per_episode if key in r["model_psnr"]])
+        copy_h[key] = _mean([r["copy_psnr"][key] for r in per_episode if key in r["copy_psnr"]])
+        counts[key] = sum(key in r["model_psnr"] for r in per_episode)
+
+    heads_sim = _heads_data(torch.cat(sim_latents), episodes, np.array(sim_chunks))
+    if model_chunks:
+        index = np.array(model_chunks)
+        picked = rollout.latents[torch.from_numpy(index[:, 0]), torch.from_numpy(index[:, 1])]
+        heads_model = _heads_data(picked, episodes, index[:, [0, 2]])
+    else:
+        heads_model = {}
+    metrics = {
+        "episodes": n,
+        "seeds": seeds,
+        "ae_psnr": _mean(ae),
+        "model_psnr": model_h,
+        "copy_psnr": copy_h,
+        "valid_episodes": counts,
+        "action_sensitivity_db": _mean(sensitivity),
+        "per_episode": per_episode,
+    }
+    true_rollout = Rollout(rollout.frames[:n], rollout.latents[:n])
+    return metrics, heads_sim, heads_model, true_rollout
+
+
+def _frame_std(frames: np.ndarray) -> np.ndarray:
+    """Pixel std of each frame over all views: (..., f, v, H, W, 3) -> (..., f)."""
+    return frames.reshape(*frames.shape[:-4], -1).astype(np.float32).std(axis=-1)
+
+
+def stability(
+    engine: WorldModelEngine,
+    starts: list[HeldoutEpisode],
+    context: int,
+    chunks: int,
+    progress: bool = True,
+) -> list[dict]:
+    """A ``chunks``-long rollout from each start under its recorded actions (those after the
+    context while the simulator ran), cycled; all starts run as one batch.
+
+    Returns, per start: per-frame pixel std (min, median, last) next to the simulator's median
+    (over its valid frames), ``finite`` (every latent and ego value finite) and ``collapsed`` (not
+    finite, or the median std of the last tenth of the rollout below ``COLLAPSE_FRACTION`` of the
+    simulator's).
+    """
+    cycles = []
+    for ep in starts:
+        valid = ep.actions[context:][ep.valid[context:]]
+        cycles.append(valid if len(valid) else ep.actions[context:])
+    engine.start(
+        np.stack([ep.frames[:context] for ep in starts]),
+        np.stack([ep.actions[:context] for ep in starts]),
+        np.stack([ep.ego[:context] for ep in starts]),
+        seeds=[ep.seed for ep in starts],
+    )
+    b = len(starts)
+    stds, finite = [], np.ones(b, bool)
+    for k in tqdm(range(chunks), desc="stable", leave=False, disable=not progress):
+        actions = np.stack([cycle[k % len(cycle)] for cycle in cycles])
+        out = engine.step_chunk(actions)
+        stds.append(_frame_std(out.frames.cpu().numpy()))
+        values = torch.cat([out.latents.reshape(b, -1).float(), out.ego.float()], dim=1)
+        finite &= torch.isfinite(values).all(dim=1).cpu().numpy()
+    per_frame = np.concatenate(stds, axis=1)  # (b, chunks * f)
+    tail = max(1, per_frame.shape[1] // 10)
+    results = []
+    for i, ep in enumerate(starts):
+        sim_std = float(np.median(_frame_std(ep.frames[ep.valid])))
+        tail_std = float(np.median(per_frame[i, -tail:]))
+        results.append(
+            {
+                "chunks": chunks,
+                "std_min": float(per_frame[i].min()),
+                "std_median": float(np.median(per_frame[i])),
+                "std_last": float(per_frame[i, -1]),
+                "sim_std": sim_std,
+                "finite": bool(finite[i]),
+                "collapsed": bool(not finite[i] or tail_std < COLLAPSE_FRACTION * sim_std),
+            }
+        )
+    return results
+
+
+def _tile(draw_on: Image.Image, image: np.ndarray, x: int, y: int, scale: int) -> None:
+    tile = np.repeat(np.repeat(image, scale, axis=0), scale, axis=1)
+    draw_on.paste(Image.fromarray(tile), (x, y))
+
+
+def strip(
+    panels: list[tuple[str, HeldoutEpisode, np.ndarray]], context: int, scale: int = 1
+) -> Image.Image:
+    """Simulator and model views per camera (rows) over time (columns), one group per family.
+
+    Args:
+        panels: (family, episode, model frames uint8 (t, f, v, H, W, 3)) per family; the last
+            frame of each chunk at the horizons of ``STRIP_HORIZONS`` within ``t`` is shown.
+        context: chunks of the episode before the first generated one.
+        scale: integer upscaling of every view.
+    """
+    label_w, head_h, gap = 120, 28, 2
+    h, w = (s * scale for s in panels[0][1].frames.shape[-3:-1])
+    columns = [[hz for hz in STRIP_HORIZONS if hz <= len(model)] for _, _, model in panels]
+    width = label_w + sum(len(c) * (w + gap) + 3 * gap for c in columns)
+    height = head_h + 2 * len(CAMERA_NAMES) * (h + gap) + len(CAMERA_NAMES) * gap
+    canvas = Image.new("RGB", (width, height), _BACKGROUND)
+    draw = ImageDraw.Draw(canvas)
+    for r, name in enumerate(CAMERA_NAMES):
+        y = head_h + r * (2 * (h + gap) + gap)
+        draw.text((4, y + h // 2 - 6), name, fill=_TEXT)
+        draw.text((4, y + h // 2 + 4), "sim", fill=_DIM)
+        draw.text((4, y + h + gap + h // 2 - 6), name, fill=_TEXT)
+        draw.text((4, y + h + gap + h // 2 + 4), "model", fill=_DIM)
+    x = label_w
+    for (family, episode, model), horizons in zip(panels, columns, strict=True):
+        draw.text((x + 2, 2), family, fill=_TEXT)
+        for hz in horizons:
+            t = context + hz - 1
+            ended = not episode.valid[t]
+            draw.text((x + 2, 14), f"+{hz}" + (" end" if ended else ""), fill=_DIM)
+            for r in range(len(CAMERA_NAMES)):
+                y = head_h + r * (2 * (h + gap) + gap)
+                _tile(canvas, episode.frames[t, -1, r], x, y, scale)
+                _tile(canvas, model[hz - 1, -1, r], x, y + h + gap, scale)
+            x += w + gap
+        x += 3 * gap
+    return canvas
+
+
+def _all_true(values: list[bool]) -> bool:
+    return bool(values) and all(values)
+
+
+def _bars(families: dict) -> dict[str, bool]:
+    beats = [
+        fam["model_psnr"][h] > fam["copy_psnr"][h]
+        for fam in families.values()
+        for h in fam["model_psnr"]
+        if math.isfinite(fam["model_psnr"][h]) and math.isfinite(fam["copy_psnr"][h])
+    ]
+    return {
+        "ae_psnr_ge_30": _all_true([f["ae_psnr"] >= AE_PSNR_BAR_DB for f in families.values()]),
+        "model_beats_copy_everywhere": _all_true(beats),
+        "action_sensitivity_positive_everywhere": _all_true(
+            [f["action_sensitivity_db"] > 0 for f in families.values()]
+        ),
+    }
+
+
+def _overall(families: dict, heads_sim: dict, heads_model: dict) -> dict:
+    fams = list(families.values())
+
+    def mean(values: list[float]) -> float:
+        finite = [v for v in values if math.isfinite(v)]
+        return float(np.mean(finite)) if finite else math.nan
+
+    horizons = fams[0]["model_psnr"].keys()
+    return {
+        "ae_psnr": mean([f["ae_psnr"] for f in fams]),
+        "model_psnr": {h: mean([f["model_psnr"][h] for f in fams]) for h in horizons},
+        "copy_psnr": {h: mean([f["copy_psnr"][h] for f in fams]) for h in horizons},
+        "action_sensitivity_db": mean([f["action_sensitivity_db"] for f in fams]),
+        "stable_finite": all(f["stable"]["finite"] for f in fams),
+        "stable_collapsed": any(f["stable"]["collapsed"] for f in fams),
+        "heads_sim": heads_sim,
+        "heads_model": heads_model,
+    }
+
+
+def _jsonable(value):
+    """NaN and infinities become None: JSON has no such numbers."""
+    if isinstance(value, dict):
+        return {k: _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, (float, np.floating)):
+        return float(value) if math.isfinite(value) else None
+    if isinstance(value, np.integer):
+        return int(value)
+    if isinstance(value, np.bool_):
+        return bool(value)
+    return value
+
+
+def run(
+    checkpoint: str | Path | None = None,
+    episodes: int = 3,
+    horizon: int = 20,
+    families: tuple[str, ...] = FAMILIES,
+    stable_chunks: int = 200,
+    device: str = "cpu",
+    context: int = 2,
+    base_seed: int = HELDOUT_BASE_SEED,
+    json_path: str | Path | None = None,
+    progress: bool = True,
+) -> dict:
+    """Measures the world model against the teacher simulator on held-out episodes.
+
+    Args:
+        checkpoint: world-model bundle (default: the shipped one).
+        episodes: held-out episodes per family.
+        horizon: generated chunks per episode after the context.
+        families: scenario families to measure.
+        stable_chunks: length of the stability rollout (one per family, from its longest
+            episode, which the PNG strip shows too).
+        device: torch device of the engine.
+        context: simulator chunks that start each rollout.
+        base_seed: first held-out seed (see :mod:`xworld_env.bench.heldout`).
+        json_path: where to write the JSON; the PNG strip goes beside it (same stem, ``.png``).
+        progress: show tqdm bars.
+
+    Returns:
+        ``{"families", "overall", "bars", "machine", "settings"}`` as written to the JSON, with
+        None where a value is undefined (e.g. AUROC with one class, no valid chunk).
+    """
+    if episodes < 1 or horizon < 1 or context < 1 or stable_chunks < 1:
+        raise ValueError(
+            "episodes, horizon, context and stable_chunks must be >= 1, got "
+            f"{episodes}, {horizon}, {context}, {stable_chunks}"
+        )
+    if not families:
+        raise ValueError("families must name at least one family")
+    started = time.perf_counter()
+    # Quality is measured on the engine as the env runs it; the bank is loaded but unused.
+    runtime = load_runtime(checkpoint, None, device, "float32")
+    engine = runtime.engine
+
+    held: dict[str, list[HeldoutEpisode]] = {}
+    for family in tqdm(families, desc="held-out sim episodes", leave=False, disable=not progress):
+        # One generated chunk to compare is enough to keep an episode: dropping the ones that end
+        # early would drop every collision, and the heads' collision AUROC with them.
+        held[family] = record_heldout(
+            family, episodes, horizon, context=context, base_seed=base_seed,
+            min_valid=context + 1,
+        )
+
+    results, sim_parts, model_parts, panels, longest = {}, [], [], [], {}
+    for family in families:
+        metrics, heads_sim, heads_model, rollout = evaluate_family(
+            engine, held[family], context, horizon, progress
+        )
+        metrics["heads_sim"] = evaluate_heads(engine.heads, heads_sim)
+        metrics["heads_model"] = evaluate_heads(engine.heads, heads_model) if heads_model else {}
+        sim_parts.append(heads_sim)
+        if heads_model:
+            model_parts.append(heads_model)
+        # The longest episode shows the most of the rollout against a live simulator.
+        longest[family] = int(np.argmax([ep.length for ep in held[family]]))
+        panels.append((family, held[family][longest[family]], rollout.frames[longest[family]]))
+        results[family] = metrics
+
+    starts = [held[f][longest[f]] for f in families]
+    stable = stability(engine, starts, context, stable_chunks, progress)
+    for family, row in zip(families, stable, strict=True):
+        results[family]["stable"] = row
+
+    overall = _overall(
+        results,
+        evaluate_heads(engine.heads, _concat(sim_parts)),
+        evaluate_heads(engine.heads, _concat(model_parts)) if model_parts else {},
+    )
+    result = {
+        "families": results,
+        "overall": overall,
+        "bars": _bars(results),
+        "machine": machine_info(),
+        "settings": {
+            "checkpoint": str(runtime.checkpoint),
+            "episodes": episodes,
+            "horizon": horizon,
+            "context": context,
+            "horizons": list(report_horizons(horizon)),
+            "families": list(families),
+            "stable_chunks": stable_chunks,
+            "device": device,
+            "base_seed": base_seed,
+            "num_steps": engine.sampler.num_steps,
+            "window": engine.config.kv_cache.window,
+            "executor": type(engine.executor).__name__,
+            "noise_seed": "the episode's seed",
+            "counterfactual_actions": "next episode of the family (one episode: negated)",
+            "collapse_fraction": COLLAPSE_FRACTION,
+            "seconds": time.perf_counter() - started,
+        },
+    }
+    if json_path is not None:
+        path = Path(json_path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        png = path.with_suffix(".png")
+        strip(panels, context).save(png)
+        result["settings"]["png"] = str(png)
+        result = _jsonable(result)
+        path.write_text(json.dumps(result, indent=2))
+    return _jsonable(result)
+
+
+def _fmt(value: float | None, width: int = 7, digits: int = 2) -> str:
+    return f"{'-':>{width}}" if value is None else f"{value:>{width}.{digits}f}"
+
+
+def print_table(result: dict) -> None:
+    """Prints the PSNR and heads tables of a :func:`run` result."""
+    horizons = [str(h) for h in result["settings"]["horizons"]]
+    head = f"{'family':<13}{'AE':>7}" + "".join(f"{'m@' + h:>7}{'c@' + h:>7}" for h in horizons)
+    print("PSNR dB vs the simulator (m = model, c = copy last frame, @ chunks ahead; episodes:\n"
+          "held-out episodes still running at each horizon, '-': none)")
+    print(head + f"{'act dB':>8}{'episodes':>10}{'std last/sim':>14}")
+    rows = [*result["families"].items(), ("overall", result["overall"])]
+    for name, r in rows:
+        line = f"{name:<13}{_fmt(r['ae_psnr'])}"
+        for h in horizons:
+            line += _fmt(r["model_psnr"].get(h)) + _fmt(r["copy_psnr"].get(h))
+        line += _fmt(r["action_sensitivity_db"], 8, 3)
+        counts = "/".join(str(n) for n in r.get("valid_episodes", {}).values())
+        line += f"{counts:>10}"
+        if "stable" in r:
+            s = r["stable"]
+            flag = " collapsed" if s["collapsed"] else ("" if s["finite"] else " non-finite")
+            line += f"{s['std_last']:>8.1f}/{s['sim_std']:<5.1f}{flag}"
+        print(line)
+    keys = ("collision_auroc", "off_road_auroc", "collision_accuracy", "off_road_accuracy",
+            "speed_mae", "lane_offset_mae", "heading_error_mae")
+    short = ("col AUC", "off AUC", "col acc", "off acc", "speed", "lane", "heading")
+    print("\nheads vs simulator labels (sim = on encoded sim chunks, model = on generated latents)")
+    print(f"{'family':<13}{'input':<7}" + "".join(f"{s:>9}" for s in short))
+    for name, r in rows:
+        for which in ("sim", "model"):
+            m = r[f"heads_{which}"]
+            print(f"{name:<13}{which:<7}" + "".join(_fmt(m.get(k), 9, 3) for k in keys))
+    bars = ", ".join(f"{k}: {'yes' if v else 'no'}" for k, v in result["bars"].items())
+    print(f"\nbars: {bars}")
+    s, machine = result["settings"], result["machine"]
+    device = f", {machine['cuda_device']}" if "cuda_device" in machine else ""
+    print(f"({s['episodes']} episode(s) x {len(s['families'])} family(ies), "
+          f"context {s['context']}, horizon {s['horizon']}, "
+          f"{s['stable_chunks']}-chunk stability rollout, full compute; "
+          f"{s['seconds']:.0f} s on {machine['cpu_count']} CPU cores{device})")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Adds the options of ``xworld bench quality`` to ``parser``."""
+    parser.add_argument("--checkpoint", default=None,
+                        help=f"world-model bundle (default: {DEFAULT_CHECKPOINT.name})")
+    parser.add_argument("--episodes", type=int, default=3,
+                        help="held-out episodes per family (default 3)")
+    parser.add_argument("--horizon", type=int, default=20,
+                        help="chunks generated after the 2 context chunks (default 20)")
+    parser.add_argument("--families", nargs="+", choices=FAMILIES, default=list(FAMILIES),
+                        help="scenario families (default: all)")
+    parser.add_argument("--stable-chunks", type=int, default=200,
+                        help="length of the stability rollout (default 200)")
+    parser.add_argument("--device", default="cpu", help="torch device (default cpu)")
+    parser.add_argument("--json", default=None,
+                        help="write the results here, and the PNG strip beside it")
+
+
+def main(args: argparse.Namespace) -> dict:
+    """Runs the benchmark from parsed arguments, prints the tables and returns the result."""
+    result = run(
+        checkpoint=args.checkpoint,
+        episodes=args.episodes,
+        horizon=args.horizon,
+        families=tuple(args.families),
+        stable_chunks=args.stable_chunks,
+        device=args.device,
+        json_path=args.json,
+    )
+    print_table(result)
+    if args.json:
+        print(f"wrote {args.json} and {result['settings']['png']}")
+    return result
