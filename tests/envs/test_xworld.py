@@ -113,3 +113,16 @@ def test_render_mosaic(tiny_env_kwargs):
     env.reset(seed=0)
     frame = env.render()
     assert frame.dtype == np.uint8 and frame.shape[0] > 128 and frame.shape[1] > 256
+
+
+def test_record_video(tiny_env_kwargs, tmp_path):
+    from gymnasium.wrappers import RecordVideo
+
+    env = RecordVideo(gym.make("XWorld-v0", render_mode="rgb_array", **tiny_env_kwargs),
+                      video_folder=str(tmp_path), episode_trigger=lambda e: True)
+    env.reset(seed=0)
+    for _ in range(3):
+        env.step(np.zeros(2, np.float32))
+    env.close()
+    videos = list(tmp_path.glob("*.mp4"))
+    assert videos and videos[0].stat().st_size > 0
