@@ -209,16 +209,7 @@ class WorldModelEngine:
         speed = ego[:, 0, 0]
         with torch.no_grad():
             for k in range(latents.shape[1]):
-                self.dit(
-                    latents[:, k],
-                    latents.new_zeros(n),
-                    actions[:, k],
-                    speed,
-                    kv=kv,
-                    step=self.sampler.num_steps,
-                    writes_kv=True,
-                    executor=FullCompute(),
-                )
+                self.dit.commit_kv(latents[:, k], actions[:, k], speed, kv)
                 speed = ego[:, k, 0]
         self._sync()
         self.stats["prime_s"] += time.perf_counter() - started
@@ -285,17 +276,9 @@ class WorldModelEngine:
             x0 = self.sampler.sample(denoise, noise, self._generators, renoise)
             t1 = self._sync()
             # KV-update protection: the committed chunk is attended to by every later chunk, so
-            # it is always computed in full whatever executor is set (X-Cache guardrail 1).
-            dit(
-                x0,
-                x0.new_zeros(b),
-                action,
-                speed,
-                kv=kv,
-                step=self.sampler.num_steps,
-                writes_kv=True,
-                executor=FullCompute(),
-            )
+            # it is always computed in full whatever executor is set (X-Cache guardrail 1);
+            # only the work whose result nothing reads (last block after its K/V) is left out.
+            dit.commit_kv(x0, action, speed, kv)
             t2 = self._sync()
             frames = rearrange(to_uint8(self.autoencoder.decode(x0)), "b v f h w c -> b f v h w c")
             t3 = self._sync()

@@ -235,3 +235,24 @@ def test_wrong_shapes_are_rejected(dit64):
     kv = RollingKVCache(KVCacheConfig(), dit64.config.depth, 2)
     with pytest.raises(ValueError, match="2 worlds"):
         dit64(clean[:, 0], t[:, 0], action[:, 0], speed[:, 0], kv=kv)
+
+
+@torch.no_grad()
+def test_commit_kv_writes_what_a_full_kv_writing_pass_writes(dit64):
+    """The lean KV-update pass (last block stops at its keys/values, no final layer) commits
+    exactly the cache of a full ``writes_kv`` forward, chunk after chunk, window rolling."""
+    b, n = 2, 4
+    clean, noisy, action, speed, t = sequence(dit64, b, n)
+    full = RollingKVCache(KVCacheConfig(window=2), dit64.config.depth, b)
+    lean = RollingKVCache(KVCacheConfig(window=2), dit64.config.depth, b)
+    for i in range(n):
+        dit64(clean[:, i], t.new_zeros(b), action[:, i], speed[:, i], kv=full, writes_kv=True)
+        dit64.commit_kv(clean[:, i], action[:, i], speed[:, i], lean)
+        for layer in range(dit64.config.depth):
+            torch.testing.assert_close(lean.view(layer).k, full.view(layer).k, rtol=0, atol=0)
+            torch.testing.assert_close(lean.view(layer).v, full.view(layer).v, rtol=0, atol=0)
+        args = (noisy[:, i], t[:, i], action[:, i], speed[:, i])
+        torch.testing.assert_close(dit64(*args, kv=lean), dit64(*args, kv=full), rtol=0, atol=0)
+    assert lean.num_chunks.tolist() == full.num_chunks.tolist() == [n, n]
+    with pytest.raises(ValueError, match="kv cache holds"):
+        dit64.commit_kv(clean[:1, 0], action[:1, 0], speed[:1, 0], lean)

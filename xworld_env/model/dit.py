@@ -173,7 +173,7 @@ class BlockContext:
         c: adaLN conditioning, (b, d); (b, t, d) with one vector per chunk in sequence mode.
         action: the chunk's raw action, (b, 2) ((b, t, 2) in sequence mode): the action entry of
             X-Cache fingerprints (an embedding would hide a sign flip; the raw vector does not).
-        step: denoising step index ``s`` of this pass (``num_steps`` for the KV-update pass).
+        step: denoising step index ``s`` of this pass (-1 for the KV-update pass of ``commit_kv``).
         writes_kv: whether this pass commits keys and values to the cache; such a pass must call
             every block (X-Cache guardrail 1).
         past: the block's cached past keys/values (read only), or None.
@@ -246,11 +246,16 @@ class Attention(nn.Module):
         self.qkv = nn.Linear(width, 3 * width)
         self.proj = nn.Linear(width, width)
 
-    def forward(self, x: Tensor, ctx: BlockContext) -> Tensor:
-        """(b, n, d) tokens -> (b, n, d)."""
+    def split_heads(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """(b, n, d) tokens -> un-rotated queries, keys and values, each (b, heads, n, e)."""
         q, k, v = rearrange(
             self.qkv(x), "b n (qkv heads e) -> qkv b heads n e", qkv=3, heads=self.num_heads
         )
+        return q, k, v
+
+    def forward(self, x: Tensor, ctx: BlockContext) -> Tensor:
+        """(b, n, d) tokens -> (b, n, d)."""
+        q, k, v = self.split_heads(x)
         if ctx.writes_kv:
             ctx.new_kv = (k, v)
         cos, sin = ctx.rope.current
@@ -302,6 +307,18 @@ class DiTBlock(nn.Module):
         tokens = tokens + gate_msa * attn_out
         tokens = tokens + gate_mlp * self.mlp(modulate(self.norm2(tokens), shift_mlp, scale_mlp))
         return tokens.view(x.shape)
+
+    def keys_values(self, x: Tensor, ctx: BlockContext) -> tuple[Tensor, Tensor]:
+        """Only the (un-rotated) keys and values this block would write for input ``x``.
+
+        The part of :meth:`forward` up to the key/value projection: what a KV-update pass needs
+        from the last block, whose output nothing reads.
+        """
+        tokens, mod = _per_chunk(x, self.adaLN_modulation(ctx.c))
+        shift_msa, scale_msa = mod.chunk(6, dim=-1)[:2]
+        attn_in = modulate(self.norm1(tokens), shift_msa, scale_msa)
+        _, k, v = self.attn.split_heads(attn_in.flatten(1, 2))
+        return k, v
 
 
 class FinalLayer(nn.Module):
@@ -593,6 +610,54 @@ class CausalDiT(nn.Module):
         if writes_kv:
             kv.commit(keys, values)
         return out
+
+    def commit_kv(
+        self,
+        x: Tensor,
+        action: Tensor,
+        ego_speed: Tensor,
+        kv: RollingKVCache,
+    ) -> None:
+        """The KV-update pass: commits the keys and values of the clean chunk ``x`` to ``kv``.
+
+        Every block that feeds a later block is computed in full (X-Cache guardrail 1: this pass
+        never reuses anything). The pass's velocity output is never read, so the last block stops
+        after its key/value projection and the final layer is skipped; the committed cache is the
+        one ``forward(x, 0, ..., writes_kv=True)`` would commit.
+
+        Args:
+            x: (b, v, f, h, w, c) clean latents of the chunk (flow time ``t = 0``).
+            action: (b, 2) the chunk's action.
+            ego_speed: (b,) ego speed in m/s before the chunk.
+            kv: the cache of the ``b`` worlds, written to.
+        """
+        self._check_latents(x, leading=1)
+        if kv.batch_size != x.shape[0]:
+            raise ValueError(f"kv cache holds {kv.batch_size} worlds, latents {x.shape[0]}")
+        c, _ = self.condition(x.new_zeros(x.shape[0]), action, ego_speed)
+        h = self.embed(x)
+        past_rope, attn_mask = self._past_inputs(kv, h.device)
+        rope = RotaryTables(self.rope(self.token_frame), past_rope)
+        keys, values = [], []
+        last = len(self.blocks) - 1
+        for l, block in enumerate(self.blocks):  # noqa: E741
+            ctx = BlockContext(
+                c=c,
+                action=action,
+                step=-1,
+                writes_kv=True,
+                past=kv.view(l),
+                rope=rope,
+                attn_mask=attn_mask,
+            )
+            if l == last:
+                k, v = block.keys_values(h, ctx)
+            else:
+                h = block(h, ctx)
+                k, v = ctx.new_kv
+            keys.append(k)
+            values.append(v)
+        kv.commit(keys, values)
 
     def forward_sequence(
         self,
