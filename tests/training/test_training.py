@@ -118,14 +118,21 @@ def test_auroc_values():
 def test_bundle_loads_into_the_engine(trained, tmp_path):
     runs, common, _ = trained
     path = assemble(BundleConfig(autoencoder=common["autoencoder"], world_model=str(runs / "wm"),
-                                 heads=str(runs / "heads"), out=str(tmp_path / "bundle")))
+                                 heads=str(runs / "heads"), out=str(tmp_path / "bundle"),
+                                 noise="fixed"))
     bundle = load_bundle(path)
     assert bundle.metadata["world_model"]["step"] == 2
+    assert bundle.metadata["engine"]["noise"] == "fixed"
     engine = WorldModelEngine.from_bundle(EngineConfig(), bundle)
     context = torch.zeros(1, 1, *engine.frame_shape, dtype=torch.uint8)
     engine.start(context, torch.zeros(1, 1, 2), torch.zeros(1, 1, 3), seeds=[0])
     out = engine.step_chunk(torch.zeros(1, 2))
     assert out.frames.shape == (1, *engine.frame_shape)
+
+
+def test_bundle_rejects_an_unknown_noise_mode():
+    with pytest.raises(ValueError, match="noise must be 'fresh' or 'fixed'"):
+        BundleConfig(noise="random")
 
 
 def test_unknown_stage_and_bad_override():

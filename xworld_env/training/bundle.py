@@ -21,6 +21,9 @@ class BundleConfig:
         heads: heads run folder.
         out: checkpoint folder to write (``xworld_env/assets/default`` ships with the package).
         storage_dtype: dtype of the stored weights (``float16`` keeps the shipped file small).
+        noise: the engine's default noise per episode, ``fresh`` (new noise every chunk) or
+            ``fixed`` (one draw per episode, reused every chunk); envs and benchmarks take it
+            unless told otherwise.
     """
 
     autoencoder: str = "runs/autoencoder/autoencoder.pt"
@@ -28,6 +31,11 @@ class BundleConfig:
     heads: str = "runs/heads"
     out: str = "runs/bundle"
     storage_dtype: str = "float16"
+    noise: str = "fresh"
+
+    def __post_init__(self) -> None:
+        if self.noise not in ("fresh", "fixed"):
+            raise ValueError(f"noise must be 'fresh' or 'fixed', got {self.noise!r}")
 
 
 def _last_log(run_dir: Path) -> dict:
@@ -51,7 +59,8 @@ def assemble(cfg: BundleConfig) -> Path:
     wm_config = json.loads((Path(cfg.world_model) / "config.json").read_text())
     metadata = {
         # The sampler and cache the DiT was trained for; the engine defaults to them.
-        "engine": {key: wm_config[key] for key in ("num_steps", "shift", "window")},
+        "engine": {key: wm_config[key] for key in ("num_steps", "shift", "window")}
+        | {"noise": cfg.noise},
         "autoencoder": _last_log(Path(cfg.autoencoder).parent),
         "world_model": _last_log(Path(cfg.world_model)),
         "heads": _last_log(Path(cfg.heads)),
