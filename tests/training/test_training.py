@@ -138,5 +138,9 @@ def test_bundle_rejects_an_unknown_noise_mode():
 def test_unknown_stage_and_bad_override():
     with pytest.raises(ValueError, match="accepted: autoencoder, world-model, heads, bundle"):
         run_stage("vae", [])
-    with pytest.raises(ValueError, match="steps"):
+    with pytest.raises(ValueError, match="steps must be >= 1, got 0"):
         run_stage("heads", ["steps=0"])
+    with pytest.raises(ValueError, match="steps must be >= 1, got 0"):
+        run_stage("heads", ["train.steps=0"])
+    with pytest.raises(ValueError, match="bad configuration override"):
+        run_stage("heads", ["stepz=10"])
