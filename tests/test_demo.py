@@ -1,0 +1,25 @@
+"""The demo's driver: it keeps going across episode ends, and its replay resets where it did."""
+
+from __future__ import annotations
+
+import numpy as np
+from gymnasium.wrappers import TimeLimit
+
+from xworld_env.demo import drive
+from xworld_env.envs.xworld import XWorldEnv
+
+
+def test_drive_runs_all_steps_across_episodes_and_replays_exactly(tiny_env_kwargs):
+    env = TimeLimit(XWorldEnv(cache="none", render_mode="rgb_array", **tiny_env_kwargs), 2)
+    first = drive(env, 5, seed=3, family="merge")
+    # The random heads end episodes early; the time limit ends them after 2 steps at the latest.
+    ends = first["ends"]
+    assert len(first["actions"]) == 5 and ends
+    assert all(b - a <= 2 for a, b in zip([-1, *ends], ends, strict=True))
+    assert len(first["frames"]) == 1 + 5 + len(ends)  # the reset frame of each episode is kept
+    replay_env = TimeLimit(XWorldEnv(cache="none", render_mode="rgb_array", **tiny_env_kwargs), 50)
+    again = drive(replay_env, 5, seed=3, family="merge", actions=first["actions"],
+                  ends=set(first["ends"]))
+    assert again["ends"] == first["ends"]
+    for a, b in zip(first["views"], again["views"], strict=True):
+        np.testing.assert_array_equal(a, b)
