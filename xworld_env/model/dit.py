@@ -560,8 +560,8 @@ class CausalDiT(nn.Module):
 
         The chunk attends to itself (all cameras and frames) and to the past chunks held by
         ``kv``. The cache is only read, except that with ``writes_kv`` the chunk's keys and values
-        are committed to it after the pass (the caller decides; it is the KV-update pass on the
-        clean chunk at ``t = 0``).
+        are committed to it after the pass (the engine's KV-update pass is :meth:`commit_kv`,
+        which commits the same cache with less work).
 
         Args:
             x: (b, v, f, h, w, c) noisy latents of the chunk.
@@ -576,27 +576,13 @@ class CausalDiT(nn.Module):
         Returns:
             (b, v, f, h, w, c) predicted velocity ``noise - x0``.
         """
-        self._check_latents(x, leading=1)
-        if kv is not None and kv.batch_size != x.shape[0]:
-            raise ValueError(f"kv cache holds {kv.batch_size} worlds, latents {x.shape[0]}")
+        h, base = self._pass_inputs(x, t, action, ego_speed, kv, step, writes_kv)
         if writes_kv and kv is None:
             raise ValueError("writes_kv=True needs a kv cache to write to")
         executor = FullCompute() if executor is None else executor
-        c, _ = self.condition(t, action, ego_speed)
-        h = self.embed(x)
-        past_rope, attn_mask = self._past_inputs(kv, h.device)
-        rope = RotaryTables(self.rope(self.token_frame), past_rope)
         keys, values = [], []
         for l, block in enumerate(self.blocks):  # noqa: E741
-            ctx = BlockContext(
-                c=c,
-                action=action,
-                step=step,
-                writes_kv=writes_kv,
-                past=None if kv is None else kv.view(l),
-                rope=rope,
-                attn_mask=attn_mask,
-            )
+            ctx = replace(base, past=None if kv is None else kv.view(l))
             h = executor.run(step, l, block, h, ctx)
             if writes_kv:
                 if ctx.new_kv is None:
@@ -606,10 +592,33 @@ class CausalDiT(nn.Module):
                     )
                 keys.append(ctx.new_kv[0])
                 values.append(ctx.new_kv[1])
-        out = self.unpatchify(self.final_layer(h, c))
+        out = self.unpatchify(self.final_layer(h, base.c))
         if writes_kv:
             kv.commit(keys, values)
         return out
+
+    def _pass_inputs(
+        self,
+        x: Tensor,
+        t: Tensor,
+        action: Tensor,
+        ego_speed: Tensor,
+        kv: RollingKVCache | None,
+        step: int,
+        writes_kv: bool,
+    ) -> tuple[Tensor, BlockContext]:
+        """Checks one chunk's pass and returns its embedded tokens and the block context every
+        block shares (``past`` left empty: each block reads its own view of ``kv``)."""
+        self._check_latents(x, leading=1)
+        if kv is not None and kv.batch_size != x.shape[0]:
+            raise ValueError(f"kv cache holds {kv.batch_size} worlds, latents {x.shape[0]}")
+        c, _ = self.condition(t, action, ego_speed)
+        h = self.embed(x)
+        past_rope, attn_mask = self._past_inputs(kv, h.device)
+        rope = RotaryTables(self.rope(self.token_frame), past_rope)
+        base = BlockContext(c=c, action=action, step=step, writes_kv=writes_kv, past=None,
+                            rope=rope, attn_mask=attn_mask)
+        return h, base
 
     def commit_kv(
         self,
@@ -631,25 +640,12 @@ class CausalDiT(nn.Module):
             ego_speed: (b,) ego speed in m/s before the chunk.
             kv: the cache of the ``b`` worlds, written to.
         """
-        self._check_latents(x, leading=1)
-        if kv.batch_size != x.shape[0]:
-            raise ValueError(f"kv cache holds {kv.batch_size} worlds, latents {x.shape[0]}")
-        c, _ = self.condition(x.new_zeros(x.shape[0]), action, ego_speed)
-        h = self.embed(x)
-        past_rope, attn_mask = self._past_inputs(kv, h.device)
-        rope = RotaryTables(self.rope(self.token_frame), past_rope)
+        h, base = self._pass_inputs(x, x.new_zeros(x.shape[0]), action, ego_speed, kv,
+                                    step=-1, writes_kv=True)
         keys, values = [], []
         last = len(self.blocks) - 1
         for l, block in enumerate(self.blocks):  # noqa: E741
-            ctx = BlockContext(
-                c=c,
-                action=action,
-                step=-1,
-                writes_kv=True,
-                past=kv.view(l),
-                rope=rope,
-                attn_mask=attn_mask,
-            )
+            ctx = replace(base, past=kv.view(l))
             if l == last:
                 k, v = block.keys_values(h, ctx)
             else:
