@@ -28,7 +28,6 @@ def drive(env: XWorldEnv, steps: int, seed: int, family: str | None, actions=Non
     (the steps after which an episode ended) and so resets exactly where it did."""
     options = {"family": family} if family else None
     policy = LaneKeeper(seed=seed)
-    episode = 0
     obs, info = env.reset(seed=seed, options=options)
     frames, views, taken, step_times, ended = [env.render()], [], [], [], []
     reused = evaluated = 0
@@ -45,8 +44,7 @@ def drive(env: XWorldEnv, steps: int, seed: int, family: str | None, actions=Non
         done = (terminated or truncated) if ends is None else i in ends
         if done and i < steps - 1:
             ended.append(i)
-            episode += 1
-            obs, info = env.reset(seed=seed + episode, options=options)
+            obs, info = env.reset(seed=seed + len(ended), options=options)
             frames.append(env.render())
     return {"frames": frames, "views": views, "actions": taken, "step_times": step_times,
             "ends": ended, "skip_rate": reused / evaluated if evaluated else 0.0,

@@ -6,6 +6,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
+from xworld_env.engine import NOISE_MODES
 from xworld_env.model.checkpoint import WorldModelBundle, load_training_state, save_bundle
 from xworld_env.model.heads import Heads, HeadsConfig
 from xworld_env.training.world_model import load_autoencoder, load_dit
@@ -34,8 +35,9 @@ class BundleConfig:
     noise: str = "fresh"
 
     def __post_init__(self) -> None:
-        if self.noise not in ("fresh", "fixed"):
-            raise ValueError(f"noise must be 'fresh' or 'fixed', got {self.noise!r}")
+        if self.noise not in NOISE_MODES:
+            accepted = " or ".join(repr(mode) for mode in NOISE_MODES)
+            raise ValueError(f"noise must be {accepted}, got {self.noise!r}")
 
 
 def _last_log(run_dir: Path) -> dict:
