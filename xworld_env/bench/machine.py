@@ -8,6 +8,7 @@ import platform
 
 def machine_info() -> dict:
     """CPU, core count, Python and library versions, and the CUDA device if any."""
+    import gymnasium
     import numpy as np
     import torch
 
@@ -17,6 +18,7 @@ def machine_info() -> dict:
         "cpu_count": os.cpu_count(),
         "python": platform.python_version(),
         "numpy": np.__version__,
+        "gymnasium": gymnasium.__version__,
         "torch": torch.__version__,
         "torch_threads": torch.get_num_threads(),
     }
