@@ -116,7 +116,8 @@ def active_checkpoint(tiny_checkpoint, tmp_path_factory):
 def result(active_checkpoint):
     policies = {**fidelity.DEFAULT_POLICIES, "xcache_off": {"policy": "xcache", "floor": 1.5}}
     grid = {
-        "xcache": [{"floor": 0.5, "margin": 0.5, "max_deviation": math.inf}, {"floor": 1.5}],
+        "xcache": [{"floor": 0.5, "margin": 0.5, "max_deviation": math.inf,
+                    "max_rel_change": math.inf}, {"floor": 1.5}],
         "fbcache": [{"threshold": 0.3}],
         "static": [{"k": 1, "n": 2}],
     }

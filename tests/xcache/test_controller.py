@@ -22,7 +22,8 @@ from xworld_env.xcache import (
 
 CONFIG = EngineConfig(sampler=SamplerConfig(num_steps=3), kv_cache=KVCacheConfig(window=2))
 #: Gate that passes unless an entry points the other way (cosine below -0.5).
-PERMISSIVE = {"floor": -0.5, "margin": 2.0, "max_deviation": math.inf}
+PERMISSIVE = {"floor": -0.5, "margin": 2.0, "max_deviation": math.inf,
+              "max_rel_change": math.inf}
 
 
 def engine_with(executor) -> WorldModelEngine:
@@ -85,7 +86,7 @@ def test_executor_refuses_nothing_on_kv_writing_passes():
 
 def test_warmup_and_reset():
     engine, _ = rollout(XCache(XCacheConfig(warmup_chunks=2, **PERMISSIVE)), constant_actions(4))
-    chunks = engine.executor.stats.chunks
+    chunks = list(engine.executor.stats.chunks)
     assert [c["reused"] for c in chunks[:2]] == [0, 0]
     assert all(c["reused"] > 0 for c in chunks[2:])
     engine.reset_worlds([0])
@@ -100,13 +101,24 @@ def test_abrupt_action_change_vetoes_reuse():
     acts = constant_actions(4)
     acts[3] = -acts[3]
     engine, _ = rollout(XCache(XCacheConfig(**PERMISSIVE)), acts)
-    chunks = engine.executor.stats.chunks
+    chunks = list(engine.executor.stats.chunks)
     assert chunks[2]["reused"] == chunks[2]["eligible"] > 0
     assert chunks[3]["eligible"] > 0 and chunks[3]["reused"] == 0
 
 
+def test_relative_change_gates_reuse():
+    acts = constant_actions(4)
+    strict = {**PERMISSIVE, "max_rel_change": 1e-9}
+    engine, _ = rollout(XCache(XCacheConfig(**strict)), acts)
+    summary = engine.executor.stats.summary()
+    assert summary["eligible_evaluations"] > 0 and summary["reused_evaluations"] == 0
+    engine, _ = rollout(XCache(XCacheConfig(**PERMISSIVE)), acts)
+    assert engine.executor.stats.summary()["reused_evaluations"] > 0
+
+
 def test_one_world_does_not_depend_on_another():
-    cfg = XCacheConfig(floor=0.0, margin=2.0, max_deviation=math.inf)
+    cfg = XCacheConfig(floor=0.0, margin=2.0, max_deviation=math.inf,
+                       max_rel_change=math.inf)
     acts_a = constant_actions(4, 2)
     acts_b = acts_a.clone()
     acts_b[:, 1] = torch.rand(4, 2, generator=torch.Generator().manual_seed(5)) * 2 - 1
@@ -165,6 +177,7 @@ def test_static_reuse_alternates_and_fbcache_reuses():
         ("xcache", {"floor": float("nan")}, "floor"),
         ("xcache", {"batch_mode": "some"}, "batch_mode"),
         ("xcache", {"front_anchor": -1}, "front_anchor"),
+        ("xcache", {"max_rel_change": 0.0}, "max_rel_change"),
         ("xcache", {"treshold": 1}, "accepted"),
         ("static", {"k": 2, "n": 2}, "0 <= k < n"),
         ("fbcache", {"threshold": -1.0}, "threshold"),

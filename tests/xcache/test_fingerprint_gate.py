@@ -15,8 +15,10 @@ from xworld_env.xcache.fingerprint import (
 from xworld_env.xcache.gate import (
     cosine_threshold,
     entry_cosine,
+    gate_metrics,
     max_deviation,
     min_cosine,
+    relative_change,
     reuse_decision,
     update_ema,
 )
@@ -102,6 +104,49 @@ def test_max_deviation_value():
     torch.testing.assert_close(max_deviation(now, prev), torch.tensor([1.5]), atol=1e-5, rtol=0)
 
 
+def test_relative_change_value():
+    prev = Fingerprint(
+        (torch.tensor([[[1.0, -3.0]]]), torch.tensor([[[2.0, 2.0]]])),
+        (torch.zeros(1, 2), torch.zeros(1, 2)),
+        torch.zeros(1, 1),
+    )
+    now = Fingerprint(
+        (torch.tensor([[[1.5, -3.0]]]), torch.tensor([[[2.0, 2.4]]])),
+        prev.means,
+        prev.action,
+    )
+    # group 0: mean|d| 0.25 / mean|prev| 2 = 0.125; group 1: 0.2 / 2 = 0.1; the maximum wins.
+    torch.testing.assert_close(relative_change(now, prev), torch.tensor([0.125]), atol=1e-5,
+                               rtol=0)
+    torch.testing.assert_close(relative_change(prev, prev), torch.tensor([0.0]))
+
+
+@pytest.mark.parametrize("shift", [0.0, 0.05, 1.0])
+def test_gate_metrics_equal_the_reference_functions(shift):
+    g = torch.Generator().manual_seed(0)
+    groups = [[0, 1], [2, 3, 4, 5], [6]]
+    x = torch.randn(3, 7, 2, 4, 4, 16, generator=g)
+    action = torch.randn(3, 8, generator=g)
+    prev = fingerprint(x, groups, action, budget=8)
+    x_now = x + shift * torch.randn(x.shape, generator=g)
+    action_now = action.clone()
+    action_now[1] = -action_now[1]  # one world turns its action around
+    now = fingerprint(x_now, groups, action_now, budget=8)
+    cos, dev, rel = gate_metrics(now, prev)
+    torch.testing.assert_close(cos, min_cosine(now, prev), atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(dev, max_deviation(now, prev), atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(rel, relative_change(now, prev), atol=1e-5, rtol=1e-5)
+    # Hand-made fingerprints whose groups differ in length (no common per-camera row).
+    odd_prev = Fingerprint((torch.tensor([[[1.0, -3.0, 2.0]]]), torch.tensor([[[2.0, 2.0]]])),
+                           (torch.ones(1, 2), torch.ones(1, 2)), torch.zeros(1, 1))
+    odd_now = Fingerprint((torch.tensor([[[1.5, -3.0, 2.0]]]), torch.tensor([[[2.0, 2.4]]])),
+                          odd_prev.means, odd_prev.action)
+    for got, ref in zip(gate_metrics(odd_now, odd_prev),
+                        (min_cosine(odd_now, odd_prev), max_deviation(odd_now, odd_prev),
+                         relative_change(odd_now, odd_prev))):
+        torch.testing.assert_close(got, ref, atol=1e-5, rtol=1e-5)
+
+
 def test_ema_threshold_and_decision():
     ema = torch.tensor([0.99, 0.99])
     cos = torch.tensor([0.95, 1.0])
@@ -114,3 +159,9 @@ def test_ema_threshold_and_decision():
         torch.tensor([0.97, 0.97, 0.995]), tau_dev=2.0,
     )
     assert decision.tolist() == [True, False, False]
+    # The relative change, where given, must pass as well.
+    decision = reuse_decision(
+        torch.tensor([0.99, 0.99]), torch.tensor([0.1, 0.1]), torch.tensor([0.97, 0.97]),
+        tau_dev=2.0, rel=torch.tensor([0.004, 0.02]), tau_rel=0.01,
+    )
+    assert decision.tolist() == [True, False]

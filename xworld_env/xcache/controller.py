@@ -25,8 +25,7 @@ from xworld_env.types import CAMERA_NAMES, VIEW_GROUPS
 from xworld_env.xcache.fingerprint import DEFAULT_BUDGET, fingerprint
 from xworld_env.xcache.gate import (
     cosine_threshold,
-    max_deviation,
-    min_cosine,
+    gate_metrics,
     reuse_decision,
     update_ema,
 )
@@ -46,6 +45,8 @@ class XCacheConfig:
         margin: the threshold sits this far below the EMA ...
         floor: ... but never below this floor (a floor above 1 disables reuse).
         max_deviation: reuse only while the maximum relative deviation stays below this.
+        max_rel_change: reuse only while the relative L1 change of the fingerprint samples
+            stays below this (``inf``: the published two-metric gate).
         front_anchor: first blocks that always compute (``Fn``).
         tail_anchor: last blocks that always compute (``Bn``).
         warmup_chunks: chunks after a reset that compute everything (``W``).
@@ -61,6 +62,7 @@ class XCacheConfig:
     margin: float = 0.02
     floor: float = 0.97
     max_deviation: float = 2.0
+    max_rel_change: float = 0.002
     front_anchor: int = 1
     tail_anchor: int = 0
     warmup_chunks: int = 1
@@ -78,6 +80,7 @@ class XCacheConfig:
             (math.isfinite(self.floor) and self.floor >= -1.0,
              "floor must be a finite number >= -1 (above 1 disables reuse)"),
             (self.max_deviation > 0.0, "max_deviation must be > 0 (inf allowed)"),
+            (self.max_rel_change > 0.0, "max_rel_change must be > 0 (inf allowed)"),
             (isinstance(self.front_anchor, int) and self.front_anchor >= 0,
              "front_anchor must be an int >= 0"),
             (isinstance(self.tail_anchor, int) and self.tail_anchor >= 0,
@@ -198,27 +201,27 @@ class XCache(ChunkCacheExecutor):
         fp = fingerprint(x, self.groups, ctx.action, cfg.budget)
         eligible = cell.has & ~self.warm()
         reuse = torch.zeros(b, dtype=torch.bool)
-        cos = dev = None
+        cos = dev = rel = None
         if bool(cell.has.any()):
-            cos = min_cosine(fp, cell.fingerprint).cpu()
-            dev = max_deviation(fp, cell.fingerprint).cpu()
+            cos, dev, rel = (m.cpu() for m in gate_metrics(fp, cell.fingerprint))
             has = cell.has
             ema = update_ema(cell.cos_ema, cos, cfg.ema_alpha, fresh=~cell.ema_started)
             cell.cos_ema = torch.where(has, ema, cell.cos_ema)
             cell.ema_started = cell.ema_started | has
             tau = cosine_threshold(cell.cos_ema, cfg.margin, cfg.floor)
-            reuse = eligible & reuse_decision(cos, dev, tau, cfg.max_deviation)
+            reuse = eligible & reuse_decision(cos, dev, tau, cfg.max_deviation, rel,
+                                              cfg.max_rel_change)
             if cfg.max_consecutive:
                 reuse &= cell.consecutive < cfg.max_consecutive
         if cfg.batch_mode == "all" and not bool(reuse.all()):
             reuse[:] = False
         self.stats.gate_seconds += time.perf_counter() - started
-        self.stats.decided(s, l, eligible, reuse, cos, dev)
+        self.stats.decided(s, l, eligible, reuse, cos, dev, rel)
         if bool(reuse.all()):
             cell.consecutive += 1
             return x + cell.residual
         reused_out = x + cell.residual if bool(reuse.any()) else None
         out, idx, y = self.compute_some(block, x, ctx, ~reuse.to(x.device), reused_out)
-        cell.write(idx, y - x[idx], fp.select(idx))
+        cell.write(idx, y - x[idx], fp if len(idx) == b else fp.select(idx))
         cell.consecutive[reuse] += 1
         return out

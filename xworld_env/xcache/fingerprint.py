@@ -17,6 +17,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import cached_property, lru_cache
 
 import torch
 
@@ -28,6 +29,9 @@ DEFAULT_BUDGET = 32
 class Fingerprint:
     """Fingerprint entries of a batch of worlds.
 
+    The tensors are read, never changed in place, once a fingerprint exists: the packed views
+    and per-fingerprint reductions the gate uses (``packed``) are computed once and cached.
+
     Attributes:
         samples: per view group, (b, k, d) sampled tokens.
         means: per view group, (b, d) mean token.
@@ -38,6 +42,27 @@ class Fingerprint:
     means: tuple[torch.Tensor, ...]
     action: torch.Tensor
 
+    @cached_property
+    def packed(self) -> PackedFingerprint:
+        """The entries packed for the batched gate (see ``PackedFingerprint``)."""
+        numels = tuple(t[0].numel() for t in self.samples)
+        row = math.gcd(*numels)
+        rows_per_group = tuple(n // row for n in numels)
+        b = self.action.shape[0]
+        rows = torch.cat([t.reshape(b, r, row) for t, r in zip(self.samples, rows_per_group)],
+                         dim=1)
+        means = torch.stack(self.means, dim=1)
+        return PackedFingerprint(
+            rows=rows,
+            rows_per_group=rows_per_group,
+            numels=numels,
+            row_sq=torch.einsum("brn,brn->br", rows, rows),
+            row_l1=rows.abs().sum(dim=-1),
+            means=means,
+            entry_sq=torch.cat([(means * means).sum(-1),
+                                (self.action * self.action).sum(-1, keepdim=True)], dim=1),
+        )
+
     def select(self, worlds: torch.Tensor) -> Fingerprint:
         """The fingerprint of a subset of worlds (index tensor along b)."""
         return Fingerprint(
@@ -45,6 +70,31 @@ class Fingerprint:
             tuple(m[worlds] for m in self.means),
             self.action[worlds],
         )
+
+
+@lru_cache(maxsize=64)
+@dataclass(frozen=True)
+class PackedFingerprint:
+    """A fingerprint laid out for the batched gate (``gate.gate_metrics``).
+
+    Attributes:
+        rows: (b, R, n) every group's sample cut into equal-length rows (one per camera when
+            the groups' lengths allow), groups one after another.
+        rows_per_group: how many of the R rows each group owns.
+        numels: elements of each group's sample, per world.
+        row_sq: (b, R) squared L2 norm of every row.
+        row_l1: (b, R) L1 norm of every row.
+        means: (b, G, d) the group means.
+        entry_sq: (b, G + 1) squared L2 norms of the group means and of the action.
+    """
+
+    rows: torch.Tensor
+    rows_per_group: tuple[int, ...]
+    numels: tuple[int, ...]
+    row_sq: torch.Tensor
+    row_l1: torch.Tensor
+    means: torch.Tensor
+    entry_sq: torch.Tensor
 
 
 def axis_counts(shape: Sequence[int], budget: int = DEFAULT_BUDGET) -> tuple[int, ...]:
@@ -82,6 +132,16 @@ def uniform_indices(n: int, k: int) -> torch.Tensor:
     return ((torch.arange(k) + 0.5) * n / k).long().clamp(max=n - 1)
 
 
+@lru_cache(maxsize=64)
+def sample_index(f: int, h: int, w: int, budget: int, device: torch.device) -> torch.Tensor:
+    """Flat indices into an (f, h, w) grid of the structure-aware sample (f-, h-, then
+    w-major), computed once per grid, budget and device."""
+    kf, kh, kw = axis_counts((f, h, w), budget)
+    fi, hi, wi = (uniform_indices(n, k) for n, k in ((f, kf), (h, kh), (w, kw)))
+    flat = (fi[:, None, None] * h + hi[None, :, None]) * w + wi[None, None, :]
+    return flat.flatten().to(device)
+
+
 def structure_sample(x: torch.Tensor, budget: int = DEFAULT_BUDGET) -> torch.Tensor:
     """Samples the tokens of one view group on a Cartesian grid of uniform indices.
 
@@ -92,11 +152,8 @@ def structure_sample(x: torch.Tensor, budget: int = DEFAULT_BUDGET) -> torch.Ten
         (b, v * kf * kh * kw, d).
     """
     b, v, f, h, w, d = x.shape
-    kf, kh, kw = axis_counts((f, h, w), budget)
-    out = x.index_select(2, uniform_indices(f, kf).to(x.device))
-    out = out.index_select(3, uniform_indices(h, kh).to(x.device))
-    out = out.index_select(4, uniform_indices(w, kw).to(x.device))
-    return out.reshape(b, -1, d)
+    index = sample_index(f, h, w, budget, x.device)
+    return x.reshape(b, v, f * h * w, d).index_select(2, index).reshape(b, -1, d)
 
 
 def fingerprint(
@@ -107,15 +164,27 @@ def fingerprint(
 ) -> Fingerprint:
     """Fingerprint of a block input.
 
+    Every camera of the DiT shares one (f, h, w) grid, so the sample and the per-camera means
+    are taken once for all cameras and then split into view groups (a group's mean is the mean
+    of its cameras' means: every camera has as many tokens).
+
     Args:
         x: (b, v, f, h, w, d) block input tokens.
         groups: camera indices (along v) of each view group.
         action: (b, a) the chunk's action conditioning vector.
         budget: token budget K of each group's sample.
     """
+    b, v, f, h, w, d = x.shape
+    tokens = x.reshape(b, v, f * h * w, d)
+    sampled = tokens.index_select(2, sample_index(f, h, w, budget, x.device)).float()
+    camera_means = tokens.float().mean(dim=2)
     samples, means = [], []
     for cams in groups:
-        xg = x[:, list(cams)]
-        samples.append(structure_sample(xg, budget).float())
-        means.append(xg.float().mean(dim=(1, 2, 3, 4)))
+        if len(cams) == 1:
+            samples.append(sampled[:, cams[0]])
+            means.append(camera_means[:, cams[0]])
+        else:
+            index = torch.as_tensor(cams, device=x.device)
+            samples.append(sampled.index_select(1, index).reshape(b, -1, d))
+            means.append(camera_means.index_select(1, index).mean(dim=1))
     return Fingerprint(tuple(samples), tuple(means), action.float())

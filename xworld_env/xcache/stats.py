@@ -31,10 +31,12 @@ class CacheStats:
         self.all_reused = 0
         self.world_eligible = np.zeros(0, dtype=np.int64)
         self.world_reused = np.zeros(0, dtype=np.int64)
-        self.chunks: list[dict[str, int]] = []
+        # The latest chunks only, so that stats stay bounded over a long RL run.
+        self.chunks: deque[dict[str, int]] = deque(maxlen=_HISTORY)
         self.chunk_world_reused = np.zeros(0, dtype=np.int64)
         self.cos: deque[float] = deque(maxlen=_HISTORY)
         self.dev: deque[float] = deque(maxlen=_HISTORY)
+        self.rel: deque[float] = deque(maxlen=_HISTORY)
         self.gate_seconds = 0.0
 
     def begin_chunk(self, batch_size: int, num_blocks: int) -> None:
@@ -57,6 +59,7 @@ class CacheStats:
     def decided(
         self, s: int, l: int, eligible: torch.Tensor, reuse: torch.Tensor,  # noqa: E741
         cos: torch.Tensor | None = None, dev: torch.Tensor | None = None,
+        rel: torch.Tensor | None = None,
     ) -> None:
         """One cell's decision for a batch: ``eligible`` and ``reuse`` are (b,) bool masks.
 
@@ -83,6 +86,8 @@ class CacheStats:
             self.cos.extend(cos[eligible].float().cpu().tolist())
         if dev is not None and n_eligible:
             self.dev.extend(dev[eligible].float().cpu().tolist())
+        if rel is not None and n_eligible:
+            self.rel.extend(rel[eligible].float().cpu().tolist())
 
     def last_chunk(self) -> dict[str, int]:
         """Counts of the latest chunk (what a step's ``info`` reports)."""
@@ -95,7 +100,8 @@ class CacheStats:
         return counts + [0] * (batch_size - len(counts))
 
     def summary(self) -> dict:
-        """Skip rates per block, step, chunk and world, and gate-metric percentiles."""
+        """Skip rates per block, step, chunk (the latest ones) and world, and gate-metric
+        percentiles (over the latest decisions)."""
         eligible = sum(self.eligible.values())
         reused = sum(self.reused.values())
         blocks = sorted({blk for _, blk in self.eligible})
@@ -119,6 +125,7 @@ class CacheStats:
                           for r, e in zip(self.world_reused, self.world_eligible)],
             "cos_percentiles": _percentiles(self.cos),
             "dev_percentiles": _percentiles(self.dev),
+            "rel_percentiles": _percentiles(self.rel),
             "gate_seconds": self.gate_seconds,
         }
 

@@ -49,19 +49,34 @@ class Cell:
                 self.reference = reference.new_zeros(self.batch_size, *reference.shape[1:])
             self.reference[worlds] = reference
         if fingerprint is not None:
-            if self.fingerprint is None:
-                self.fingerprint = Fingerprint(
-                    tuple(s.new_zeros(self.batch_size, *s.shape[1:]) for s in fingerprint.samples),
-                    tuple(m.new_zeros(self.batch_size, *m.shape[1:]) for m in fingerprint.means),
-                    fingerprint.action.new_zeros(self.batch_size, *fingerprint.action.shape[1:]),
-                )
-            for dst, src in zip(self.fingerprint.samples, fingerprint.samples):
-                dst[worlds] = src
-            for dst, src in zip(self.fingerprint.means, fingerprint.means):
-                dst[worlds] = src
-            self.fingerprint.action[worlds] = fingerprint.action
+            self._write_fingerprint(worlds, fingerprint)
         self.has[worlds.cpu()] = True
         self.consecutive[worlds.cpu()] = 0
+
+    def _write_fingerprint(self, worlds: torch.Tensor, fingerprint: Fingerprint) -> None:
+        if len(worlds) == self.batch_size and bool(
+            (worlds.cpu() == torch.arange(self.batch_size)).all()
+        ):
+            # Every world at once: keep the object, with the packing the gate already cached.
+            self.fingerprint = fingerprint
+            return
+        if self.fingerprint is None:
+            self.fingerprint = Fingerprint(
+                tuple(s.new_zeros(self.batch_size, *s.shape[1:]) for s in fingerprint.samples),
+                tuple(m.new_zeros(self.batch_size, *m.shape[1:]) for m in fingerprint.means),
+                fingerprint.action.new_zeros(self.batch_size, *fingerprint.action.shape[1:]),
+            )
+        # Copies, so that the stored tensors never alias a fingerprint still in use; then a
+        # new object, so that no packing cached before the write survives it.
+        samples = tuple(dst.clone() for dst in self.fingerprint.samples)
+        means = tuple(dst.clone() for dst in self.fingerprint.means)
+        action = self.fingerprint.action.clone()
+        for dst, src in zip(samples, fingerprint.samples):
+            dst[worlds] = src
+        for dst, src in zip(means, fingerprint.means):
+            dst[worlds] = src
+        action[worlds] = fingerprint.action
+        self.fingerprint = Fingerprint(samples, means, action)
 
     def reset(self, worlds: torch.Tensor | None = None) -> None:
         """Forgets everything for some worlds (all when None)."""
