@@ -68,7 +68,7 @@ DEFAULT_POLICIES: dict[str, dict[str, Any]] = {
 
 #: Settings swept for the speed-vs-fidelity Pareto plot, per policy.
 DEFAULT_SWEEP: dict[str, list[dict[str, Any]]] = {
-    "xcache": [{"max_rel_change": t} for t in (0.001, 0.0015, 0.002, 0.003, 0.005)]
+    "xcache": [{"max_rel_change": t} for t in (0.001, 0.0015, 0.002, 0.003, 0.004, 0.006)]
     + [{"max_rel_change": math.inf}, {"max_rel_change": math.inf, "floor": 0.99}],
     "fbcache": [{"threshold": t} for t in (0.02, 0.05, 0.08, 0.15, 0.3)],
     "static": [{"k": k, "n": n} for k, n in ((1, 3), (1, 2), (2, 3), (3, 4))],
