@@ -2,17 +2,21 @@
 
 from __future__ import annotations
 
-import json
 import time
-from pathlib import Path
 
 import numpy as np
 
-from xworld_env.bench.machine import machine_info
+from xworld_env.bench.machine import machine_info, write_json
 from xworld_env.envs.policies import LaneKeeper
 
 
-def _single(cache: str, steps: int, seed: int, checkpoint: str | None) -> float:
+def _skip_rate(engine) -> float | None:
+    """Skip rate of the engine's cache policy so far (None for full compute)."""
+    stats = getattr(engine.executor, "stats", None)
+    return None if stats is None else stats.summary()["skip_rate"]
+
+
+def _single(cache: str, steps: int, seed: int, checkpoint: str | None) -> tuple[float, float]:
     from xworld_env.envs.xworld import XWorldEnv
 
     env = XWorldEnv(cache=cache, family="highway", checkpoint=checkpoint)
@@ -23,7 +27,7 @@ def _single(cache: str, steps: int, seed: int, checkpoint: str | None) -> float:
         obs, _, terminated, truncated, info = env.step(policy(obs, info["family"]))
         if terminated or truncated:
             obs, info = env.reset()
-    return steps / (time.perf_counter() - started)
+    return steps / (time.perf_counter() - started), _skip_rate(env.engine)
 
 
 #: Cache policies of the batched measurements: X-Cache computing only the worlds that need a
@@ -35,7 +39,8 @@ BATCHED_POLICIES = {
 }
 
 
-def _batched(cache, n: int, steps: int, seed: int, checkpoint: str | None) -> float:
+def _batched(cache, n: int, steps: int, seed: int,
+             checkpoint: str | None) -> tuple[float, float]:
     from xworld_env.envs.xworld_vector import XWorldVectorEnv
 
     envs = XWorldVectorEnv(num_envs=n, cache=cache, family="highway", checkpoint=checkpoint)
@@ -45,7 +50,7 @@ def _batched(cache, n: int, steps: int, seed: int, checkpoint: str | None) -> fl
     for _ in range(steps):
         actions = np.stack([policy({"ego": obs["ego"][i]}) for i in range(n)])
         obs, *_ = envs.step(actions)
-    return n * steps / (time.perf_counter() - started)
+    return n * steps / (time.perf_counter() - started), _skip_rate(envs.engine)
 
 
 def run(steps: int = 20, sizes: tuple[int, ...] = (1, 4, 8, 16), seed: int = 0,
@@ -54,33 +59,40 @@ def run(steps: int = 20, sizes: tuple[int, ...] = (1, 4, 8, 16), seed: int = 0,
 
     Batched rows also time X-Cache's ``batch_mode="all"`` against the default ``"gather"``.
 
-    Each measurement starts from a reset, so it includes X-Cache's warmup chunk, as an RL
-    rollout of that length would.
+    Each measurement is ``steps`` steps of every world from a reset, so it includes X-Cache's
+    warmup chunk, as an RL rollout of that length would. ``skip_rate`` holds the cache
+    policies' skip rates of the same measurements.
     """
-    result = {"single": {}, "batched": {}, "steps": steps, "machine": machine_info()}
+    result = {"single": {}, "batched": {}, "skip_rate": {"single": {}, "batched": {}},
+              "steps": steps, "machine": machine_info()}
     for cache in ("xcache", "none"):
-        result["single"][cache] = _single(cache, steps, seed, checkpoint)
+        rate, skip = _single(cache, steps, seed, checkpoint)
+        result["single"][cache] = rate
+        if skip is not None:
+            result["skip_rate"]["single"][cache] = skip
     for n in sizes:
-        result["batched"][str(n)] = {
-            name: _batched(cache, n, max(4, steps // max(1, n // 4)), seed, checkpoint)
-            for name, cache in BATCHED_POLICIES.items()
-        }
+        rates, skips = {}, {}
+        for name, cache in BATCHED_POLICIES.items():
+            rates[name], skip = _batched(cache, n, steps, seed, checkpoint)
+            if skip is not None:
+                skips[name] = skip
+        result["batched"][str(n)] = rates
+        result["skip_rate"]["batched"][str(n)] = skips
     return result
 
 
 def main(args) -> dict:
     result = run(steps=args.steps, sizes=tuple(args.sizes), checkpoint=args.checkpoint)
     print(f"{'env':<14}{'xcache':>10}{'xcache_all':>12}{'full':>10}{'xcache/full':>13}"
-          "   (env-steps/s)")
-    rows = [("single", result["single"])] + [
-        (f"batched N={n}", r) for n, r in result["batched"].items()
+          f"{'skip rate':>11}   (env-steps/s)")
+    skips = result["skip_rate"]
+    rows = [("single", result["single"], skips["single"])] + [
+        (f"batched N={n}", r, skips["batched"][n]) for n, r in result["batched"].items()
     ]
-    for name, r in rows:
+    for name, r, skip in rows:
         all_mode = f"{r['xcache_all']:>12.1f}" if "xcache_all" in r else f"{'-':>12}"
         print(f"{name:<14}{r['xcache']:>10.1f}{all_mode}{r['none']:>10.1f}"
-              f"{r['xcache'] / r['none']:>13.2f}")
+              f"{r['xcache'] / r['none']:>13.2f}{skip.get('xcache', 0.0):>11.2f}")
     if args.json:
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps(result, indent=2))
-        print(f"wrote {args.json}")
+        print(f"wrote {write_json(args.json, result)}")
     return result

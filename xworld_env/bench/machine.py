@@ -1,9 +1,11 @@
-"""What machine a benchmark ran on, recorded beside its figures."""
+"""What machine a benchmark ran on, recorded beside its figures, and writing the figures."""
 
 from __future__ import annotations
 
+import json
 import os
 import platform
+from pathlib import Path
 
 
 def machine_info() -> dict:
@@ -25,3 +27,11 @@ def machine_info() -> dict:
     if torch.cuda.is_available():
         info["cuda_device"] = torch.cuda.get_device_name(0)
     return info
+
+
+def write_json(path: str | Path, result: dict) -> Path:
+    """Writes a benchmark's result as indented JSON (folders created); returns the path."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(result, indent=2))
+    return path

@@ -10,13 +10,11 @@ Needs the ``distributed`` extra.
 from __future__ import annotations
 
 import argparse
-import json
 import time
-from pathlib import Path
 
 import numpy as np
 
-from xworld_env.bench.machine import machine_info
+from xworld_env.bench.machine import machine_info, write_json
 
 
 def _sampled_steps(algo, timesteps: int) -> int:
@@ -158,7 +156,5 @@ def main(args: argparse.Namespace) -> dict:
     print(f"  in process, 1 thread, same batch: {here['steps_per_s']:.2f}   "
           f"skip rate {here['skip_rate']:.2f}")
     if args.json:
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps(result, indent=2))
-        print(f"wrote {args.json}")
+        print(f"wrote {write_json(args.json, result)}")
     return result

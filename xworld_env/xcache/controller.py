@@ -3,8 +3,9 @@
 For every denoising step ``s`` and block ``l`` (a *cell*), X-Cache keeps the residual of the
 block from the last chunk in which the cell was computed and the fingerprint of the input that
 produced it. In the next chunk, the cell's new input is fingerprinted; if it is close enough to
-the stored one (two metrics, adaptive threshold; see ``gate.py``), the block is skipped and its
-stored residual added instead. Every world of a batch gates on its own.
+the stored one (the published cosine with its adaptive threshold and maximum deviation, plus
+our relative change; see ``gate.py``), the block is skipped and its stored residual added
+instead. Every world of a batch gates on its own.
 
 Guardrails (XCACHE.md, "Guardrails"): passes that write the KV cache always compute every block;
 the first ``front_anchor`` (and last ``tail_anchor``) blocks always compute; the first
