@@ -70,12 +70,21 @@ def _push_weights(algo, timeout_s: float = 60.0) -> None:
                                        inference_only=True, timeout_seconds=timeout_s)
 
 
+def check_checkpoint(path: str | Path) -> Path:
+    """``path`` if it is an RLlib algorithm checkpoint folder, else a clear error."""
+    path = Path(path)
+    if not (path.is_dir() and (path / "learner_group").is_dir()):
+        raise FileNotFoundError(
+            f"no RLlib algorithm checkpoint folder at {path} (expected a folder written by "
+            "agents.train_rllib, e.g. runs/rllib/checkpoint_final)"
+        )
+    return path
+
+
 def restore(algo, path: str | Path) -> None:
     """Loads an RLlib checkpoint folder into ``algo`` and pushes the restored weights to every
     env runner, so that sampling right after a restore uses the restored policy."""
-    path = Path(path)
-    if not (path.is_dir() and (path / "learner_group").is_dir()):
-        raise FileNotFoundError(f"no RLlib algorithm checkpoint folder at {path}")
+    path = check_checkpoint(path)
     algo.restore_from_path(str(path.resolve()))
     _push_weights(algo)
 
@@ -84,9 +93,7 @@ def load_algorithm(path: str | Path):
     """The PPO algorithm saved in an RLlib checkpoint folder, its env runners in sync."""
     from ray.rllib.algorithms.algorithm import Algorithm
 
-    path = Path(path)
-    if not (path.is_dir() and (path / "learner_group").is_dir()):
-        raise FileNotFoundError(f"no RLlib algorithm checkpoint folder at {path}")
+    path = check_checkpoint(path)
     algo = Algorithm.from_checkpoint(str(path.resolve()))
     _push_weights(algo)
     return algo
@@ -96,6 +103,8 @@ def train(cfg: RLlibTrainConfig, progress: bool = True) -> dict:
     """Trains PPO for ``cfg.iterations`` iterations; returns the final checkpoint and metrics."""
     from agents.rllib.config import build_ppo_config
 
+    if cfg.resume is not None:
+        check_checkpoint(cfg.resume)  # before any Ray process starts
     init_ray(cfg)
     run_dir = Path(cfg.run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -128,8 +137,12 @@ def main(argv: list[str] | None = None) -> int:
     from xworld_env.config import build, compose
 
     overrides = list(sys.argv[1:] if argv is None else argv)
-    cfg = build(RLlibTrainConfig, compose("train_rllib", overrides).rllib)
-    result = train(cfg)
+    try:
+        cfg = build(RLlibTrainConfig, compose("train_rllib", overrides).rllib)
+        result = train(cfg)
+    except (ValueError, FileNotFoundError, RuntimeError) as err:
+        print(f"agents.train_rllib: error: {err}", file=sys.stderr)
+        return 2
     for key, value in result.items():
         print(f"{key}: {value}")
     return 0

@@ -64,6 +64,13 @@ def test_ppo_trains_samples_views_and_restores(local_ray, tiny_env_kwargs, tmp_p
         algo.stop()
 
 
+def test_missing_resume_checkpoint_fails_before_starting_ray(tmp_path, capsys):
+    assert train_main(["rllib=tiny", f"rllib.resume={tmp_path / 'nope'}",
+                       f"rllib.run_dir={tmp_path}"]) == 2
+    assert "no RLlib algorithm checkpoint folder" in capsys.readouterr().err
+    assert not (tmp_path / "metrics.jsonl").exists()
+
+
 def test_invalid_settings_name_the_bad_values():
     with pytest.raises(ValueError, match="minibatch_size"):
         RLlibTrainConfig(train_batch_size=16, minibatch_size=32)
