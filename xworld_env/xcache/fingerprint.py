@@ -72,7 +72,6 @@ class Fingerprint:
         )
 
 
-@lru_cache(maxsize=64)
 @dataclass(frozen=True)
 class PackedFingerprint:
     """A fingerprint laid out for the batched gate (``gate.gate_metrics``).
