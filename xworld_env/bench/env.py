@@ -10,13 +10,14 @@ from xworld_env.bench.machine import machine_info, write_json
 from xworld_env.envs.policies import LaneKeeper
 
 
-def _skip_rate(engine) -> float | None:
+def engine_skip_rate(engine) -> float | None:
     """Skip rate of the engine's cache policy so far (None for full compute)."""
     stats = getattr(engine.executor, "stats", None)
     return None if stats is None else stats.summary()["skip_rate"]
 
 
-def _single(cache: str, steps: int, seed: int, checkpoint: str | None) -> tuple[float, float]:
+def _single(cache: str, steps: int, seed: int,
+            checkpoint: str | None) -> tuple[float, float | None]:
     from xworld_env.envs.xworld import XWorldEnv
 
     env = XWorldEnv(cache=cache, family="highway", checkpoint=checkpoint)
@@ -27,7 +28,7 @@ def _single(cache: str, steps: int, seed: int, checkpoint: str | None) -> tuple[
         obs, _, terminated, truncated, info = env.step(policy(obs, info["family"]))
         if terminated or truncated:
             obs, info = env.reset()
-    return steps / (time.perf_counter() - started), _skip_rate(env.engine)
+    return steps / (time.perf_counter() - started), engine_skip_rate(env.engine)
 
 
 #: Cache policies of the batched measurements: X-Cache computing only the worlds that need a
@@ -40,7 +41,7 @@ BATCHED_POLICIES = {
 
 
 def _batched(cache, n: int, steps: int, seed: int,
-             checkpoint: str | None) -> tuple[float, float]:
+             checkpoint: str | None) -> tuple[float, float | None]:
     from xworld_env.envs.xworld_vector import XWorldVectorEnv
 
     envs = XWorldVectorEnv(num_envs=n, cache=cache, family="highway", checkpoint=checkpoint)
@@ -50,7 +51,7 @@ def _batched(cache, n: int, steps: int, seed: int,
     for _ in range(steps):
         actions = np.stack([policy({"ego": obs["ego"][i]}) for i in range(n)])
         obs, *_ = envs.step(actions)
-    return n * steps / (time.perf_counter() - started), _skip_rate(envs.engine)
+    return n * steps / (time.perf_counter() - started), engine_skip_rate(envs.engine)
 
 
 def run(steps: int = 20, sizes: tuple[int, ...] = (1, 4, 8, 16), seed: int = 0,

@@ -14,6 +14,7 @@ import time
 
 import numpy as np
 
+from xworld_env.bench.env import engine_skip_rate
 from xworld_env.bench.machine import machine_info, write_json
 
 
@@ -46,17 +47,14 @@ def rllib_throughput(runners: int, worlds: int, steps: int, repeats: int, cache:
             started = time.perf_counter()
             taken = _sampled_steps(algo, steps * worlds)
             rates.append(taken / (time.perf_counter() - started))
-        skip = algo.env_runner_group.foreach_env_runner(_skip_rate, local_env_runner=False)
+        skip = algo.env_runner_group.foreach_env_runner(
+            lambda runner: engine_skip_rate(runner.env.unwrapped.engine) or 0.0,
+            local_env_runner=False,
+        )
     finally:
         algo.stop()
     return {"steps_per_s": float(np.median(rates)), "repeats": rates,
             "skip_rate": float(np.mean(skip))}
-
-
-def _skip_rate(runner) -> float:
-    """X-Cache's skip rate so far in an env runner's world model (0 without a cache policy)."""
-    stats = getattr(runner.env.unwrapped.engine.executor, "stats", None)
-    return stats.summary()["skip_rate"] if stats is not None else 0.0
 
 
 def in_process_throughput(worlds: int, steps: int, cache: str, checkpoint: str | None,
@@ -80,8 +78,7 @@ def in_process_throughput(worlds: int, steps: int, cache: str, checkpoint: str |
         for _ in range(steps):
             envs.step(envs.action_space.sample())
         rate = worlds * steps / (time.perf_counter() - started)
-        stats = getattr(envs.engine.executor, "stats", None)
-        skip = stats.summary()["skip_rate"] if stats is not None else 0.0
+        skip = engine_skip_rate(envs.engine) or 0.0
         envs.close()
     finally:
         torch.set_num_threads(threads)

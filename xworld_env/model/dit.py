@@ -576,9 +576,9 @@ class CausalDiT(nn.Module):
         Returns:
             (b, v, f, h, w, c) predicted velocity ``noise - x0``.
         """
-        h, base = self._pass_inputs(x, t, action, ego_speed, kv, step, writes_kv)
         if writes_kv and kv is None:
             raise ValueError("writes_kv=True needs a kv cache to write to")
+        h, base = self._pass_inputs(x, t, action, ego_speed, kv, step, writes_kv)
         executor = FullCompute() if executor is None else executor
         keys, values = [], []
         for l, block in enumerate(self.blocks):  # noqa: E741
