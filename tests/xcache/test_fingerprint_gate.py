@@ -121,10 +121,14 @@ def test_relative_change_value():
     torch.testing.assert_close(relative_change(prev, prev), torch.tensor([0.0]))
 
 
+@pytest.mark.parametrize(
+    "groups",
+    [[[0, 1], [2, 3, 4, 5], [6]],  # consecutive cameras: the packing is built with the samples
+     [[6], [1, 0], [2, 3, 4, 5]]],  # any other grouping: packed from the entries
+)
 @pytest.mark.parametrize("shift", [0.0, 0.05, 1.0])
-def test_gate_metrics_equal_the_reference_functions(shift):
+def test_gate_metrics_equal_the_reference_functions(shift, groups):
     g = torch.Generator().manual_seed(0)
-    groups = [[0, 1], [2, 3, 4, 5], [6]]
     x = torch.randn(3, 7, 2, 4, 4, 16, generator=g)
     action = torch.randn(3, 8, generator=g)
     prev = fingerprint(x, groups, action, budget=8)
@@ -132,6 +136,7 @@ def test_gate_metrics_equal_the_reference_functions(shift):
     action_now = action.clone()
     action_now[1] = -action_now[1]  # one world turns its action around
     now = fingerprint(x_now, groups, action_now, budget=8)
+    assert (now.layout is not None) == (groups[0] == [0, 1])
     cos, dev, rel = gate_metrics(now, prev)
     torch.testing.assert_close(cos, min_cosine(now, prev), atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(dev, max_deviation(now, prev), atol=1e-5, rtol=1e-5)

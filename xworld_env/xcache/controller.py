@@ -204,7 +204,7 @@ class XCache(ChunkCacheExecutor):
         reuse = torch.zeros(b, dtype=torch.bool)
         cos = dev = rel = None
         if bool(cell.has.any()):
-            cos, dev, rel = (m.cpu() for m in gate_metrics(fp, cell.fingerprint))
+            cos, dev, rel = gate_metrics(fp, cell.fingerprint)
             has = cell.has
             ema = update_ema(cell.cos_ema, cos, cfg.ema_alpha, fresh=~cell.ema_started)
             cell.cos_ema = torch.where(has, ema, cell.cos_ema)

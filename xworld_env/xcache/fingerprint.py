@@ -16,9 +16,10 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cached_property, lru_cache
 
+import numpy as np
 import torch
 
 #: Default token budget of the structure-aware sample.
@@ -36,32 +37,28 @@ class Fingerprint:
         samples: per view group, (b, k, d) sampled tokens.
         means: per view group, (b, d) mean token.
         action: (b, a) action conditioning vector.
+        layout: the packing, when whoever built the fingerprint had it at hand (``fingerprint``
+            does); computed from the entries on first use otherwise.
     """
 
     samples: tuple[torch.Tensor, ...]
     means: tuple[torch.Tensor, ...]
     action: torch.Tensor
+    layout: PackedFingerprint | None = field(default=None, compare=False, repr=False)
 
     @cached_property
     def packed(self) -> PackedFingerprint:
         """The entries packed for the batched gate (see ``PackedFingerprint``)."""
-        numels = tuple(t[0].numel() for t in self.samples)
+        if self.layout is not None:
+            return self.layout
+        numels = [t[0].numel() for t in self.samples]
         row = math.gcd(*numels)
         rows_per_group = tuple(n // row for n in numels)
         b = self.action.shape[0]
-        rows = torch.cat([t.reshape(b, r, row) for t, r in zip(self.samples, rows_per_group)],
-                         dim=1)
-        means = torch.stack(self.means, dim=1)
-        return PackedFingerprint(
-            rows=rows,
-            rows_per_group=rows_per_group,
-            numels=numels,
-            row_sq=torch.einsum("brn,brn->br", rows, rows),
-            row_l1=rows.abs().sum(dim=-1),
-            means=means,
-            entry_sq=torch.cat([(means * means).sum(-1),
-                                (self.action * self.action).sum(-1, keepdim=True)], dim=1),
-        )
+        parts = [t.reshape(b, r, row) for t, r in zip(self.samples, rows_per_group)]
+        rows = parts[0] if len(parts) == 1 else torch.cat(parts, dim=1)
+        return _pack(rows, _starts(rows_per_group), numels, torch.stack(self.means, dim=1),
+                     self.action)
 
     def select(self, worlds: torch.Tensor) -> Fingerprint:
         """The fingerprint of a subset of worlds (index tensor along b)."""
@@ -76,24 +73,64 @@ class Fingerprint:
 class PackedFingerprint:
     """A fingerprint laid out for the batched gate (``gate.gate_metrics``).
 
+    The large part (the samples) stays a tensor on the fingerprint's device; everything per
+    group is small and kept as host arrays, so that the gate's arithmetic after its few large
+    reductions costs microseconds rather than one tensor dispatch per operation.
+
     Attributes:
         rows: (b, R, n) every group's sample cut into equal-length rows (one per camera when
             the groups' lengths allow), groups one after another.
-        rows_per_group: how many of the R rows each group owns.
-        numels: elements of each group's sample, per world.
-        row_sq: (b, R) squared L2 norm of every row.
-        row_l1: (b, R) L1 norm of every row.
+        starts: (G,) index of each group's first row (groups own consecutive rows).
+        numels: (G,) elements of each group's sample, per world.
+        sq: (b, G) squared L2 norm of each group's sample.
+        l1: (b, G) L1 norm of each group's sample.
         means: (b, G, d) the group means.
+        action: (b, a) the action entry.
         entry_sq: (b, G + 1) squared L2 norms of the group means and of the action.
     """
 
     rows: torch.Tensor
-    rows_per_group: tuple[int, ...]
-    numels: tuple[int, ...]
-    row_sq: torch.Tensor
-    row_l1: torch.Tensor
-    means: torch.Tensor
-    entry_sq: torch.Tensor
+    starts: np.ndarray
+    numels: np.ndarray
+    sq: np.ndarray
+    l1: np.ndarray
+    means: np.ndarray
+    action: np.ndarray
+    entry_sq: np.ndarray
+
+
+def _numpy(x: torch.Tensor) -> np.ndarray:
+    """A float32 host copy (or view) of a tensor."""
+    return x.detach().to("cpu", torch.float32).numpy()
+
+
+@lru_cache(maxsize=64)
+def _starts(rows_per_group: tuple[int, ...]) -> np.ndarray:
+    """Index of each group's first row when groups own consecutive rows."""
+    starts = np.cumsum((0, *rows_per_group[:-1]))
+    starts.flags.writeable = False
+    return starts
+
+
+def _pack(
+    rows: torch.Tensor, starts: np.ndarray, numels: Sequence[int], means: torch.Tensor,
+    action: torch.Tensor,
+) -> PackedFingerprint:
+    """Packs (b, R, n) sample rows, (b, G, d) group means and the action (see above)."""
+    per_row = torch.stack([torch.linalg.vecdot(rows, rows), rows.abs().sum(dim=-1)], dim=1)
+    sq, l1 = np.add.reduceat(_numpy(per_row), starts, axis=-1).swapaxes(0, 1)
+    means, action = _numpy(means), _numpy(action)
+    return PackedFingerprint(
+        rows=rows,
+        starts=starts,
+        numels=np.asarray(numels, dtype=np.float32),
+        sq=sq,
+        l1=l1,
+        means=means,
+        action=action,
+        entry_sq=np.concatenate([(means * means).sum(-1),
+                                 (action * action).sum(-1, keepdims=True)], axis=1),
+    )
 
 
 def axis_counts(shape: Sequence[int], budget: int = DEFAULT_BUDGET) -> tuple[int, ...]:
@@ -175,15 +212,48 @@ def fingerprint(
     """
     b, v, f, h, w, d = x.shape
     tokens = x.reshape(b, v, f * h * w, d)
-    sampled = tokens.index_select(2, sample_index(f, h, w, budget, x.device)).float()
-    camera_means = tokens.float().mean(dim=2)
+    index = sample_index(f, h, w, budget, x.device)
+    # A grid within the budget is kept whole: then the sample is the tokens themselves.
+    sampled = tokens if len(index) == f * h * w else tokens.index_select(2, index)
+    sampled = sampled.float()
+    camera_means = tokens.mean(dim=2, dtype=torch.float32)
+    action = action.float()
+    spans = _consecutive_spans(tuple(tuple(g) for g in groups))
+    if spans is not None and spans[-1][1] == v:
+        # Groups of consecutive cameras covering all of them in order (the usual case): the
+        # per-camera samples already are the packed rows, and the group means are one product.
+        rows = sampled.reshape(b, v, -1)
+        means = torch.matmul(_mean_matrix(spans, camera_means.device), camera_means)
+        samples = tuple(sampled[:, i:j].reshape(b, -1, d) for i, j in spans)
+        starts = _starts(tuple(j - i for i, j in spans))
+        numels = [(j - i) * rows.shape[-1] for i, j in spans]
+        return Fingerprint(samples, tuple(means.unbind(1)), action,
+                           _pack(rows, starts, numels, means, action))
     samples, means = [], []
     for cams in groups:
-        if len(cams) == 1:
-            samples.append(sampled[:, cams[0]])
-            means.append(camera_means[:, cams[0]])
-        else:
-            index = torch.as_tensor(cams, device=x.device)
-            samples.append(sampled.index_select(1, index).reshape(b, -1, d))
-            means.append(camera_means.index_select(1, index).mean(dim=1))
-    return Fingerprint(tuple(samples), tuple(means), action.float())
+        index = torch.as_tensor(cams, device=x.device)
+        samples.append(sampled.index_select(1, index).reshape(b, -1, d))
+        means.append(camera_means.index_select(1, index).mean(dim=1))
+    return Fingerprint(tuple(samples), tuple(means), action)
+
+
+@lru_cache(maxsize=32)
+def _consecutive_spans(groups: tuple[tuple[int, ...], ...]) -> tuple[tuple[int, int], ...] | None:
+    """``(first, end)`` camera span of each group when the groups are runs of consecutive
+    cameras one after another from camera 0; None otherwise."""
+    spans, end = [], 0
+    for cams in groups:
+        if not cams or list(cams) != list(range(end, end + len(cams))):
+            return None
+        spans.append((end, end + len(cams)))
+        end += len(cams)
+    return tuple(spans)
+
+
+@lru_cache(maxsize=32)
+def _mean_matrix(spans: tuple[tuple[int, int], ...], device: torch.device) -> torch.Tensor:
+    """(G, v) matrix averaging the cameras of each span."""
+    matrix = torch.zeros(len(spans), spans[-1][1])
+    for g, (i, j) in enumerate(spans):
+        matrix[g, i:j] = 1.0 / (j - i)
+    return matrix.to(device)

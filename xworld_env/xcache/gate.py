@@ -8,8 +8,7 @@ Pure functions over ``Fingerprint`` pairs; the per-cell state lives in ``store.p
 
 from __future__ import annotations
 
-from functools import lru_cache
-
+import numpy as np
 import torch
 
 from xworld_env.xcache.fingerprint import Fingerprint
@@ -64,19 +63,11 @@ def relative_change(now: Fingerprint, prev: Fingerprint) -> torch.Tensor:
     return torch.stack(changes).max(dim=0).values
 
 
-@lru_cache(maxsize=32)
-def _group_matrix(sizes: tuple[int, ...], device: torch.device) -> torch.Tensor:
-    """(rows, groups) one-hot matrix: group ``g`` owns ``sizes[g]`` consecutive rows."""
-    ids = torch.repeat_interleave(torch.arange(len(sizes)), torch.tensor(sizes))
-    return torch.nn.functional.one_hot(ids, len(sizes)).float().to(device)
-
-
-def _cosine(dot: torch.Tensor, a2: torch.Tensor, b2: torch.Tensor) -> torch.Tensor:
+def _cosine(dot: np.ndarray, a2: np.ndarray, b2: np.ndarray) -> np.ndarray:
     """Cosine from a dot product and squared norms, with ``entry_cosine``'s zero rules."""
-    na, nb = a2.sqrt(), b2.sqrt()
-    cos = dot / (na * nb).clamp_min(ZERO_NORM**2)
-    both_zero = (na < ZERO_NORM) & (nb < ZERO_NORM)
-    return torch.where(both_zero, torch.ones_like(cos), cos)
+    na, nb = np.sqrt(a2), np.sqrt(b2)
+    cos = dot / np.maximum(na * nb, ZERO_NORM**2)
+    return np.where((na < ZERO_NORM) & (nb < ZERO_NORM), np.float32(1.0), cos)
 
 
 def gate_metrics(
@@ -84,33 +75,31 @@ def gate_metrics(
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """``(min_cosine, max_deviation, relative_change)`` of two fingerprints at once, (b,) each.
 
-    The same values as the three functions above, computed with a few batched operations (the
-    gate runs once per block and denoising step, so its cost is paid on every skip): the
-    fingerprints' packed rows (``Fingerprint.packed``, computed once per fingerprint and kept
-    with a stored one) are reduced row by row, then rows are summed into groups with a one-hot
-    matrix product.
+    The same values as the three functions above at a fraction of their cost (the gate runs
+    once per block and denoising step, so its cost is paid on every skip): three reductions
+    over the packed sample rows (``Fingerprint.packed``, computed once per fingerprint and kept
+    with a stored one) on the fingerprints' device, then small host arithmetic per group.
+    Returned on the CPU.
     """
     p_now, p_prev = now.packed, prev.packed
-    groups = _group_matrix(p_now.rows_per_group, p_now.rows.device)
-    diff = p_now.rows - p_prev.rows
-    abs_diff = diff.abs()
-    per_row = torch.stack([
-        torch.einsum("brn,brn->br", p_now.rows, p_prev.rows),
-        p_now.row_sq, p_prev.row_sq, abs_diff.sum(dim=-1), p_prev.row_l1,
-    ], dim=1)
-    dot, now2, prev2, l1_diff, l1_prev = (per_row @ groups).unbind(1)
-    entry_dot = torch.cat([(p_now.means * p_prev.means).sum(-1),
-                           (now.action * prev.action).sum(-1, keepdim=True)], dim=1)
-    cos = torch.cat([
-        _cosine(dot, now2, prev2), _cosine(entry_dot, p_now.entry_sq, p_prev.entry_sq),
-    ], dim=1).amin(dim=1)
-    count = torch.tensor(p_now.numels, dtype=diff.dtype, device=diff.device)
-    mean_prev = l1_prev / count + _EPS
-    # Peaks are >= 0, so a group's maximum is the maximum of its rows' peaks masked by groups.
-    peak = (abs_diff.amax(dim=-1)[:, :, None] * groups).amax(dim=1)
-    dev = (peak / mean_prev).amax(dim=1)
-    rel = (l1_diff / count / mean_prev).amax(dim=1)
-    return cos, dev, rel
+    abs_diff = (p_now.rows - p_prev.rows).abs()
+    per_row = torch.stack(
+        [torch.linalg.vecdot(p_now.rows, p_prev.rows), abs_diff.sum(dim=-1),
+         abs_diff.amax(dim=-1)], dim=1,
+    ).to("cpu", torch.float32).numpy()
+    # Rows to groups (each group owns consecutive rows); no BLAS call, whose idle threads
+    # would compete with torch's for the cores.
+    starts = p_now.starts
+    dot, l1_diff = np.add.reduceat(per_row[:, :2], starts, axis=-1).swapaxes(0, 1)
+    peak = np.maximum.reduceat(per_row[:, 2], starts, axis=-1)
+    entry_dot = np.concatenate([(p_now.means * p_prev.means).sum(-1),
+                                (p_now.action * p_prev.action).sum(-1, keepdims=True)], axis=1)
+    cos = np.concatenate([_cosine(dot, p_now.sq, p_prev.sq),
+                          _cosine(entry_dot, p_now.entry_sq, p_prev.entry_sq)], axis=1).min(1)
+    mean_prev = p_prev.l1 / p_prev.numels + np.float32(_EPS)
+    dev = (peak / mean_prev).max(axis=1)
+    rel = (l1_diff / p_now.numels / mean_prev).max(axis=1)
+    return tuple(torch.from_numpy(np.asarray(m, dtype=np.float32)) for m in (cos, dev, rel))
 
 
 def update_ema(ema: torch.Tensor, value: torch.Tensor, alpha: float, fresh: torch.Tensor):
