@@ -126,3 +126,12 @@ def test_record_video(tiny_env_kwargs, tmp_path):
     env.close()
     videos = list(tmp_path.glob("*.mp4"))
     assert videos and videos[0].stat().st_size > 0
+
+
+def test_bfloat16_env_steps(tiny_env_kwargs):
+    env = XWorldEnv(dtype="bfloat16", **tiny_env_kwargs)
+    obs, _ = env.reset(seed=0)
+    for _ in range(2):
+        obs, reward, *_ = env.step(np.array([0.2, -0.1], np.float32))
+    assert env.observation_space.contains(obs) and np.isfinite(reward)
+    assert env.unwrapped.engine.config.dtype == "bfloat16"

@@ -189,3 +189,39 @@ def test_fixed_noise_rollout_is_reproducible():
         outs.append([engine.step_chunk(a).latents for a in actions(1, 2)])
     for a, b in zip(*outs):
         assert torch.equal(a, b)
+
+
+def test_decode_last_is_the_last_frame_of_decode_all():
+    acts = actions(2, 2)
+    full, last = make_engine(), make_engine()
+    for engine in (full, last):
+        engine.start(*context(2), seeds=[3, 4])
+    for a in acts:
+        out_all, out_last = full.step_chunk(a), last.step_chunk(a, decode="last")
+        assert out_last.frames.shape == (2, 1, 7, 64, 64, 3)
+        assert torch.equal(out_last.frames[:, 0], out_all.frames[:, -1])
+        assert torch.equal(out_last.latents, out_all.latents)
+    with pytest.raises(ValueError, match="decode must be one of"):
+        last.step_chunk(acts[0], decode="first")
+    assert last.kv.num_chunks.tolist() == [4, 4]  # the rejected call changed nothing
+
+
+def test_bfloat16_compute_stays_close_to_float32():
+    import dataclasses
+
+    from xworld_env.bench.metrics import psnr
+
+    acts = actions(1, 3)
+    outs = {}
+    for dtype in ("float32", "bfloat16"):
+        engine = make_engine(dataclasses.replace(CONFIG, dtype=dtype))
+        engine.start(*context(1), seeds=[0])
+        outs[dtype] = rollout(engine, acts)
+        # Weights stay float32; keys and values are computed (and cached) in the compute dtype.
+        assert next(engine.dit.parameters()).dtype == torch.float32
+        assert engine.kv.view(0).k.dtype == getattr(torch, dtype)
+    for a, b in zip(outs["float32"], outs["bfloat16"], strict=True):
+        assert b.latents.dtype == torch.float32 and b.frames.dtype == torch.uint8
+        assert float(psnr(a.frames.numpy(), b.frames.numpy())) > 25.0
+    with pytest.raises(ValueError, match="dtype must be one of"):
+        EngineConfig(dtype="int8")

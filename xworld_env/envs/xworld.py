@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from xworld_env.data.scenario_bank import ScenarioBank
-from xworld_env.engine import EngineConfig, WorldModelEngine
+from xworld_env.engine import COMPUTE_DTYPES, EngineConfig, WorldModelEngine
 from xworld_env.envs.rewards import RewardConfig, is_terminal, reward_terms
 from xworld_env.envs.spaces import (
     EGO_LIMITS,
@@ -40,7 +40,8 @@ DEFAULT_CHECKPOINT = ASSETS / "default"
 #: Starting contexts cut from held-out simulator episodes.
 DEFAULT_SCENARIO_BANK = ASSETS / "scenario_bank.npz"
 
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+#: Accepted ``dtype`` kwargs: the engine's compute precisions.
+DTYPES = COMPUTE_DTYPES
 
 
 @dataclass
@@ -98,10 +99,9 @@ def load_runtime(
                               shift=trained.get("shift", 3.0)),
         kv_cache=KVCacheConfig(window=window or trained.get("window", 4)),
         noise=noise or trained.get("noise", "fresh"),
+        dtype=dtype,
     )
     engine = WorldModelEngine.from_bundle(config, bundle)
-    if DTYPES[dtype] != torch.float32:
-        engine.dit.to(DTYPES[dtype])
     bank = ScenarioBank.load(scenario_bank if scenario_bank is not None else DEFAULT_SCENARIO_BANK)
     return WorldModelRuntime(engine, bank, path)
 
@@ -202,7 +202,7 @@ class XWorldEnv(gym.Env):
         if self._frame is None:
             raise RuntimeError("call reset() before step()")
         action = check_action(action, self.action_space)
-        out = self.engine.step_chunk(torch.from_numpy(action)[None])
+        out = self.engine.step_chunk(torch.from_numpy(action)[None], decode="last")
         self._frame = out.frames[0, -1].cpu().numpy()
         self._ego = out.ego[0].float().cpu().numpy()
         collision = float(out.collision_prob[0])

@@ -120,7 +120,7 @@ class XWorldVectorEnv(VectorEnv):
         if not self._started:
             raise RuntimeError("call reset() before step()")
         actions = self._check_actions(actions)
-        out = self.engine.step_chunk(torch.from_numpy(actions))
+        out = self.engine.step_chunk(torch.from_numpy(actions), decode="last")
         self._frames = out.frames[:, -1].cpu().numpy()
         self._ego = out.ego.float().cpu().numpy()
         collision = out.collision_prob.float().cpu().numpy()
