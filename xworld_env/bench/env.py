@@ -16,11 +16,11 @@ def engine_skip_rate(engine) -> float | None:
     return None if stats is None else stats.summary()["skip_rate"]
 
 
-def _single(cache: str, steps: int, seed: int,
-            checkpoint: str | None) -> tuple[float, float | None]:
+def _single(cache: str, steps: int, seed: int, checkpoint: str | None,
+            dtype: str) -> tuple[float, float | None]:
     from xworld_env.envs.xworld import XWorldEnv
 
-    env = XWorldEnv(cache=cache, family="highway", checkpoint=checkpoint)
+    env = XWorldEnv(cache=cache, family="highway", checkpoint=checkpoint, dtype=dtype)
     policy = LaneKeeper(seed=seed)
     obs, info = env.reset(seed=seed)
     started = time.perf_counter()
@@ -40,11 +40,12 @@ BATCHED_POLICIES = {
 }
 
 
-def _batched(cache, n: int, steps: int, seed: int,
-             checkpoint: str | None) -> tuple[float, float | None]:
+def _batched(cache, n: int, steps: int, seed: int, checkpoint: str | None,
+             dtype: str) -> tuple[float, float | None]:
     from xworld_env.envs.xworld_vector import XWorldVectorEnv
 
-    envs = XWorldVectorEnv(num_envs=n, cache=cache, family="highway", checkpoint=checkpoint)
+    envs = XWorldVectorEnv(num_envs=n, cache=cache, family="highway", checkpoint=checkpoint,
+                           dtype=dtype)
     policy = LaneKeeper(seed=seed)
     obs, _ = envs.reset(seed=seed)
     started = time.perf_counter()
@@ -55,26 +56,27 @@ def _batched(cache, n: int, steps: int, seed: int,
 
 
 def run(steps: int = 20, sizes: tuple[int, ...] = (1, 4, 8, 16), seed: int = 0,
-        checkpoint: str | None = None) -> dict:
+        checkpoint: str | None = None, dtype: str = "float32") -> dict:
     """Env-steps per second (summed over worlds), X-Cache and full compute side by side.
 
     Batched rows also time X-Cache's ``batch_mode="all"`` against the default ``"gather"``.
 
     Each measurement is ``steps`` steps of every world from a reset, so it includes X-Cache's
     warmup chunk, as an RL rollout of that length would. ``skip_rate`` holds the cache
-    policies' skip rates of the same measurements.
+    policies' skip rates of the same measurements. ``dtype`` is the world model's compute
+    precision (the envs' ``dtype`` kwarg).
     """
     result = {"single": {}, "batched": {}, "skip_rate": {"single": {}, "batched": {}},
-              "steps": steps, "machine": machine_info()}
+              "steps": steps, "dtype": dtype, "machine": machine_info()}
     for cache in ("xcache", "none"):
-        rate, skip = _single(cache, steps, seed, checkpoint)
+        rate, skip = _single(cache, steps, seed, checkpoint, dtype)
         result["single"][cache] = rate
         if skip is not None:
             result["skip_rate"]["single"][cache] = skip
     for n in sizes:
         rates, skips = {}, {}
         for name, cache in BATCHED_POLICIES.items():
-            rates[name], skip = _batched(cache, n, steps, seed, checkpoint)
+            rates[name], skip = _batched(cache, n, steps, seed, checkpoint, dtype)
             if skip is not None:
                 skips[name] = skip
         result["batched"][str(n)] = rates
@@ -83,7 +85,8 @@ def run(steps: int = 20, sizes: tuple[int, ...] = (1, 4, 8, 16), seed: int = 0,
 
 
 def main(args) -> dict:
-    result = run(steps=args.steps, sizes=tuple(args.sizes), checkpoint=args.checkpoint)
+    result = run(steps=args.steps, sizes=tuple(args.sizes), checkpoint=args.checkpoint,
+                 dtype=args.dtype)
     print(f"{'env':<14}{'xcache':>10}{'xcache_all':>12}{'full':>10}{'xcache/full':>13}"
           f"{'skip rate':>11}   (env-steps/s)")
     skips = result["skip_rate"]
