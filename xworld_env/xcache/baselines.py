@@ -137,5 +137,5 @@ class StaticReuse(ChunkCacheExecutor):
             return x + cell.residual
         reused = x + cell.residual if bool(reuse.any()) else None
         out, idx, y = self.compute_some(block, x, ctx, ~reuse.to(x.device), reused)
-        cell.write(idx, y - x[idx])
+        cell.write(idx, y - (x if len(idx) == x.shape[0] else x[idx]))
         return out

@@ -223,6 +223,7 @@ class XCache(ChunkCacheExecutor):
             return x + cell.residual
         reused_out = x + cell.residual if bool(reuse.any()) else None
         out, idx, y = self.compute_some(block, x, ctx, ~reuse.to(x.device), reused_out)
-        cell.write(idx, y - x[idx], fp if len(idx) == b else fp.select(idx))
+        every = len(idx) == b
+        cell.write(idx, y - (x if every else x[idx]), fp if every else fp.select(idx))
         cell.consecutive[reuse] += 1
         return out

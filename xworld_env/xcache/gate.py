@@ -82,7 +82,7 @@ def gate_metrics(
     Returned on the CPU.
     """
     p_now, p_prev = now.packed, prev.packed
-    abs_diff = (p_now.rows - p_prev.rows).abs()
+    abs_diff = torch.sub(p_now.rows, p_prev.rows).abs_()
     per_row = torch.stack(
         [torch.linalg.vecdot(p_now.rows, p_prev.rows), abs_diff.sum(dim=-1),
          abs_diff.amax(dim=-1)], dim=1,

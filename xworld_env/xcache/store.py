@@ -36,27 +36,36 @@ class Cell:
 
         Args:
             worlds: indices along the batch axis.
-            residual: their residuals.
+            residual: their residuals; kept without a copy when every world is written: the
+                caller hands over a fresh tensor that nothing else holds.
             fingerprint: their input fingerprints (X-Cache).
             reference: any other per-world tensor a policy compares against (e.g. block 0's
                 output for first-block caching).
         """
-        if self.residual is None:
-            self.residual = residual.new_zeros(self.batch_size, *residual.shape[1:])
-        self.residual[worlds] = residual
+        every = self._every_world(worlds)
+        if every:
+            self.residual = residual
+        else:
+            if self.residual is None:
+                self.residual = residual.new_zeros(self.batch_size, *residual.shape[1:])
+            self.residual[worlds] = residual
         if reference is not None:
             if self.reference is None:
                 self.reference = reference.new_zeros(self.batch_size, *reference.shape[1:])
             self.reference[worlds] = reference
         if fingerprint is not None:
-            self._write_fingerprint(worlds, fingerprint)
+            self._write_fingerprint(worlds, fingerprint, every)
         self.has[worlds.cpu()] = True
         self.consecutive[worlds.cpu()] = 0
 
-    def _write_fingerprint(self, worlds: torch.Tensor, fingerprint: Fingerprint) -> None:
-        if len(worlds) == self.batch_size and bool(
+    def _every_world(self, worlds: torch.Tensor) -> bool:
+        return len(worlds) == self.batch_size and bool(
             (worlds.cpu() == torch.arange(self.batch_size)).all()
-        ):
+        )
+
+    def _write_fingerprint(self, worlds: torch.Tensor, fingerprint: Fingerprint,
+                           every: bool) -> None:
+        if every:
             # Every world at once: keep the object, with the packing the gate already cached.
             self.fingerprint = fingerprint
             return
