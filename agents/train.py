@@ -31,6 +31,9 @@ class AgentTrainConfig:
         scenario_bank: scenario bank file (None: the shipped one).
         family: scenario family of every episode (None: random).
         max_episode_steps: truncation of each episode.
+        world_device: device of the world model (``cpu``, ``cuda``).
+        world_dtype: compute precision of the world model (``float32``, ``bfloat16``,
+            ``float16``; the envs' ``dtype``).
         n_steps, batch_size, n_epochs, learning_rate, gamma: PPO settings.
         features_dim: size of the seven-view features.
         run_dir: TensorBoard logs, checkpoints and the final policy.
@@ -46,6 +49,8 @@ class AgentTrainConfig:
     scenario_bank: str | None = None
     family: str | None = None
     max_episode_steps: int = 80
+    world_device: str = "cpu"
+    world_dtype: str = "float32"
     n_steps: int = 64
     batch_size: int = 128
     n_epochs: int = 4
@@ -65,7 +70,7 @@ def train(cfg: AgentTrainConfig) -> Path:
     venv = XWorldSB3VecEnv(
         num_envs=cfg.num_envs, cache=cfg.cache, checkpoint=cfg.checkpoint,
         scenario_bank=cfg.scenario_bank, family=cfg.family,
-        max_episode_steps=cfg.max_episode_steps,
+        max_episode_steps=cfg.max_episode_steps, device=cfg.world_device, dtype=cfg.world_dtype,
     )
     venv.seed(cfg.seed)
     venv = VecMonitor(venv)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
+from xworld_env.engine import COMPUTE_DTYPES
+
 #: Gymnasium id RLlib's env runners pass to ``gym.make_vec``; the module prefix makes every
 #: runner process import ``xworld_env`` (and so register the env) before looking it up.
 ENV_ID = "xworld_env:XWorld-v0"
@@ -21,6 +23,8 @@ class RLlibTrainConfig:
         num_env_runners: remote env-runner processes (0: sample in the driver process).
         worlds_per_runner: worlds batched in each runner's env.
         runner_device: world model and policy inference device of each runner (``cpu``/``cuda``).
+        world_dtype: compute precision of the world model (``float32``, ``bfloat16``,
+            ``float16``; the envs' ``dtype``).
         cpus_per_runner, gpus_per_runner: Ray resources per runner (``gpus_per_runner`` None:
             1 when ``runner_device`` is ``cuda``, else 0).
         learner_device: where the PPO update runs (``cpu``/``cuda``).
@@ -46,6 +50,7 @@ class RLlibTrainConfig:
     num_env_runners: int = 2
     worlds_per_runner: int = 4
     runner_device: str = "cpu"
+    world_dtype: str = "float32"
     cpus_per_runner: float = 1.0
     gpus_per_runner: float | None = None
     learner_device: str = "cpu"
@@ -99,12 +104,16 @@ class RLlibTrainConfig:
         for name in ("runner_device", "learner_device"):
             if getattr(self, name) not in ("cpu", "cuda"):
                 raise ValueError(f"{name} must be 'cpu' or 'cuda', got {getattr(self, name)!r}")
+        if self.world_dtype not in COMPUTE_DTYPES:
+            raise ValueError(f"world_dtype must be one of {sorted(COMPUTE_DTYPES)}, "
+                             f"got {self.world_dtype!r}")
 
     def env_config(self) -> dict:
         """Keyword arguments of each runner's ``XWorldVectorEnv``."""
         return {"cache": self.cache, "checkpoint": self.checkpoint,
                 "scenario_bank": self.scenario_bank, "family": self.family,
-                "max_episode_steps": self.max_episode_steps, "device": self.runner_device}
+                "max_episode_steps": self.max_episode_steps, "device": self.runner_device,
+                "dtype": self.world_dtype}
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -1,6 +1,7 @@
 """The agents entry points on the tiny world model."""
 
 import numpy as np
+import pytest
 import torch
 from gymnasium import spaces
 
@@ -36,3 +37,12 @@ def test_train_tiny_then_evaluate(tiny_env_kwargs, tmp_path):
                       **tiny_env_kwargs)
     for name in ("XWorld-v0", "XWorldSim-v0"):
         assert result[name]["episodes"] == 1 and np.isfinite(result[name]["mean_return"])
+
+
+def test_train_rejects_an_unknown_world_dtype(tiny_env_kwargs, tmp_path):
+    overrides = ["agent=tiny", f"agent.run_dir={tmp_path}", "agent.world_dtype=int8",
+                 f"agent.checkpoint={tiny_env_kwargs['checkpoint']}",
+                 f"agent.scenario_bank={tiny_env_kwargs['scenario_bank']}"]
+    with pytest.raises(ValueError, match="dtype must be one of"):
+        train_main(overrides)
+    assert not (tmp_path / "ppo_final.zip").exists()

@@ -76,3 +76,5 @@ def test_invalid_settings_name_the_bad_values():
         RLlibTrainConfig(train_batch_size=16, minibatch_size=32)
     with pytest.raises(ValueError, match="runner_device"):
         RLlibTrainConfig(runner_device="tpu")
+    with pytest.raises(ValueError, match="world_dtype must be one of"):
+        RLlibTrainConfig(world_dtype="int8")
