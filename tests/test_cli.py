@@ -54,3 +54,16 @@ def test_bad_override_exits_with_a_message(capsys, tmp_path):
     assert main(["generate", "data.nonsense=1", f"data.out={tmp_path}"]) == 2
     assert "error" in capsys.readouterr().err
     assert main(["train", "heads", "steps=0"]) == 2
+
+
+def test_bench_env_compares_precisions_side_by_side(tmp_path, tiny_checkpoint):
+    path = tmp_path / "env.json"
+    args = ["bench", "env", "--steps", "1", "--sizes", "2", "--checkpoint", str(tiny_checkpoint),
+            "--dtype", "float32", "bfloat16", "--json", str(path)]
+    assert main(args) == 0
+    result = json.loads(path.read_text())
+    assert result["dtype"] == "float32" and set(result["precisions"]) == {"float32", "bfloat16"}
+    assert result["single"] == result["precisions"]["float32"]["single"]
+    bf16 = result["precisions"]["bfloat16"]
+    ratio = result["speedup"]["bfloat16"]["batched"]["2"]["none"]
+    assert abs(ratio - bf16["batched"]["2"]["none"] / result["batched"]["2"]["none"]) < 1e-9

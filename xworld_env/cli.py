@@ -95,8 +95,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--steps", type=int, default=20,
                    help="steps of every world per measurement (default 20)")
     p.add_argument("--sizes", type=int, nargs="+", default=[1, 4, 8, 16], help="batch sizes")
-    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"],
-                   help="compute precision of the world model (default float32)")
+    p.add_argument("--dtype", nargs="+", default=["float32"],
+                   choices=["float32", "bfloat16", "float16"],
+                   help="compute precisions of the world model, measured side by side "
+                        "(default float32)")
     p.add_argument("--checkpoint", default=None, help="world model folder (default: shipped)")
     p.add_argument("--json", default=None, help="write the results to this JSON file")
     p.set_defaults(func=_bench_module("env"))

@@ -56,47 +56,79 @@ def _batched(cache, n: int, steps: int, seed: int, checkpoint: str | None,
 
 
 def run(steps: int = 20, sizes: tuple[int, ...] = (1, 4, 8, 16), seed: int = 0,
-        checkpoint: str | None = None, dtype: str = "float32") -> dict:
+        checkpoint: str | None = None, dtypes: tuple[str, ...] = ("float32",)) -> dict:
     """Env-steps per second (summed over worlds), X-Cache and full compute side by side.
 
     Batched rows also time X-Cache's ``batch_mode="all"`` against the default ``"gather"``.
 
     Each measurement is ``steps`` steps of every world from a reset, so it includes X-Cache's
     warmup chunk, as an RL rollout of that length would. ``skip_rate`` holds the cache
-    policies' skip rates of the same measurements. ``dtype`` is the world model's compute
-    precision (the envs' ``dtype`` kwarg).
+    policies' skip rates of the same measurements.
+
+    ``dtypes`` are world-model compute precisions (the envs' ``dtype`` kwarg); the top-level
+    figures are the first one's. With more than one, every measurement is taken in each
+    precision right after another, ``precisions`` holds every precision's figures and
+    ``speedup`` each one's rates over the first's.
     """
-    result = {"single": {}, "batched": {}, "skip_rate": {"single": {}, "batched": {}},
-              "steps": steps, "dtype": dtype, "machine": machine_info()}
+    if not dtypes or len(set(dtypes)) != len(dtypes):
+        raise ValueError(f"dtypes must be distinct and at least one, got {dtypes}")
+    per = {dt: {"single": {}, "batched": {}, "skip_rate": {"single": {}, "batched": {}}}
+           for dt in dtypes}
     for cache in ("xcache", "none"):
-        rate, skip = _single(cache, steps, seed, checkpoint, dtype)
-        result["single"][cache] = rate
-        if skip is not None:
-            result["skip_rate"]["single"][cache] = skip
-    for n in sizes:
-        rates, skips = {}, {}
-        for name, cache in BATCHED_POLICIES.items():
-            rates[name], skip = _batched(cache, n, steps, seed, checkpoint, dtype)
+        for dt in dtypes:
+            rate, skip = _single(cache, steps, seed, checkpoint, dt)
+            per[dt]["single"][cache] = rate
             if skip is not None:
-                skips[name] = skip
-        result["batched"][str(n)] = rates
-        result["skip_rate"]["batched"][str(n)] = skips
+                per[dt]["skip_rate"]["single"][cache] = skip
+    for n in sizes:
+        for name, cache in BATCHED_POLICIES.items():
+            for dt in dtypes:
+                rate, skip = _batched(cache, n, steps, seed, checkpoint, dt)
+                per[dt]["batched"].setdefault(str(n), {})[name] = rate
+                skips = per[dt]["skip_rate"]["batched"].setdefault(str(n), {})
+                if skip is not None:
+                    skips[name] = skip
+    result = {**per[dtypes[0]], "steps": steps, "dtype": dtypes[0], "machine": machine_info()}
+    if len(dtypes) > 1:
+        base = per[dtypes[0]]
+        result["precisions"] = per
+        result["speedup"] = {
+            dt: {"single": {k: v / base["single"][k] for k, v in per[dt]["single"].items()},
+                 "batched": {n: {k: v / base["batched"][n][k] for k, v in rates.items()}
+                             for n, rates in per[dt]["batched"].items()}}
+            for dt in dtypes[1:]
+        }
     return result
 
 
-def main(args) -> dict:
-    result = run(steps=args.steps, sizes=tuple(args.sizes), checkpoint=args.checkpoint,
-                 dtype=args.dtype)
-    print(f"{'env':<14}{'xcache':>10}{'xcache_all':>12}{'full':>10}{'xcache/full':>13}"
-          f"{'skip rate':>11}   (env-steps/s)")
-    skips = result["skip_rate"]
-    rows = [("single", result["single"], skips["single"])] + [
-        (f"batched N={n}", r, skips["batched"][n]) for n, r in result["batched"].items()
+def _table(figures: dict) -> list[str]:
+    lines = [f"{'env':<14}{'xcache':>10}{'xcache_all':>12}{'full':>10}{'xcache/full':>13}"
+             f"{'skip rate':>11}   (env-steps/s)"]
+    skips = figures["skip_rate"]
+    rows = [("single", figures["single"], skips["single"])] + [
+        (f"batched N={n}", r, skips["batched"][n]) for n, r in figures["batched"].items()
     ]
     for name, r, skip in rows:
         all_mode = f"{r['xcache_all']:>12.1f}" if "xcache_all" in r else f"{'-':>12}"
-        print(f"{name:<14}{r['xcache']:>10.1f}{all_mode}{r['none']:>10.1f}"
-              f"{r['xcache'] / r['none']:>13.2f}{skip.get('xcache', 0.0):>11.2f}")
+        lines.append(f"{name:<14}{r['xcache']:>10.1f}{all_mode}{r['none']:>10.1f}"
+                     f"{r['xcache'] / r['none']:>13.2f}{skip.get('xcache', 0.0):>11.2f}")
+    return lines
+
+
+def main(args) -> dict:
+    dtypes = tuple(args.dtype)
+    result = run(steps=args.steps, sizes=tuple(args.sizes), checkpoint=args.checkpoint,
+                 dtypes=dtypes)
+    for dt in dtypes:
+        figures = result["precisions"][dt] if len(dtypes) > 1 else result
+        print(f"{dt}:")
+        print("\n".join(_table(figures)))
+    for dt, ratios in result.get("speedup", {}).items():
+        rows = [("single", ratios["single"])] + [(f"batched N={n}", r)
+                                                 for n, r in ratios["batched"].items()]
+        print(f"{dt} over {dtypes[0]} (same run, measurements interleaved):")
+        for name, r in rows:
+            print(f"  {name:<14}" + "  ".join(f"{k} {v:.2f}x" for k, v in r.items()))
     if args.json:
         print(f"wrote {write_json(args.json, result)}")
     return result
