@@ -136,7 +136,8 @@ class XWorldEnv(gym.Env):
 
     ## Arguments
     ``cache`` (``"xcache"``, ``"none"``, ``"fbcache"``, ``"static"``, a policy config or a dict),
-    ``family``, ``checkpoint``, ``scenario_bank``, ``device``, ``dtype``, ``num_steps``,
+    ``family``, ``checkpoint``, ``scenario_bank``, ``device``, ``dtype`` (compute precision:
+    ``"float32"``, ``"bfloat16"``, ``"float16"``, see ``EngineConfig``), ``num_steps``,
     ``window``, ``noise`` (``"fresh"`` or ``"fixed"``, see ``EngineConfig``), ``reward``,
     ``include_ego``, ``render_mode``.
 
