@@ -41,9 +41,11 @@ def test_bench_env_writes_json(tmp_path, tiny_checkpoint):
     assert set(result["single"]) == {"xcache", "none"} and set(result["batched"]) == {"2"}
 
 
-def test_demo_writes_a_video(tmp_path, tiny_checkpoint, capsys):
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_demo_writes_a_video(tmp_path, tiny_checkpoint, capsys, dtype):
     out = tmp_path / "demo.gif"
-    args = ["demo", "--steps", "3", "--out", str(out), "--checkpoint", str(tiny_checkpoint)]
+    args = ["demo", "--steps", "3", "--out", str(out), "--checkpoint", str(tiny_checkpoint),
+            "--dtype", dtype]
     assert main(args) == 0
     assert out.stat().st_size > 0
     printed = capsys.readouterr().out
@@ -67,3 +69,10 @@ def test_bench_env_compares_precisions_side_by_side(tmp_path, tiny_checkpoint):
     bf16 = result["precisions"]["bfloat16"]
     ratio = result["speedup"]["bfloat16"]["batched"]["2"]["none"]
     assert abs(ratio - bf16["batched"]["2"]["none"] / result["batched"]["2"]["none"]) < 1e-9
+
+
+def test_precision_choices_match_the_engine():
+    from xworld_env.cli import PRECISIONS
+    from xworld_env.engine import COMPUTE_DTYPES
+
+    assert set(PRECISIONS) == set(COMPUTE_DTYPES)

@@ -8,6 +8,10 @@ from __future__ import annotations
 import argparse
 import sys
 
+#: World-model compute precisions the commands accept (``engine.COMPUTE_DTYPES``; spelled out
+#: here so that building the parser does not import torch).
+PRECISIONS = ("float32", "bfloat16", "float16")
+
 
 def _render_sheet(args: argparse.Namespace) -> int:
     from xworld_env.sim.contact_sheet import render_sheet
@@ -82,6 +86,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--family", default="highway", help="scenario family (default highway)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--cache", default="xcache", help="cache policy (default xcache)")
+    p.add_argument("--dtype", default="float32", choices=PRECISIONS,
+                   help="compute precision of both runs (default float32)")
     p.add_argument("--checkpoint", default=None, help="world model folder (default: shipped)")
     p.set_defaults(func=_demo)
 
@@ -96,7 +102,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="steps of every world per measurement (default 20)")
     p.add_argument("--sizes", type=int, nargs="+", default=[1, 4, 8, 16], help="batch sizes")
     p.add_argument("--dtype", nargs="+", default=["float32"],
-                   choices=["float32", "bfloat16", "float16"],
+                   choices=PRECISIONS,
                    help="compute precisions of the world model, measured side by side "
                         "(default float32)")
     p.add_argument("--checkpoint", default=None, help="world model folder (default: shipped)")
