@@ -74,14 +74,14 @@ class FirstBlockCache(ChunkCacheExecutor):
                 return x
             if not bool(skip.any()):
                 return block(x, ctx)
-            out, _, _ = self.compute_some(block, x, ctx, ~skip.to(x.device), x)
+            out, *_ = self.compute_some(block, x, ctx, ~skip.to(x.device), x)
             return out
         # Last block: skipped worlds add the residual of blocks 1..L-1 stored with block 0's
         # output; computed worlds refresh both.
         reused = x + cell.residual if bool(skip.any()) else None
         if bool(skip.all()):
             return reused
-        out, idx, y = self.compute_some(block, x, ctx, ~skip.to(x.device), reused)
+        out, idx, _, y = self.compute_some(block, x, ctx, ~skip.to(x.device), reused)
         first = self._first_out[idx]
         cell.write(idx, y - first, reference=first.flatten(1))
         return out
@@ -136,6 +136,6 @@ class StaticReuse(ChunkCacheExecutor):
         if bool(reuse.all()):
             return x + cell.residual
         reused = x + cell.residual if bool(reuse.any()) else None
-        out, idx, y = self.compute_some(block, x, ctx, ~reuse.to(x.device), reused)
-        cell.write(idx, y - (x if len(idx) == x.shape[0] else x[idx]))
+        out, idx, x_in, y = self.compute_some(block, x, ctx, ~reuse.to(x.device), reused)
+        cell.write(idx, y - x_in)
         return out

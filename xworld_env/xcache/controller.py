@@ -142,20 +142,21 @@ class ChunkCacheExecutor:
     def compute_some(
         self, block, x: torch.Tensor, ctx: BlockContext, compute: torch.Tensor,
         reused_out: torch.Tensor | None,
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         """Runs ``block`` for the worlds in ``compute`` only.
 
         Returns:
-            (output for every world, indices computed, their new outputs).
+            (output for every world, indices computed, their inputs, their new outputs).
         """
         if bool(compute.all()):
             y = block(x, ctx)
-            return y, torch.arange(x.shape[0], device=x.device), y
+            return y, torch.arange(x.shape[0], device=x.device), x, y
         idx = compute.nonzero().flatten().to(x.device)
-        y = block(x[idx], ctx.select(idx))
+        x_in = x[idx]
+        y = block(x_in, ctx.select(idx))
         out = reused_out.clone()
         out[idx] = y
-        return out, idx, y
+        return out, idx, x_in, y
 
 
 class XCache(ChunkCacheExecutor):
@@ -222,8 +223,7 @@ class XCache(ChunkCacheExecutor):
             cell.consecutive += 1
             return x + cell.residual
         reused_out = x + cell.residual if bool(reuse.any()) else None
-        out, idx, y = self.compute_some(block, x, ctx, ~reuse.to(x.device), reused_out)
-        every = len(idx) == b
-        cell.write(idx, y - (x if every else x[idx]), fp if every else fp.select(idx))
+        out, idx, x_in, y = self.compute_some(block, x, ctx, ~reuse.to(x.device), reused_out)
+        cell.write(idx, y - x_in, fp if len(idx) == b else fp.select(idx))
         cell.consecutive[reuse] += 1
         return out
