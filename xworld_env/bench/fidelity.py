@@ -49,9 +49,9 @@ from xworld_env.bench.metrics import (
     ssim_per_frame,
     stitch,
 )
-from xworld_env.engine import NOISE_MODES, WorldModelEngine
+from xworld_env.engine import COMPUTE_DTYPES, NOISE_MODES, WorldModelEngine
 from xworld_env.envs.rewards import RewardConfig, reward_terms
-from xworld_env.envs.xworld import DEFAULT_CHECKPOINT, DTYPES, load_runtime
+from xworld_env.envs.xworld import DEFAULT_CHECKPOINT, load_runtime
 from xworld_env.types import FAMILIES
 from xworld_env.xcache import XCacheConfig, make_executor
 
@@ -771,7 +771,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="timed repeats per rollout in the sweep (default 1)")
     parser.add_argument("--no-sweep", action="store_true", help="skip the threshold sweep")
     parser.add_argument("--device", default="cpu", help="torch device, e.g. cuda (default cpu)")
-    parser.add_argument("--dtype", default="float32", choices=sorted(DTYPES),
+    parser.add_argument("--dtype", default="float32", choices=sorted(COMPUTE_DTYPES),
                         help="DiT precision (default float32)")
     parser.add_argument("--noise", default=None, choices=NOISE_MODES,
                         help="per-episode noise: fresh or fixed (default: the checkpoint's)")

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from xworld_env.data.scenario_bank import ScenarioBank
-from xworld_env.engine import COMPUTE_DTYPES, EngineConfig, WorldModelEngine
+from xworld_env.engine import EngineConfig, WorldModelEngine
 from xworld_env.envs.rewards import RewardConfig, is_terminal, reward_terms
 from xworld_env.envs.spaces import (
     EGO_LIMITS,
@@ -39,10 +39,6 @@ ASSETS = Path(__file__).resolve().parents[1] / "assets"
 DEFAULT_CHECKPOINT = ASSETS / "default"
 #: Starting contexts cut from held-out simulator episodes.
 DEFAULT_SCENARIO_BANK = ASSETS / "scenario_bank.npz"
-
-#: Accepted ``dtype`` kwargs: the engine's compute precisions.
-DTYPES = COMPUTE_DTYPES
-
 
 @dataclass
 class WorldModelRuntime:
@@ -87,8 +83,6 @@ def load_runtime(
     noise: str | None = None,
 ) -> WorldModelRuntime:
     """Loads the checkpoint (default: the shipped one) into an engine, and the scenario bank."""
-    if dtype not in DTYPES:
-        raise ValueError(f"dtype must be one of {sorted(DTYPES)}, got {dtype!r}")
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise ValueError(f"device {device!r} asked for, but torch sees no CUDA device; use 'cpu'")
     path = Path(checkpoint) if checkpoint is not None else DEFAULT_CHECKPOINT
