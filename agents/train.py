@@ -17,23 +17,18 @@ from stable_baselines3.common.vec_env import VecMonitor
 from agents.callbacks import XCacheStatsCallback
 from agents.extractors import SevenViewExtractor
 from agents.vec_env import XWorldSB3VecEnv
+from agents.world import WorldSettings
 
 
 @dataclass(frozen=True)
-class AgentTrainConfig:
-    """PPO on the batched world model (the ``agent`` config group).
+class AgentTrainConfig(WorldSettings):
+    """PPO on the batched world model (the ``agent`` config group): the world settings of
+    ``WorldSettings`` and these.
 
     Attributes:
         num_envs: worlds stepped in one batched forward.
         total_timesteps: env steps in all (summed over worlds).
-        cache: cache policy of the world model (``xcache``, ``none``, ...).
-        checkpoint: world model folder (None: the shipped one).
-        scenario_bank: scenario bank file (None: the shipped one).
-        family: scenario family of every episode (None: random).
-        max_episode_steps: truncation of each episode.
         world_device: device of the world model (``cpu``, ``cuda``).
-        world_dtype: compute precision of the world model (``float32``, ``bfloat16``,
-            ``float16``; the envs' ``dtype``).
         n_steps, batch_size, n_epochs, learning_rate, gamma: PPO settings.
         features_dim: size of the seven-view features.
         run_dir: TensorBoard logs, checkpoints and the final policy.
@@ -44,13 +39,7 @@ class AgentTrainConfig:
 
     num_envs: int = 8
     total_timesteps: int = 100_000
-    cache: str = "xcache"
-    checkpoint: str | None = None
-    scenario_bank: str | None = None
-    family: str | None = None
-    max_episode_steps: int = 80
     world_device: str = "cpu"
-    world_dtype: str = "float32"
     n_steps: int = 64
     batch_size: int = 128
     n_epochs: int = 4
@@ -67,11 +56,7 @@ class AgentTrainConfig:
 def train(cfg: AgentTrainConfig) -> Path:
     """Trains a PPO policy; returns the path of the saved model."""
     run_dir = Path(cfg.run_dir)
-    venv = XWorldSB3VecEnv(
-        num_envs=cfg.num_envs, cache=cfg.cache, checkpoint=cfg.checkpoint,
-        scenario_bank=cfg.scenario_bank, family=cfg.family,
-        max_episode_steps=cfg.max_episode_steps, device=cfg.world_device, dtype=cfg.world_dtype,
-    )
+    venv = XWorldSB3VecEnv(num_envs=cfg.num_envs, **cfg.world_kwargs(cfg.world_device))
     venv.seed(cfg.seed)
     venv = VecMonitor(venv)
     tensorboard = str(run_dir / "tensorboard") if cfg.tensorboard else None

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
-from xworld_env.engine import COMPUTE_DTYPES
+from agents.world import WorldSettings
 
 #: Gymnasium id RLlib's env runners pass to ``gym.make_vec``; the module prefix makes every
 #: runner process import ``xworld_env`` (and so register the env) before looking it up.
@@ -12,8 +12,9 @@ ENV_ID = "xworld_env:XWorld-v0"
 
 
 @dataclass(frozen=True)
-class RLlibTrainConfig:
-    """PPO on XWorld-v0 with RLlib env runners (the ``rllib`` config group).
+class RLlibTrainConfig(WorldSettings):
+    """PPO on XWorld-v0 with RLlib env runners (the ``rllib`` config group): the world settings
+    of ``WorldSettings`` and these.
 
     Every env runner builds one ``XWorldVectorEnv`` of ``worlds_per_runner`` worlds through
     ``gym.make_vec`` and its ``vector_entry_point``, so each runner steps all its worlds in one
@@ -23,15 +24,9 @@ class RLlibTrainConfig:
         num_env_runners: remote env-runner processes (0: sample in the driver process).
         worlds_per_runner: worlds batched in each runner's env.
         runner_device: world model and policy inference device of each runner (``cpu``/``cuda``).
-        world_dtype: compute precision of the world model (``float32``, ``bfloat16``,
-            ``float16``; the envs' ``dtype``).
         cpus_per_runner, gpus_per_runner: Ray resources per runner (``gpus_per_runner`` None:
             1 when ``runner_device`` is ``cuda``, else 0).
         learner_device: where the PPO update runs (``cpu``/``cuda``).
-        cache: the world model's cache policy (``xcache``, ``none``, ``fbcache``, ``static``).
-        checkpoint, scenario_bank: world model folder and scenario bank (None: shipped ones).
-        family: scenario family of every episode (None: random).
-        max_episode_steps: truncation of each episode.
         iterations: PPO training iterations.
         rollout_fragment_length: env steps per world in one runner ``sample()`` call (None:
             ``train_batch_size`` split evenly over runners and worlds).
@@ -50,15 +45,9 @@ class RLlibTrainConfig:
     num_env_runners: int = 2
     worlds_per_runner: int = 4
     runner_device: str = "cpu"
-    world_dtype: str = "float32"
     cpus_per_runner: float = 1.0
     gpus_per_runner: float | None = None
     learner_device: str = "cpu"
-    cache: str = "xcache"
-    checkpoint: str | None = None
-    scenario_bank: str | None = None
-    family: str | None = None
-    max_episode_steps: int = 80
     iterations: int = 100
     rollout_fragment_length: int | None = None
     train_batch_size: int = 256
@@ -80,6 +69,7 @@ class RLlibTrainConfig:
     seed: int = 0
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         checks = {
             "num_env_runners": self.num_env_runners >= 0,
             "worlds_per_runner": self.worlds_per_runner >= 1,
@@ -104,16 +94,10 @@ class RLlibTrainConfig:
         for name in ("runner_device", "learner_device"):
             if getattr(self, name) not in ("cpu", "cuda"):
                 raise ValueError(f"{name} must be 'cpu' or 'cuda', got {getattr(self, name)!r}")
-        if self.world_dtype not in COMPUTE_DTYPES:
-            raise ValueError(f"world_dtype must be one of {sorted(COMPUTE_DTYPES)}, "
-                             f"got {self.world_dtype!r}")
 
     def env_config(self) -> dict:
         """Keyword arguments of each runner's ``XWorldVectorEnv``."""
-        return {"cache": self.cache, "checkpoint": self.checkpoint,
-                "scenario_bank": self.scenario_bank, "family": self.family,
-                "max_episode_steps": self.max_episode_steps, "device": self.runner_device,
-                "dtype": self.world_dtype}
+        return self.world_kwargs(self.runner_device)
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -1,0 +1,41 @@
+"""The world-model settings every policy trainer shares: which world, how episodes run."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from xworld_env.engine import COMPUTE_DTYPES
+
+
+@dataclass(frozen=True)
+class WorldSettings:
+    """The batched XWorld-v0 worlds a policy trains in (base of the SB3 and RLlib configs).
+
+    Attributes:
+        cache: the world model's cache policy (``xcache``, ``none``, ``fbcache``, ``static``).
+        checkpoint: world model folder (None: the shipped one).
+        scenario_bank: scenario bank file (None: the shipped one).
+        family: scenario family of every episode (None: random).
+        max_episode_steps: truncation of each episode.
+        world_dtype: compute precision of the world model (``float32``, ``bfloat16``,
+            ``float16``; the envs' ``dtype``).
+    """
+
+    cache: str = "xcache"
+    checkpoint: str | None = None
+    scenario_bank: str | None = None
+    family: str | None = None
+    max_episode_steps: int = 80
+    world_dtype: str = "float32"
+
+    def __post_init__(self) -> None:
+        if self.world_dtype not in COMPUTE_DTYPES:
+            raise ValueError(f"world_dtype must be one of {sorted(COMPUTE_DTYPES)}, "
+                             f"got {self.world_dtype!r}")
+
+    def world_kwargs(self, device: str) -> dict:
+        """Keyword arguments of the ``XWorldVectorEnv`` these settings describe, on ``device``."""
+        return {"cache": self.cache, "checkpoint": self.checkpoint,
+                "scenario_bank": self.scenario_bank, "family": self.family,
+                "max_episode_steps": self.max_episode_steps, "device": device,
+                "dtype": self.world_dtype}
