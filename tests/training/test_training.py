@@ -2,6 +2,7 @@
 
 import dataclasses
 import json
+import math
 
 import pytest
 import torch
@@ -89,6 +90,28 @@ def test_one_step_lowers_the_flow_loss(trained):
     with torch.no_grad():
         after = loss()
     assert after.item() < before.item()
+
+
+def test_world_model_trains_in_bfloat16_with_float32_weights(trained, tmp_path):
+    runs, common, _ = trained
+    cfg = WorldModelTrainConfig(**common, run_dir=str(tmp_path), preset="test", window=2,
+                                chunks=3, batch=2, steps=3, save_every=3, log_every=1,
+                                dtype="bfloat16")
+    out = train_world_model(cfg, progress=False)
+    rows = [json.loads(line) for line in (tmp_path / "log.jsonl").read_text().splitlines()]
+    losses = [r["loss"] for r in rows if "loss" in r]
+    assert len(losses) == 3 and all(math.isfinite(v) for v in losses)
+    assert math.isfinite(out["val_loss"])
+    state = torch.load(tmp_path / "state.pt", weights_only=True)
+    assert {v.dtype for v in state["model"].values()} == {torch.float32}
+    assert json.loads((tmp_path / "config.json").read_text())["dtype"] == "bfloat16"
+
+
+def test_world_model_rejects_an_unknown_precision():
+    with pytest.raises(ValueError, match=r"dtype must be one of \['bfloat16', 'float32'\]"):
+        WorldModelTrainConfig(dtype="float16")
+    with pytest.raises(ValueError, match="dtype must be one of"):
+        run_stage("world-model", ["dtype=int8"])
 
 
 def test_speed_conditioning_is_the_speed_before_each_chunk(trained):

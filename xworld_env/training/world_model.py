@@ -7,6 +7,7 @@ and predicts its velocity while attending to the clean chunks before it.
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -31,6 +32,8 @@ from xworld_env.training.losses import flow_matching_loss, sample_flow_times
 from xworld_env.types import EGO_FIELDS
 
 STATE_NAME = "state.pt"
+#: Compute precisions of the training passes (autocast; the weights stay float32).
+TRAIN_DTYPES: dict[str, torch.dtype] = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 _SPEED = EGO_FIELDS.index("speed")
 
 
@@ -52,6 +55,9 @@ class WorldModelTrainConfig:
         num_steps: denoising steps of that sampler.
         discrete_fraction: share of flow times drawn from the sampler's own times.
         context_noise: std of noise on the clean context (exposure-bias robustness).
+        dtype: compute precision of the forward and backward passes, ``float32`` or
+            ``bfloat16`` (autocast: weights, gradients and optimizer state stay float32;
+            validation always runs in float32, so losses compare across runs).
     """
 
     data: str = "data/xworld_sim"
@@ -72,6 +78,7 @@ class WorldModelTrainConfig:
     num_steps: int = 4
     discrete_fraction: float = 0.5
     context_noise: float = 0.02
+    dtype: str = "float32"
 
     def __post_init__(self) -> None:
         for name in ("window", "chunks", "batch", "steps", "log_every", "save_every"):
@@ -79,6 +86,8 @@ class WorldModelTrainConfig:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if not 0 <= self.discrete_fraction <= 1:
             raise ValueError("discrete_fraction must be in [0, 1]")
+        if self.dtype not in TRAIN_DTYPES:
+            raise ValueError(f"dtype must be one of {sorted(TRAIN_DTYPES)}, got {self.dtype!r}")
 
 
 def load_autoencoder(path: str | Path, device: torch.device) -> Autoencoder:
@@ -174,8 +183,9 @@ def train_world_model(cfg: WorldModelTrainConfig, progress: bool = True) -> dict
         batch = {k: v.to(device) for k, v in batch_of(train, pick, cfg.chunks).items()}
         t = sample_flow_times(cfg.batch * cfg.chunks, inference_times, cfg.shift,
                               cfg.discrete_fraction, generator).view(cfg.batch, cfg.chunks)
-        loss = flow_matching_loss(model, batch["latents"], batch["actions"], batch["speed"],
-                                  t.to(device), cfg.window, generator, cfg.context_noise)
+        with autocast(device, TRAIN_DTYPES[cfg.dtype]):
+            loss = flow_matching_loss(model, batch["latents"], batch["actions"], batch["speed"],
+                                      t.to(device), cfg.window, generator, cfg.context_noise)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -192,6 +202,13 @@ def train_world_model(cfg: WorldModelTrainConfig, progress: bool = True) -> dict
                        config=model.config.__dict__)
     bar.close()
     return {"steps": step, "val_loss": val_loss, "run_dir": str(run_dir)}
+
+
+def autocast(device: torch.device, dtype: torch.dtype) -> contextlib.AbstractContextManager:
+    """Autocast to ``dtype`` on ``device``; nothing for float32."""
+    if dtype == torch.float32:
+        return contextlib.nullcontext()
+    return torch.autocast(device.type, dtype=dtype)
 
 
 @torch.no_grad()
