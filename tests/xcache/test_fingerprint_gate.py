@@ -2,6 +2,7 @@
 
 import math
 
+import numpy as np
 import pytest
 import torch
 
@@ -137,7 +138,7 @@ def test_gate_metrics_equal_the_reference_functions(shift, groups):
     action_now[1] = -action_now[1]  # one world turns its action around
     now = fingerprint(x_now, groups, action_now, budget=8)
     assert (now.layout is not None) == (groups[0] == [0, 1])
-    cos, dev, rel = gate_metrics(now, prev)
+    cos, dev, rel = (torch.from_numpy(m) for m in gate_metrics(now, prev))
     torch.testing.assert_close(cos, min_cosine(now, prev), atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(dev, max_deviation(now, prev), atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(rel, relative_change(now, prev), atol=1e-5, rtol=1e-5)
@@ -149,24 +150,24 @@ def test_gate_metrics_equal_the_reference_functions(shift, groups):
     for got, ref in zip(gate_metrics(odd_now, odd_prev),
                         (min_cosine(odd_now, odd_prev), max_deviation(odd_now, odd_prev),
                          relative_change(odd_now, odd_prev))):
-        torch.testing.assert_close(got, ref, atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(torch.from_numpy(got), ref, atol=1e-5, rtol=1e-5)
 
 
 def test_ema_threshold_and_decision():
-    ema = torch.tensor([0.99, 0.99])
-    cos = torch.tensor([0.95, 1.0])
-    new = update_ema(ema, cos, alpha=0.3, fresh=torch.tensor([False, True]))
-    torch.testing.assert_close(new, torch.tensor([0.3 * 0.95 + 0.7 * 0.99, 1.0]))
+    ema = np.array([0.99, 0.99], dtype=np.float32)
+    cos = np.array([0.95, 1.0], dtype=np.float32)
+    new = update_ema(ema, cos, alpha=0.3, fresh=np.array([False, True]))
+    np.testing.assert_allclose(new, [0.3 * 0.95 + 0.7 * 0.99, 1.0], rtol=1e-6)
     tau = cosine_threshold(new, margin=0.02, floor=0.97)
-    torch.testing.assert_close(tau, torch.tensor([0.97, 0.98]))
+    np.testing.assert_allclose(tau, [0.97, 0.98], rtol=1e-6)
     decision = reuse_decision(
-        torch.tensor([0.975, 0.975, 0.99]), torch.tensor([0.1, 2.0, 0.1]),
-        torch.tensor([0.97, 0.97, 0.995]), tau_dev=2.0,
+        np.array([0.975, 0.975, 0.99]), np.array([0.1, 2.0, 0.1]),
+        np.array([0.97, 0.97, 0.995]), tau_dev=2.0,
     )
     assert decision.tolist() == [True, False, False]
     # The relative change, where given, must pass as well.
     decision = reuse_decision(
-        torch.tensor([0.99, 0.99]), torch.tensor([0.1, 0.1]), torch.tensor([0.97, 0.97]),
-        tau_dev=2.0, rel=torch.tensor([0.004, 0.02]), tau_rel=0.01,
+        np.array([0.99, 0.99]), np.array([0.1, 0.1]), np.array([0.97, 0.97]),
+        tau_dev=2.0, rel=np.array([0.004, 0.02]), tau_rel=0.01,
     )
     assert decision.tolist() == [True, False]

@@ -19,6 +19,7 @@ import math
 import time
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 from xworld_env.model.dit import BlockContext
@@ -201,29 +202,32 @@ class XCache(ChunkCacheExecutor):
         cell = self.store.cell(s, l)
         started = time.perf_counter()
         fp = fingerprint(x, self.groups, ctx.action, cfg.budget)
-        eligible = cell.has & ~self.warm()
-        reuse = torch.zeros(b, dtype=torch.bool)
+        # The per-world bookkeeping is host arithmetic on numpy views of the cell's tensors.
+        has = cell.has.numpy()
+        eligible = has & ~self.warm().numpy()
+        reuse = np.zeros(b, dtype=bool)
         cos = dev = rel = None
-        if bool(cell.has.any()):
+        if has.any():
             cos, dev, rel = gate_metrics(fp, cell.fingerprint)
-            has = cell.has
-            ema = update_ema(cell.cos_ema, cos, cfg.ema_alpha, fresh=~cell.ema_started)
-            cell.cos_ema = torch.where(has, ema, cell.cos_ema)
-            cell.ema_started = cell.ema_started | has
-            tau = cosine_threshold(cell.cos_ema, cfg.margin, cfg.floor)
+            ema, ema_started = cell.cos_ema.numpy(), cell.ema_started.numpy()
+            np.copyto(ema, update_ema(ema, cos, cfg.ema_alpha, fresh=~ema_started), where=has)
+            ema_started |= has
+            tau = cosine_threshold(ema, cfg.margin, cfg.floor)
             reuse = eligible & reuse_decision(cos, dev, tau, cfg.max_deviation, rel,
                                               cfg.max_rel_change)
             if cfg.max_consecutive:
-                reuse &= cell.consecutive < cfg.max_consecutive
-        if cfg.batch_mode == "all" and not bool(reuse.all()):
+                reuse &= cell.consecutive.numpy() < cfg.max_consecutive
+        if cfg.batch_mode == "all" and not reuse.all():
             reuse[:] = False
         self.stats.gate_seconds += time.perf_counter() - started
         self.stats.decided(s, l, eligible, reuse, cos, dev, rel)
-        if bool(reuse.all()):
-            cell.consecutive += 1
+        consecutive = cell.consecutive.numpy()
+        if reuse.all():
+            consecutive += 1
             return x + cell.residual
-        reused_out = x + cell.residual if bool(reuse.any()) else None
-        out, idx, x_in, y = self.compute_some(block, x, ctx, ~reuse.to(x.device), reused_out)
+        reused_out = x + cell.residual if reuse.any() else None
+        compute = torch.from_numpy(~reuse).to(x.device)
+        out, idx, x_in, y = self.compute_some(block, x, ctx, compute, reused_out)
         cell.write(idx, y - x_in, fp if len(idx) == b else fp.select(idx))
-        cell.consecutive[reuse] += 1
+        consecutive[reuse] += 1
         return out

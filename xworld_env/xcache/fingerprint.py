@@ -55,13 +55,15 @@ class Fingerprint:
         row = math.gcd(*numels)
         rows_per_group = tuple(n // row for n in numels)
         b = self.action.shape[0]
-        parts = [t.reshape(b, r, row) for t, r in zip(self.samples, rows_per_group)]
-        rows = parts[0] if len(parts) == 1 else torch.cat(parts, dim=1)
-        return _pack(rows, _starts(rows_per_group), numels, torch.stack(self.means, dim=1),
-                     self.action)
+        rows = np.concatenate(
+            [_numpy(t).reshape(b, r, row) for t, r in zip(self.samples, rows_per_group)], axis=1
+        )
+        means = np.stack([_numpy(m) for m in self.means], axis=1)
+        return _pack(rows, _starts(rows_per_group), numels, means, _numpy(self.action))
 
     def select(self, worlds: torch.Tensor) -> Fingerprint:
         """The fingerprint of a subset of worlds (index tensor along b)."""
+        worlds = worlds.to(self.action.device)
         return Fingerprint(
             tuple(s[worlds] for s in self.samples),
             tuple(m[worlds] for m in self.means),
@@ -71,11 +73,12 @@ class Fingerprint:
 
 @dataclass(frozen=True)
 class PackedFingerprint:
-    """A fingerprint laid out for the batched gate (``gate.gate_metrics``).
+    """A fingerprint laid out for the batched gate (``gate.gate_metrics``), on the host.
 
-    The large part (the samples) stays a tensor on the fingerprint's device; everything per
-    group is small and kept as host arrays, so that the gate's arithmetic after its few large
-    reductions costs microseconds rather than one tensor dispatch per operation.
+    The gate runs once per block and denoising step, on small arrays: host (numpy) arithmetic
+    costs microseconds per operation where a tensor dispatch (and, on the CPU, waking the
+    intra-op threads) costs tens, and no BLAS call is made, whose idle threads would compete
+    with torch's for the cores.
 
     Attributes:
         rows: (b, R, n) every group's sample cut into equal-length rows (one per camera when
@@ -89,7 +92,7 @@ class PackedFingerprint:
         entry_sq: (b, G + 1) squared L2 norms of the group means and of the action.
     """
 
-    rows: torch.Tensor
+    rows: np.ndarray
     starts: np.ndarray
     numels: np.ndarray
     sq: np.ndarray
@@ -100,7 +103,7 @@ class PackedFingerprint:
 
 
 def _numpy(x: torch.Tensor) -> np.ndarray:
-    """A float32 host copy (or view) of a tensor."""
+    """A float32 host copy (or view, for a float32 CPU tensor) of a tensor."""
     return x.detach().to("cpu", torch.float32).numpy()
 
 
@@ -112,14 +115,18 @@ def _starts(rows_per_group: tuple[int, ...]) -> np.ndarray:
     return starts
 
 
+def row_dot(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """(..., R) dot products of the last axes of two (..., R, n) arrays (no BLAS call)."""
+    return np.einsum("...n,...n->...", a, b)
+
+
 def _pack(
-    rows: torch.Tensor, starts: np.ndarray, numels: Sequence[int], means: torch.Tensor,
-    action: torch.Tensor,
+    rows: np.ndarray, starts: np.ndarray, numels: Sequence[int], means: np.ndarray,
+    action: np.ndarray,
 ) -> PackedFingerprint:
-    """Packs (b, R, n) sample rows, (b, G, d) group means and the action (see above)."""
-    per_row = torch.stack([torch.linalg.vecdot(rows, rows), rows.abs().sum(dim=-1)], dim=1)
-    sq, l1 = np.add.reduceat(_numpy(per_row), starts, axis=-1).swapaxes(0, 1)
-    means, action = _numpy(means), _numpy(action)
+    """Packs (b, R, n) sample rows, (b, G, d) group means and the (b, a) action (see above)."""
+    sq = np.add.reduceat(row_dot(rows, rows), starts, axis=-1)
+    l1 = np.add.reduceat(np.abs(rows).sum(axis=-1), starts, axis=-1)
     return PackedFingerprint(
         rows=rows,
         starts=starts,
@@ -128,8 +135,8 @@ def _pack(
         l1=l1,
         means=means,
         action=action,
-        entry_sq=np.concatenate([(means * means).sum(-1),
-                                 (action * action).sum(-1, keepdims=True)], axis=1),
+        entry_sq=np.concatenate([row_dot(means, means), row_dot(action, action)[:, None]],
+                                axis=1),
     )
 
 
@@ -202,7 +209,8 @@ def fingerprint(
 
     Every camera of the DiT shares one (f, h, w) grid, so the sample and the per-camera means
     are taken once for all cameras and then split into view groups (a group's mean is the mean
-    of its cameras' means: every camera has as many tokens).
+    of its cameras' means: every camera has as many tokens). The entries are float32 tensors on
+    the host (the gate's arithmetic runs there).
 
     Args:
         x: (b, v, f, h, w, d) block input tokens.
@@ -213,28 +221,32 @@ def fingerprint(
     b, v, f, h, w, d = x.shape
     tokens = x.reshape(b, v, f * h * w, d)
     index = sample_index(f, h, w, budget, x.device)
-    # A grid within the budget is kept whole: then the sample is the tokens themselves.
-    sampled = tokens if len(index) == f * h * w else tokens.index_select(2, index)
-    sampled = sampled.float()
-    camera_means = tokens.mean(dim=2, dtype=torch.float32)
-    action = action.float()
+    if len(index) == f * h * w:
+        # A grid within the budget is kept whole: the sample is the tokens themselves.
+        sampled = _numpy(tokens)
+        camera_means = sampled.mean(axis=2)
+    else:
+        sampled = _numpy(tokens.index_select(2, index))
+        camera_means = _numpy(tokens.mean(dim=2, dtype=torch.float32))
+    action_host = _numpy(action)
     spans = _consecutive_spans(tuple(tuple(g) for g in groups))
     if spans is not None and spans[-1][1] == v:
         # Groups of consecutive cameras covering all of them in order (the usual case): the
-        # per-camera samples already are the packed rows, and the group means are one product.
+        # per-camera samples already are the packed rows.
         rows = sampled.reshape(b, v, -1)
-        means = torch.matmul(_mean_matrix(spans, camera_means.device), camera_means)
-        samples = tuple(sampled[:, i:j].reshape(b, -1, d) for i, j in spans)
         starts = _starts(tuple(j - i for i, j in spans))
+        sizes = np.asarray([j - i for i, j in spans], dtype=np.float32)
+        means = np.add.reduceat(camera_means, starts, axis=1) / sizes[:, None]
+        samples = tuple(torch.from_numpy(sampled[:, i:j].reshape(b, -1, d)) for i, j in spans)
         numels = [(j - i) * rows.shape[-1] for i, j in spans]
-        return Fingerprint(samples, tuple(means.unbind(1)), action,
-                           _pack(rows, starts, numels, means, action))
+        return Fingerprint(samples, tuple(torch.from_numpy(means[:, g]) for g in range(len(spans))),
+                           torch.from_numpy(action_host),
+                           _pack(rows, starts, numels, means, action_host))
     samples, means = [], []
     for cams in groups:
-        index = torch.as_tensor(cams, device=x.device)
-        samples.append(sampled.index_select(1, index).reshape(b, -1, d))
-        means.append(camera_means.index_select(1, index).mean(dim=1))
-    return Fingerprint(tuple(samples), tuple(means), action)
+        samples.append(torch.from_numpy(sampled[:, list(cams)].reshape(b, -1, d)))
+        means.append(torch.from_numpy(camera_means[:, list(cams)].mean(axis=1)))
+    return Fingerprint(tuple(samples), tuple(means), torch.from_numpy(action_host))
 
 
 @lru_cache(maxsize=32)
@@ -248,12 +260,3 @@ def _consecutive_spans(groups: tuple[tuple[int, ...], ...]) -> tuple[tuple[int, 
         spans.append((end, end + len(cams)))
         end += len(cams)
     return tuple(spans)
-
-
-@lru_cache(maxsize=32)
-def _mean_matrix(spans: tuple[tuple[int, int], ...], device: torch.device) -> torch.Tensor:
-    """(G, v) matrix averaging the cameras of each span."""
-    matrix = torch.zeros(len(spans), spans[-1][1])
-    for g, (i, j) in enumerate(spans):
-        matrix[g, i:j] = 1.0 / (j - i)
-    return matrix.to(device)

@@ -3,7 +3,9 @@
 Cosine and maximum deviation are the published gate; the relative change is ours (a third
 metric that must also pass; off when its threshold is infinite).
 
-Pure functions over ``Fingerprint`` pairs; the per-cell state lives in ``store.py``.
+Pure functions: the reference metrics over ``Fingerprint`` tensors, the gate itself
+(``gate_metrics``) and the threshold arithmetic over host (numpy) arrays, (b,) per cell; the
+per-cell state lives in ``store.py``.
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from xworld_env.xcache.fingerprint import Fingerprint
+from xworld_env.xcache.fingerprint import Fingerprint, row_dot
 
 #: Below this norm, both vectors of an entry count as zero: two zero vectors are equal.
 ZERO_NORM = 1e-8
@@ -72,50 +74,48 @@ def _cosine(dot: np.ndarray, a2: np.ndarray, b2: np.ndarray) -> np.ndarray:
 
 def gate_metrics(
     now: Fingerprint, prev: Fingerprint
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """``(min_cosine, max_deviation, relative_change)`` of two fingerprints at once, (b,) each.
 
     The same values as the three functions above at a fraction of their cost (the gate runs
     once per block and denoising step, so its cost is paid on every skip): three reductions
     over the packed sample rows (``Fingerprint.packed``, computed once per fingerprint and kept
-    with a stored one) on the fingerprints' device, then small host arithmetic per group.
-    Returned on the CPU.
+    with a stored one), then small arithmetic per group, all on host arrays. Returned as
+    float32 numpy arrays.
     """
     p_now, p_prev = now.packed, prev.packed
-    abs_diff = torch.sub(p_now.rows, p_prev.rows).abs_()
-    per_row = torch.stack(
-        [torch.linalg.vecdot(p_now.rows, p_prev.rows), abs_diff.sum(dim=-1),
-         abs_diff.amax(dim=-1)], dim=1,
-    ).to("cpu", torch.float32).numpy()
-    # Rows to groups (each group owns consecutive rows); no BLAS call, whose idle threads
-    # would compete with torch's for the cores.
+    dot_rows = row_dot(p_now.rows, p_prev.rows)
+    abs_diff = np.subtract(p_now.rows, p_prev.rows)
+    np.abs(abs_diff, out=abs_diff)
+    # Rows to groups (each group owns consecutive rows).
     starts = p_now.starts
-    dot, l1_diff = np.add.reduceat(per_row[:, :2], starts, axis=-1).swapaxes(0, 1)
-    peak = np.maximum.reduceat(per_row[:, 2], starts, axis=-1)
-    entry_dot = np.concatenate([(p_now.means * p_prev.means).sum(-1),
-                                (p_now.action * p_prev.action).sum(-1, keepdims=True)], axis=1)
+    dot = np.add.reduceat(dot_rows, starts, axis=-1)
+    l1_diff = np.add.reduceat(abs_diff.sum(axis=-1), starts, axis=-1)
+    peak = np.maximum.reduceat(abs_diff.max(axis=-1), starts, axis=-1)
+    entry_dot = np.concatenate([row_dot(p_now.means, p_prev.means),
+                                row_dot(p_now.action, p_prev.action)[:, None]], axis=1)
     cos = np.concatenate([_cosine(dot, p_now.sq, p_prev.sq),
                           _cosine(entry_dot, p_now.entry_sq, p_prev.entry_sq)], axis=1).min(1)
     mean_prev = p_prev.l1 / p_prev.numels + np.float32(_EPS)
     dev = (peak / mean_prev).max(axis=1)
     rel = (l1_diff / p_now.numels / mean_prev).max(axis=1)
-    return tuple(torch.from_numpy(np.asarray(m, dtype=np.float32)) for m in (cos, dev, rel))
+    return tuple(np.asarray(m, dtype=np.float32) for m in (cos, dev, rel))
 
 
-def update_ema(ema: torch.Tensor, value: torch.Tensor, alpha: float, fresh: torch.Tensor):
+def update_ema(ema: np.ndarray, value: np.ndarray, alpha: float, fresh: np.ndarray) -> np.ndarray:
     """``alpha * value + (1 - alpha) * ema``; worlds flagged ``fresh`` start at ``value``."""
-    return torch.where(fresh, value, alpha * value + (1.0 - alpha) * ema)
+    return np.where(fresh, value, alpha * value + (1.0 - alpha) * ema).astype(np.float32)
 
 
-def cosine_threshold(ema: torch.Tensor, margin: float, floor: float) -> torch.Tensor:
+def cosine_threshold(ema: np.ndarray, margin: float, floor: float) -> np.ndarray:
     """Adaptive threshold ``max(floor, ema - margin)``."""
-    return torch.clamp(ema - margin, min=floor)
+    return np.maximum(ema - np.float32(margin), np.float32(floor))
 
 
 def reuse_decision(
-    cos: torch.Tensor, dev: torch.Tensor, tau_cos: torch.Tensor, tau_dev: float,
-    rel: torch.Tensor | None = None, tau_rel: float = float("inf"),
-) -> torch.Tensor:
+    cos: np.ndarray, dev: np.ndarray, tau_cos: np.ndarray, tau_dev: float,
+    rel: np.ndarray | None = None, tau_rel: float = float("inf"),
+) -> np.ndarray:
     """Reuse only where every metric agrees: ``cos >= tau_cos``, ``dev < tau_dev`` and, when
     given, ``rel < tau_rel``."""
     reuse = (cos >= tau_cos) & (dev < tau_dev)

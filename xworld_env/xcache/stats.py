@@ -57,37 +57,37 @@ class CacheStats:
             self.chunks[-1]["evaluations"] += worlds
 
     def decided(
-        self, s: int, l: int, eligible: torch.Tensor, reuse: torch.Tensor,  # noqa: E741
-        cos: torch.Tensor | None = None, dev: torch.Tensor | None = None,
-        rel: torch.Tensor | None = None,
+        self, s: int, l: int, eligible: np.ndarray | torch.Tensor,  # noqa: E741
+        reuse: np.ndarray | torch.Tensor, cos: np.ndarray | None = None,
+        dev: np.ndarray | None = None, rel: np.ndarray | None = None,
     ) -> None:
-        """One cell's decision for a batch: ``eligible`` and ``reuse`` are (b,) bool masks.
+        """One cell's decision for a batch: ``eligible`` and ``reuse`` are (b,) bool masks
+        (host arrays or CPU tensors); ``cos``, ``dev`` and ``rel`` the gate's metrics.
 
         Worlds not eligible (warmup, nothing stored) are computed and count only in
         ``skip_rate_all``.
         """
-        b = int(reuse.numel())
+        eligible, reuse = np.asarray(eligible), np.asarray(reuse)
+        b = reuse.size
         n_eligible, n_reused = int(eligible.sum()), int(reuse.sum())
         key = (s, l)
         self.eligible[key] = self.eligible.get(key, 0) + n_eligible
         self.reused[key] = self.reused.get(key, 0) + n_reused
         self.all_evals += b
         self.all_reused += n_reused
-        self.world_eligible[:b] += eligible.cpu().numpy()
-        self.world_reused[:b] += reuse.cpu().numpy()
+        self.world_eligible[:b] += eligible
+        self.world_reused[:b] += reuse
         if len(self.chunk_world_reused) >= b:
-            self.chunk_world_reused[:b] += reuse.cpu().numpy()
+            self.chunk_world_reused[:b] += reuse
         if self.chunks:
             row = self.chunks[-1]
             row["eligible"] += n_eligible
             row["reused"] += n_reused
             row["evaluations"] += b
-        if cos is not None and n_eligible:
-            self.cos.extend(cos[eligible].float().cpu().tolist())
-        if dev is not None and n_eligible:
-            self.dev.extend(dev[eligible].float().cpu().tolist())
-        if rel is not None and n_eligible:
-            self.rel.extend(rel[eligible].float().cpu().tolist())
+        if n_eligible:
+            for values, metric in ((self.cos, cos), (self.dev, dev), (self.rel, rel)):
+                if metric is not None:
+                    values.extend(np.asarray(metric)[eligible].tolist())
 
     def last_chunk(self) -> dict[str, int]:
         """Counts of the latest chunk (what a step's ``info`` reports)."""

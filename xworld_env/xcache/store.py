@@ -77,6 +77,7 @@ class Cell:
             )
         # Copies, so that the stored tensors never alias a fingerprint still in use; then a
         # new object, so that no packing cached before the write survives it.
+        worlds = worlds.to(self.fingerprint.action.device)
         samples = tuple(dst.clone() for dst in self.fingerprint.samples)
         means = tuple(dst.clone() for dst in self.fingerprint.means)
         action = self.fingerprint.action.clone()
