@@ -4,6 +4,7 @@ import dataclasses
 import json
 import math
 
+import numpy as np
 import pytest
 import torch
 
@@ -22,7 +23,9 @@ from xworld_env.training.world_model import (
     WorldModelTrainConfig,
     batch_of,
     encode_split,
+    generate_last_chunk,
     load_autoencoder,
+    load_dit,
     train_world_model,
     window_starts,
 )
@@ -67,6 +70,33 @@ def test_autoencoder_stage_resumes(dataset, tmp_path):
     rows = [json.loads(line) for line in (tmp_path / "log.jsonl").read_text().splitlines()]
     # Two steps, then two more: nothing trained twice.
     assert [r["step"] for r in rows if "loss" in r] == [1, 2, 3, 4]
+
+
+def test_training_writes_sample_sheets(trained):
+    from PIL import Image
+
+    runs, _, _ = trained
+    ae_sheets = sorted(p.name for p in (runs / "ae" / "samples").iterdir())
+    assert ae_sheets == ["autoencoder_000003.png"]
+    wm_sheets = sorted(p.name for p in (runs / "wm" / "samples").iterdir())
+    assert wm_sheets == ["world_model_000001.png", "world_model_000002.png"]
+    sheet = np.asarray(Image.open(runs / "wm" / "samples" / wm_sheets[-1]))
+    # Two windows, each a data row and a model row of seven views (scale 2, 64 px views).
+    assert sheet.shape[0] > 4 * 128 and sheet.shape[1] > 7 * 128 and sheet.std() > 0
+
+
+def test_generated_chunk_is_seeded_and_shaped(trained):
+    runs, common, _ = trained
+    ae = load_autoencoder(common["autoencoder"], torch.device("cpu"))
+    data = encode_split(ae, common["data"], "val", None)
+    batch = batch_of(data, window_starts(data["valid"], 3)[:2], 3)
+    model = load_dit(runs / "wm")
+    sampler = FlowSampler(SamplerConfig())
+    first = generate_last_chunk(model, batch, 2, sampler)
+    again = generate_last_chunk(model, batch, 2, sampler)
+    assert first.shape == batch["latents"][:, -1].shape and torch.isfinite(first).all()
+    assert torch.equal(first, again)
+    assert not torch.equal(first, generate_last_chunk(model, batch, 2, sampler, seed=9))
 
 
 def test_one_step_lowers_the_flow_loss(trained):

@@ -20,9 +20,12 @@ from xworld_env.training.common import (
     resume,
     save_state,
     seed_everything,
+    write_samples,
 )
 
 STATE_NAME = "state.pt"
+#: Held-out images shown with their reconstructions in every saved sample sheet.
+SAMPLE_IMAGES = 8
 
 
 @dataclass(frozen=True)
@@ -79,6 +82,21 @@ def lr_at(step: int, total: int, peak: float) -> float:
     return float(peak * (0.1 + 0.9 * 0.5 * (1 + np.cos(np.pi * min(progress, 1.0)))))
 
 
+@torch.no_grad()
+def write_reconstructions(
+    model: Autoencoder, images: torch.Tensor, run_dir: Path, step: int
+) -> Path:
+    """Sample sheet of held-out images (uint8, (n, H, W, 3)) above their reconstructions."""
+    was_training = model.training
+    model.eval()
+    target = images.float() / 255.0
+    recon = model(target)
+    model.train(was_training)
+    return write_samples(run_dir, "autoencoder", step,
+                         [("held-out", target), ("reconstruction", recon)],
+                         [f"image {i}" for i in range(len(images))])
+
+
 def reconstruction_loss(recon: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     """MSE plus half the L1: MSE drives PSNR, L1 keeps thin lane markings from washing out."""
     return F.mse_loss(recon, target) + 0.5 * F.l1_loss(recon, target)
@@ -119,6 +137,7 @@ def train_autoencoder(cfg: AutoencoderTrainConfig, progress: bool = True) -> dic
             log.write(step, loss=loss.item(), lr=optimizer.param_groups[0]["lr"])
         if step % cfg.save_every == 0 or step == cfg.steps:
             save_state(state_path, model, optimizer, generator, step)
+            write_reconstructions(model, val[:SAMPLE_IMAGES].to(device), run_dir, step)
     bar.close()
     model.eval()
     calib = train[torch.randperm(len(train), generator=torch.Generator().manual_seed(2))[:4096]]

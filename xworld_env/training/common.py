@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import random
 import time
+from collections.abc import Sequence
 from dataclasses import asdict, is_dataclass
 from pathlib import Path
 
@@ -72,6 +73,32 @@ class RunLog:
         row.update({k: float(v) for k, v in values.items()})
         with open(self.run_dir / "log.jsonl", "a") as f:
             f.write(json.dumps(row) + "\n")
+
+
+def write_samples(
+    run_dir: Path, stage: str, step: int, rows: list[tuple[str, torch.Tensor]],
+    names: Sequence[str],
+) -> Path:
+    """Writes a labelled sheet of sample images, ``<run>/samples/<stage>_<step>.png``.
+
+    Args:
+        rows: (label, (n, H, W, 3) float images in [0, 1]) pairs, one sheet row each.
+        names: column labels (one per image of a row).
+    """
+    from PIL import Image
+
+    from xworld_env.mosaic import contact_sheet
+
+    sheet = contact_sheet(
+        [(label, (images.detach().float().clamp(0, 1) * 255).round().byte().cpu().numpy())
+         for label, images in rows],
+        names,
+        scale=2,
+    )
+    path = Path(run_dir) / "samples" / f"{stage}_{step:06d}.png"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(sheet).save(path)
+    return path
 
 
 def psnr(a: torch.Tensor, b: torch.Tensor) -> float:
