@@ -262,8 +262,9 @@ def write_generated(model, ae, val, starts, cfg, device, run_dir: Path, step: in
     rows = []
     for i in range(len(starts)):
         e, s = (int(v) for v in starts[i])
-        rows.append((f"episode {e} data", ae.decode(batch["latents"][i, -1, :, -1])))
-        rows.append((f"chunk {s + cfg.chunks - 1} model", ae.decode(generated[i, :, -1])))
+        rows.append((f"episode {e}\nchunk {s + cfg.chunks - 1}\ndata",
+                     ae.decode(batch["latents"][i, -1, :, -1])))
+        rows.append(("generated", ae.decode(generated[i, :, -1])))
     return write_samples(run_dir, "world_model", step, rows, CAMERA_NAMES)
 
 
