@@ -40,6 +40,15 @@ DECODE_MODES = ("all", "last")
 COMPUTE_DTYPES: dict[str, torch.dtype] = {
     "float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16,
 }
+
+
+def autocast_to(device: torch.device, dtype: str) -> contextlib.AbstractContextManager:
+    """Autocast on ``device`` to ``dtype`` (a key of ``COMPUTE_DTYPES``); nothing for float32."""
+    if COMPUTE_DTYPES[dtype] == torch.float32:
+        return contextlib.nullcontext()
+    return torch.autocast(device.type, dtype=COMPUTE_DTYPES[dtype])
+
+
 _STAT_KEYS = ("prime_s", "dit_s", "kv_update_s", "decode_s", "heads_s")
 
 
@@ -324,11 +333,9 @@ class WorldModelEngine:
 
     def _compute(self) -> contextlib.AbstractContextManager:
         """No gradients, and autocast to the configured compute precision."""
-        dtype = COMPUTE_DTYPES[self.config.dtype]
         stack = contextlib.ExitStack()
         stack.enter_context(torch.no_grad())
-        if dtype != torch.float32:
-            stack.enter_context(torch.autocast(self.device.type, dtype=dtype))
+        stack.enter_context(autocast_to(self.device, self.config.dtype))
         return stack
 
     def _draw_fixed(self, generators: list[torch.Generator]) -> Tensor:

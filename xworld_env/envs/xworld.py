@@ -40,6 +40,7 @@ DEFAULT_CHECKPOINT = ASSETS / "default"
 #: Starting contexts cut from held-out simulator episodes.
 DEFAULT_SCENARIO_BANK = ASSETS / "scenario_bank.npz"
 
+
 @dataclass
 class WorldModelRuntime:
     """What a world-model env loads once: the engine and the scenario bank."""

@@ -87,11 +87,11 @@ def write_samples(
     """
     from PIL import Image
 
+    from xworld_env.model.autoencoder import to_uint8
     from xworld_env.mosaic import contact_sheet
 
     sheet = contact_sheet(
-        [(label, (images.detach().float().clamp(0, 1) * 255).round().byte().cpu().numpy())
-         for label, images in rows],
+        [(label, to_uint8(images.detach().float()).cpu().numpy()) for label, images in rows],
         names,
         scale=2,
     )
