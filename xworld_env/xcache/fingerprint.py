@@ -234,11 +234,11 @@ def fingerprint(
         # Groups of consecutive cameras covering all of them in order (the usual case): the
         # per-camera samples already are the packed rows.
         rows = sampled.reshape(b, v, -1)
-        starts = _starts(tuple(j - i for i, j in spans))
-        sizes = np.asarray([j - i for i, j in spans], dtype=np.float32)
-        means = np.add.reduceat(camera_means, starts, axis=1) / sizes[:, None]
+        cameras = tuple(j - i for i, j in spans)
+        starts = _starts(cameras)
+        means = np.add.reduceat(camera_means, starts, axis=1) / np.float32(cameras)[:, None]
         samples = tuple(torch.from_numpy(sampled[:, i:j].reshape(b, -1, d)) for i, j in spans)
-        numels = [(j - i) * rows.shape[-1] for i, j in spans]
+        numels = [n * rows.shape[-1] for n in cameras]
         return Fingerprint(samples, tuple(torch.from_numpy(means[:, g]) for g in range(len(spans))),
                            torch.from_numpy(action_host),
                            _pack(rows, starts, numels, means, action_host))
