@@ -13,7 +13,7 @@ from xworld_env.data.generate import GenerateConfig, generate
 from xworld_env.engine import EngineConfig, WorldModelEngine
 from xworld_env.model.checkpoint import load_bundle
 from xworld_env.model.dit import CausalDiT, dit_config
-from xworld_env.model.sampler import FlowSampler, SamplerConfig
+from xworld_env.model.sampler import FlowSampler, SamplerConfig, draw_noise
 from xworld_env.training import run_stage
 from xworld_env.training.autoencoder import AutoencoderTrainConfig, train_autoencoder
 from xworld_env.training.bundle import BundleConfig, assemble
@@ -26,6 +26,7 @@ from xworld_env.training.world_model import (
     generate_last_chunk,
     load_autoencoder,
     load_dit,
+    rollout_context,
     train_world_model,
     window_starts,
 )
@@ -135,6 +136,66 @@ def test_world_model_trains_in_bfloat16_with_float32_weights(trained, tmp_path):
     state = torch.load(tmp_path / "state.pt", weights_only=True)
     assert {v.dtype for v in state["model"].values()} == {torch.float32}
     assert json.loads((tmp_path / "config.json").read_text())["dtype"] == "bfloat16"
+
+
+def test_rollout_context_is_the_models_own_cached_rollout(trained):
+    runs, common, _ = trained
+    ae = load_autoencoder(common["autoencoder"], torch.device("cpu"))
+    data = encode_split(ae, common["data"], "val", None)
+    batch = batch_of(data, window_starts(data["valid"], 4)[:2], 4)
+    model = load_dit(runs / "wm").train()
+    sampler = FlowSampler(SamplerConfig())
+    out = rollout_context(model, batch, 2, sampler, torch.Generator().manual_seed(7))
+    again = rollout_context(model, batch, 2, sampler, torch.Generator().manual_seed(7))
+    assert model.training  # the mode it was called in is restored
+    assert torch.equal(out, again)
+    clean = batch["latents"]
+    assert torch.equal(out[:, 0], clean[:, 0]) and torch.equal(out[:, 3], clean[:, 3])
+
+    # Reference: the same sampling through the block-causal sequence pass, which sees each
+    # generated chunk's window of committed chunks without any cache.
+    seeds = torch.randint(2**62, (2,), generator=torch.Generator().manual_seed(7))
+    generators = [torch.Generator().manual_seed(int(seed)) for seed in seeds]
+    noise = [draw_noise(clean.shape[2:], generators) for _ in range(sampler.num_steps)]
+    expected = clean.clone()
+    with torch.no_grad():
+        for j in (1, 2):
+            def denoise(x, t, s, j=j):
+                times = torch.zeros(2, j + 1)
+                times[:, -1] = t
+                noisy = torch.cat([expected[:, :j], x[:, None]], dim=1)
+                return model.forward_sequence(
+                    expected[:, : j + 1], batch["actions"][:, : j + 1],
+                    batch["speed"][:, : j + 1], window=2, noisy=noisy, t=times,
+                )[:, -1]
+
+            expected[:, j] = sampler.sample(denoise, noise[0], generators, noise[1:])
+    torch.testing.assert_close(out, expected, atol=1e-4, rtol=1e-4)
+    assert not torch.allclose(out[:, 1:3], clean[:, 1:3], atol=1e-2)
+
+
+def test_world_model_fine_tunes_from_a_run_with_rollout_context(trained, tmp_path):
+    runs, common, _ = trained
+    cfg = WorldModelTrainConfig(**common, run_dir=str(tmp_path), preset="test", window=2,
+                                chunks=3, batch=2, steps=1, lr=0.0, rollout_fraction=1.0,
+                                init_from=str(runs / "wm"))
+    out = train_world_model(cfg, progress=False)
+    assert math.isfinite(out["val_loss"])
+    rows = [json.loads(line) for line in (tmp_path / "log.jsonl").read_text().splitlines()]
+    assert all(math.isfinite(r["loss"]) for r in rows if "loss" in r)
+    # With a zero learning rate the run keeps the weights it started from.
+    start, tuned = load_dit(runs / "wm").state_dict(), load_dit(tmp_path).state_dict()
+    assert all(torch.equal(start[k], tuned[k]) for k in start)
+    with pytest.raises(ValueError, match="holds a DiT of another architecture"):
+        train_world_model(dataclasses.replace(cfg, run_dir=str(tmp_path / "other"),
+                                              preset="tiny"), progress=False)
+
+
+def test_world_model_rejects_bad_rollout_settings():
+    with pytest.raises(ValueError, match=r"rollout_fraction must be in \[0, 1\], got 1.5"):
+        WorldModelTrainConfig(rollout_fraction=1.5)
+    with pytest.raises(ValueError, match="rollout_fraction > 0 needs chunks >= 3"):
+        WorldModelTrainConfig(rollout_fraction=0.5, chunks=2)
 
 
 def test_world_model_rejects_an_unknown_precision():

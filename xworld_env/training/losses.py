@@ -26,6 +26,7 @@ def sample_flow_times(
 def flow_matching_loss(
     model, clean: torch.Tensor, action: torch.Tensor, speed: torch.Tensor, t: torch.Tensor,
     window: int, generator: torch.Generator, context_noise: float = 0.0,
+    context: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Teacher-forced rectified-flow loss over every chunk of a sequence.
 
@@ -39,13 +40,17 @@ def flow_matching_loss(
         window: past chunks each chunk attends to.
         context_noise: std of noise added to the clean context, so that the model tolerates
             the small errors of its own generated past (exposure bias).
+        context: optional (b, t, v, f, h, w, c) latents the chunks attend to instead of
+            ``clean`` (such as the model's own rollout); the targets stay ``clean``.
     """
     noise = torch.randn(clean.shape, generator=generator).to(clean.device)
     b, n = clean.shape[:2]
     noisy = add_noise(clean.flatten(0, 1), noise.flatten(0, 1), t.flatten()).view_as(clean)
-    context = clean
+    context = clean if context is None else context
+    if context.shape != clean.shape:
+        raise ValueError(f"context {tuple(context.shape)} must match clean {tuple(clean.shape)}")
     if context_noise > 0:
-        context = clean + context_noise * torch.randn(clean.shape, generator=generator).to(
+        context = context + context_noise * torch.randn(clean.shape, generator=generator).to(
             clean.device
         )
     pred = model.forward_sequence(context, action, speed, window=window, noisy=noisy, t=t)

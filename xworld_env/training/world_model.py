@@ -18,6 +18,7 @@ from xworld_env.engine import autocast_to
 from xworld_env.model.autoencoder import Autoencoder, AutoencoderConfig
 from xworld_env.model.checkpoint import load_training_state
 from xworld_env.model.dit import CausalDiT, dit_config
+from xworld_env.model.kv_cache import KVCacheConfig, RollingKVCache
 from xworld_env.model.sampler import FlowSampler, SamplerConfig, draw_noise
 from xworld_env.training.autoencoder import lr_at
 from xworld_env.training.common import (
@@ -59,6 +60,11 @@ class WorldModelTrainConfig:
         num_steps: denoising steps of that sampler.
         discrete_fraction: share of flow times drawn from the sampler's own times.
         context_noise: std of noise on the clean context (exposure-bias robustness).
+        rollout_fraction: share of each batch's windows whose context is the model's own
+            rollout (:func:`rollout_context`) rather than the data, against the drift of
+            long rollouts; 0 trains with teacher forcing only.
+        init_from: a world-model run folder whose DiT starts this run (fine-tuning; the
+            preset must match). Ignored when ``run_dir`` already holds a state to resume.
         dtype: compute precision of the forward and backward passes, ``float32`` or
             ``bfloat16`` (autocast: weights, gradients and optimizer state stay float32;
             validation always runs in float32, so losses compare across runs).
@@ -82,14 +88,22 @@ class WorldModelTrainConfig:
     num_steps: int = 4
     discrete_fraction: float = 0.5
     context_noise: float = 0.02
+    rollout_fraction: float = 0.0
+    init_from: str = ""
     dtype: str = "float32"
 
     def __post_init__(self) -> None:
         for name in ("window", "chunks", "batch", "steps", "log_every", "save_every"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        if not 0 <= self.discrete_fraction <= 1:
-            raise ValueError("discrete_fraction must be in [0, 1]")
+        for name in ("discrete_fraction", "rollout_fraction"):
+            if not 0 <= getattr(self, name) <= 1:
+                raise ValueError(f"{name} must be in [0, 1], got {getattr(self, name)}")
+        if self.rollout_fraction > 0 and self.chunks < 3:
+            raise ValueError(
+                f"rollout_fraction > 0 needs chunks >= 3 (a data chunk, a generated one and a "
+                f"chunk that attends to it), got chunks={self.chunks}"
+            )
         if self.dtype not in TRAIN_DTYPES:
             raise ValueError(f"dtype must be one of {list(TRAIN_DTYPES)}, got {self.dtype!r}")
 
@@ -170,12 +184,21 @@ def train_world_model(cfg: WorldModelTrainConfig, progress: bool = True) -> dict
     model = CausalDiT(dit_config(cfg.preset, latent_channels=ae.config.latent_channels)).to(device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=0.01)
     state_path = run_dir / STATE_NAME
+    if cfg.init_from and not state_path.is_file():
+        start = load_dit(cfg.init_from)
+        if start.config != model.config:
+            raise ValueError(
+                f"init_from {cfg.init_from!r} holds a DiT of another architecture "
+                f"({start.config}) than preset {cfg.preset!r} ({model.config})"
+            )
+        model.load_state_dict(start.state_dict())
     step = resume(state_path, model, optimizer, generator)
     train_starts = window_starts(train["valid"], cfg.chunks)
     val_starts = window_starts(val["valid"], cfg.chunks)
     order = torch.randperm(len(val_starts), generator=torch.Generator().manual_seed(3))
     val_pick = val_starts[order[:64]]
-    inference_times = FlowSampler(SamplerConfig(cfg.num_steps, cfg.shift)).timesteps()[:-1]
+    sampler = FlowSampler(SamplerConfig(cfg.num_steps, cfg.shift))
+    inference_times = sampler.timesteps()[:-1]
     log = RunLog(run_dir, cfg)
     bar = tqdm(total=cfg.steps, initial=step, desc="train world model", disable=not progress)
     val_loss = float("nan")
@@ -188,8 +211,14 @@ def train_world_model(cfg: WorldModelTrainConfig, progress: bool = True) -> dict
         t = sample_flow_times(cfg.batch * cfg.chunks, inference_times, cfg.shift,
                               cfg.discrete_fraction, generator).view(cfg.batch, cfg.chunks)
         with autocast_to(device, cfg.dtype):
+            context = None
+            if cfg.rollout_fraction > 0:
+                rolled = torch.rand(cfg.batch, generator=generator) < cfg.rollout_fraction
+                context = mix_rollout(model, batch, rolled.to(device), cfg.window, sampler,
+                                      generator)
             loss = flow_matching_loss(model, batch["latents"], batch["actions"], batch["speed"],
-                                      t.to(device), cfg.window, generator, cfg.context_noise)
+                                      t.to(device), cfg.window, generator, cfg.context_noise,
+                                      context)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -220,6 +249,54 @@ def validation_loss(model, val, starts, cfg, inference_times, device) -> float:
     loss = flow_matching_loss(model, batch["latents"], batch["actions"], batch["speed"],
                               t.to(device), cfg.window, generator)
     return float(loss)
+
+
+@torch.no_grad()
+def rollout_context(
+    model: CausalDiT, batch: dict[str, torch.Tensor], window: int, sampler: FlowSampler,
+    generator: torch.Generator,
+) -> torch.Tensor:
+    """The model's own rollout of each window, as the engine runs it, (b, t, v, f, h, w, c).
+
+    Chunk 0 comes from the data; chunks ``1 .. t - 2`` are generated one after another by the
+    few-step sampler under the recorded actions and speeds, each attending to the chunks
+    committed before it in a rolling KV cache of ``window`` chunks, with each window's noise
+    drawn once and shared by its chunks (the engine's ``fixed`` noise); the last chunk, which no
+    chunk of the window attends to, stays the data's. Training on these contexts with the data
+    as targets teaches the model to pull its own drifting past back towards the data.
+    """
+    was_training = model.training
+    model.eval()
+    clean, actions, speed = batch["latents"], batch["actions"], batch["speed"]
+    b, n = clean.shape[:2]
+    seeds = torch.randint(2**62, (b,), generator=generator)
+    generators = [torch.Generator().manual_seed(int(seed)) for seed in seeds]
+    noise = [draw_noise(clean.shape[2:], generators).to(clean.device)
+             for _ in range(sampler.num_steps)]
+    kv = RollingKVCache(KVCacheConfig(window=window), len(model.blocks), b)
+    out = clean.clone()
+    model.commit_kv(clean[:, 0], actions[:, 0], speed[:, 0], kv)
+    for j in range(1, n - 1):
+        def denoise(x: torch.Tensor, t: torch.Tensor, s: int, j: int = j) -> torch.Tensor:
+            return model(x, t, actions[:, j], speed[:, j], kv=kv, step=s)
+
+        out[:, j] = sampler.sample(denoise, noise[0], generators, noise[1:])
+        model.commit_kv(out[:, j], actions[:, j], speed[:, j], kv)
+    model.train(was_training)
+    return out
+
+
+def mix_rollout(
+    model: CausalDiT, batch: dict[str, torch.Tensor], rolled: torch.Tensor, window: int,
+    sampler: FlowSampler, generator: torch.Generator,
+) -> torch.Tensor:
+    """Context latents of a batch: the model's rollout for the windows where ``rolled`` (b,)
+    is true, the data elsewhere."""
+    context = batch["latents"].clone()
+    if bool(rolled.any()):
+        picked = {k: v[rolled] for k, v in batch.items()}
+        context[rolled] = rollout_context(model, picked, window, sampler, generator)
+    return context
 
 
 @torch.no_grad()
