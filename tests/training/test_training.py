@@ -73,6 +73,21 @@ def test_autoencoder_stage_resumes(dataset, tmp_path):
     assert [r["step"] for r in rows if "loss" in r] == [1, 2, 3, 4]
 
 
+def test_decoder_fine_tune_keeps_the_encoder_and_latents(trained, tmp_path):
+    _, common, _ = trained
+    cfg = AutoencoderTrainConfig(data=common["data"], run_dir=str(tmp_path), steps=2,
+                                 batch_images=8, val_images=16,
+                                 finetune_decoder=common["autoencoder"])
+    out = train_autoencoder(cfg, progress=False)
+    assert out["val_psnr"] > 0
+    base = load_autoencoder(common["autoencoder"], "cpu").state_dict()
+    tuned = load_autoencoder(tmp_path / "autoencoder.pt", "cpu").state_dict()
+    assert base.keys() == tuned.keys()
+    # Encoder weights and the latent calibration untouched, the decoder trained.
+    assert all(torch.equal(base[k], tuned[k]) for k in base if not k.startswith("decoder."))
+    assert any(not torch.equal(base[k], tuned[k]) for k in base if k.startswith("decoder."))
+
+
 def test_training_writes_sample_sheets(trained):
     from PIL import Image
 

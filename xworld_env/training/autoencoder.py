@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from xworld_env.model.autoencoder import Autoencoder, AutoencoderConfig
-from xworld_env.model.checkpoint import save_training_state
+from xworld_env.model.checkpoint import load_training_state, save_training_state
 from xworld_env.training.common import (
     RunLog,
     load_split,
@@ -43,6 +43,10 @@ class AutoencoderTrainConfig:
         device: ``auto``, ``cpu`` or ``cuda``.
         log_every, save_every: steps between log lines and between saved states.
         val_images: held-out images for the reconstruction PSNR.
+        finetune_decoder: a finished autoencoder (``autoencoder.pt``) whose decoder this run
+            trains on, with its encoder and latent calibration frozen, so that its latents (and
+            the DiT and heads trained on them) stay valid; the architecture is that
+            checkpoint's, and ``latent_channels`` and ``channels`` are not used.
     """
 
     data: str = "data/xworld_sim"
@@ -57,6 +61,7 @@ class AutoencoderTrainConfig:
     log_every: int = 50
     save_every: int = 250
     val_images: int = 512
+    finetune_decoder: str = ""
 
     def __post_init__(self) -> None:
         for name in ("steps", "batch_images", "log_every", "save_every", "val_images"):
@@ -64,6 +69,16 @@ class AutoencoderTrainConfig:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.lr <= 0:
             raise ValueError(f"lr must be positive, got {self.lr}")
+
+
+def load_autoencoder(path: str | Path, device: torch.device | str) -> Autoencoder:
+    """The frozen autoencoder of a finished autoencoder stage (its ``autoencoder.pt``)."""
+    state = load_training_state(path)
+    config = dict(state["config"])
+    config["channels"] = tuple(config["channels"])
+    model = Autoencoder(AutoencoderConfig(**config))
+    model.load_state_dict(state["model"])
+    return model.to(device).eval().requires_grad_(False)
 
 
 def image_pool(root: str, split: str) -> torch.Tensor:
@@ -107,10 +122,16 @@ def train_autoencoder(cfg: AutoencoderTrainConfig, progress: bool = True) -> dic
     device = resolve_device(cfg.device)
     generator = seed_everything(cfg.seed)
     run_dir = Path(cfg.run_dir)
-    model = Autoencoder(
-        AutoencoderConfig(latent_channels=cfg.latent_channels, channels=tuple(cfg.channels))
-    ).to(device)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=1e-4)
+    if cfg.finetune_decoder:
+        model = load_autoencoder(cfg.finetune_decoder, device)
+        model.decoder.requires_grad_(True)
+        trained = model.decoder
+    else:
+        model = Autoencoder(
+            AutoencoderConfig(latent_channels=cfg.latent_channels, channels=tuple(cfg.channels))
+        ).to(device)
+        trained = model
+    optimizer = torch.optim.AdamW(trained.parameters(), lr=cfg.lr, weight_decay=1e-4)
     state_path = run_dir / STATE_NAME
     step = resume(state_path, model, optimizer, generator)
     train = image_pool(cfg.data, "train")
@@ -120,13 +141,19 @@ def train_autoencoder(cfg: AutoencoderTrainConfig, progress: bool = True) -> dic
     ]
     log = RunLog(run_dir, cfg)
     bar = tqdm(total=cfg.steps, initial=step, desc="train autoencoder", disable=not progress)
-    model.train()
+    trained.train()
     while step < cfg.steps:
         for group in optimizer.param_groups:
             group["lr"] = lr_at(step, cfg.steps, cfg.lr)
         index = torch.randint(len(train), (cfg.batch_images,), generator=generator)
         images = train[index].to(device).float() / 255.0
-        loss = reconstruction_loss(model(images), images)
+        if cfg.finetune_decoder:
+            with torch.no_grad():
+                latents = model.encode(images)
+            recon = model.decode(latents)
+        else:
+            recon = model(images)
+        loss = reconstruction_loss(recon, images)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -140,8 +167,9 @@ def train_autoencoder(cfg: AutoencoderTrainConfig, progress: bool = True) -> dic
             write_reconstructions(model, val[:SAMPLE_IMAGES].to(device), run_dir, step)
     bar.close()
     model.eval()
-    calib = train[torch.randperm(len(train), generator=torch.Generator().manual_seed(2))[:4096]]
-    model.calibrate(calib.to(device))
+    if not cfg.finetune_decoder:  # a fine-tuned decoder keeps the latents it was given
+        pick = torch.randperm(len(train), generator=torch.Generator().manual_seed(2))[:4096]
+        model.calibrate(train[pick].to(device))
     with torch.no_grad():
         recon = torch.cat([model(v.to(device).float() / 255.0) for v in val.split(128)])
     val_psnr = psnr(recon.cpu(), val.float() / 255.0)

@@ -15,12 +15,12 @@ from einops import rearrange
 from tqdm import tqdm
 
 from xworld_env.engine import autocast_to
-from xworld_env.model.autoencoder import Autoencoder, AutoencoderConfig
+from xworld_env.model.autoencoder import Autoencoder
 from xworld_env.model.checkpoint import load_training_state
 from xworld_env.model.dit import CausalDiT, dit_config
 from xworld_env.model.kv_cache import KVCacheConfig, RollingKVCache
 from xworld_env.model.sampler import FlowSampler, SamplerConfig, draw_noise
-from xworld_env.training.autoencoder import lr_at
+from xworld_env.training.autoencoder import load_autoencoder, lr_at
 from xworld_env.training.common import (
     RunLog,
     load_split,
@@ -106,16 +106,6 @@ class WorldModelTrainConfig:
             )
         if self.dtype not in TRAIN_DTYPES:
             raise ValueError(f"dtype must be one of {list(TRAIN_DTYPES)}, got {self.dtype!r}")
-
-
-def load_autoencoder(path: str | Path, device: torch.device) -> Autoencoder:
-    """The frozen autoencoder of a finished autoencoder stage (its ``autoencoder.pt``)."""
-    state = load_training_state(path)
-    config = dict(state["config"])
-    config["channels"] = tuple(config["channels"])
-    model = Autoencoder(AutoencoderConfig(**config))
-    model.load_state_dict(state["model"])
-    return model.to(device).eval().requires_grad_(False)
 
 
 @torch.no_grad()
