@@ -14,6 +14,7 @@ from xworld_env.model.autoencoder import Autoencoder, AutoencoderConfig
 from xworld_env.model.checkpoint import load_training_state, save_training_state
 from xworld_env.training.common import (
     RunLog,
+    evaluating,
     load_split,
     psnr,
     resolve_device,
@@ -102,11 +103,9 @@ def write_reconstructions(
     model: Autoencoder, images: torch.Tensor, run_dir: Path, step: int
 ) -> Path:
     """Sample sheet of held-out images (uint8, (n, H, W, 3)) above their reconstructions."""
-    was_training = model.training
-    model.eval()
     target = images.float() / 255.0
-    recon = model(target)
-    model.train(was_training)
+    with evaluating(model):
+        recon = model(target)
     return write_samples(run_dir, "autoencoder", step,
                          [("held-out", target), ("reconstruction", recon)],
                          [f"image {i}" for i in range(len(images))])

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import random
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import asdict, is_dataclass
 from pathlib import Path
 
@@ -99,6 +100,19 @@ def write_samples(
     path.parent.mkdir(parents=True, exist_ok=True)
     Image.fromarray(sheet).save(path)
     return path
+
+
+@contextlib.contextmanager
+def evaluating(model: torch.nn.Module) -> Iterator[torch.nn.Module]:
+    """``model`` in eval mode inside the block; afterwards every submodule gets back its own
+    mode (a model trained in part, such as a decoder under a frozen encoder, stays so)."""
+    modes = [(module, module.training) for module in model.modules()]
+    model.eval()
+    try:
+        yield model
+    finally:
+        for module, mode in modes:
+            module.training = mode
 
 
 def psnr(a: torch.Tensor, b: torch.Tensor) -> float:

@@ -23,6 +23,7 @@ from xworld_env.model.sampler import FlowSampler, SamplerConfig, draw_noise
 from xworld_env.training.autoencoder import load_autoencoder, lr_at
 from xworld_env.training.common import (
     RunLog,
+    evaluating,
     load_split,
     resolve_device,
     resume,
@@ -255,8 +256,6 @@ def rollout_context(
     chunk of the window attends to, stays the data's. Training on these contexts with the data
     as targets teaches the model to pull its own drifting past back towards the data.
     """
-    was_training = model.training
-    model.eval()
     clean, actions, speed = batch["latents"], batch["actions"], batch["speed"]
     b, n = clean.shape[:2]
     seeds = torch.randint(2**62, (b,), generator=generator)
@@ -265,14 +264,14 @@ def rollout_context(
              for _ in range(sampler.num_steps)]
     kv = RollingKVCache(KVCacheConfig(window=window), len(model.blocks), b)
     out = clean.clone()
-    model.commit_kv(clean[:, 0], actions[:, 0], speed[:, 0], kv)
-    for j in range(1, n - 1):
-        def denoise(x: torch.Tensor, t: torch.Tensor, s: int, j: int = j) -> torch.Tensor:
-            return model(x, t, actions[:, j], speed[:, j], kv=kv, step=s)
+    with evaluating(model):
+        model.commit_kv(clean[:, 0], actions[:, 0], speed[:, 0], kv)
+        for j in range(1, n - 1):
+            def denoise(x: torch.Tensor, t: torch.Tensor, s: int, j: int = j) -> torch.Tensor:
+                return model(x, t, actions[:, j], speed[:, j], kv=kv, step=s)
 
-        out[:, j] = sampler.sample(denoise, noise[0], generators, noise[1:])
-        model.commit_kv(out[:, j], actions[:, j], speed[:, j], kv)
-    model.train(was_training)
+            out[:, j] = sampler.sample(denoise, noise[0], generators, noise[1:])
+            model.commit_kv(out[:, j], actions[:, j], speed[:, j], kv)
     return out
 
 
