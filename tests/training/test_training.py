@@ -31,6 +31,12 @@ from xworld_env.training.world_model import (
     window_starts,
 )
 
+
+def log_rows(run_dir) -> list[dict]:
+    """The lines of a run's ``log.jsonl``."""
+    return [json.loads(line) for line in (run_dir / "log.jsonl").read_text().splitlines()]
+
+
 AE_SMALL = {"channels": (4, 8, 8), "latent_channels": 4, "batch_images": 8, "val_images": 16}
 
 
@@ -68,7 +74,7 @@ def test_autoencoder_stage_resumes(dataset, tmp_path):
     assert first["steps"] == 2 and first["val_psnr"] > 0
     more = train_autoencoder(dataclasses.replace(cfg, steps=4), progress=False)
     assert more["steps"] == 4
-    rows = [json.loads(line) for line in (tmp_path / "log.jsonl").read_text().splitlines()]
+    rows = log_rows(tmp_path)
     # Two steps, then two more: nothing trained twice.
     assert [r["step"] for r in rows if "loss" in r] == [1, 2, 3, 4]
 
@@ -144,7 +150,7 @@ def test_world_model_trains_in_bfloat16_with_float32_weights(trained, tmp_path):
                                 chunks=3, batch=2, steps=3, save_every=3, log_every=1,
                                 dtype="bfloat16")
     out = train_world_model(cfg, progress=False)
-    rows = [json.loads(line) for line in (tmp_path / "log.jsonl").read_text().splitlines()]
+    rows = log_rows(tmp_path)
     losses = [r["loss"] for r in rows if "loss" in r]
     assert len(losses) == 3 and all(math.isfinite(v) for v in losses)
     assert math.isfinite(out["val_loss"])
@@ -196,7 +202,7 @@ def test_world_model_fine_tunes_from_a_run_with_rollout_context(trained, tmp_pat
                                 init_from=str(runs / "wm"))
     out = train_world_model(cfg, progress=False)
     assert math.isfinite(out["val_loss"])
-    rows = [json.loads(line) for line in (tmp_path / "log.jsonl").read_text().splitlines()]
+    rows = log_rows(tmp_path)
     assert all(math.isfinite(r["loss"]) for r in rows if "loss" in r)
     # With a zero learning rate the run keeps the weights it started from.
     start, tuned = load_dit(runs / "wm").state_dict(), load_dit(tmp_path).state_dict()
