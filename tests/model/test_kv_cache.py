@@ -152,3 +152,27 @@ def test_bad_arguments_are_rejected():
         cache.replace([0], RollingKVCache(KVCacheConfig(window=2), LAYERS, batch_size=2))
     with pytest.raises(ValueError, match="same config"):
         cache.replace([0], RollingKVCache(KVCacheConfig(window=3), LAYERS, batch_size=1))
+
+
+def test_derived_values_are_kept_until_the_cache_changes():
+    cache = RollingKVCache(KVCacheConfig(window=2), LAYERS, batch_size=2)
+    calls = []
+
+    def held_sum() -> float:
+        calls.append(1)
+        view = cache.view(0)
+        return 0.0 if view is None else float(view.k.sum())
+
+    cache.commit(*chunk(2, [1, 2]))
+    first = cache.derived("sum", held_sum)
+    assert cache.derived("sum", held_sum) == first and len(calls) == 1
+    changes = [
+        lambda: cache.commit(*chunk(2, [3, 4])),
+        lambda: cache.reset([0]),
+        lambda: cache.replace([1], RollingKVCache(KVCacheConfig(window=2), LAYERS, 1)),
+    ]
+    for n, change in enumerate(changes, start=2):
+        change()
+        cache.derived("sum", held_sum)
+        assert len(calls) == n, "every commit, reset and replace must drop derived values"
+    assert cache.view(0) is None and cache.derived("sum", held_sum) == 0.0

@@ -158,11 +158,11 @@ class RotaryTables:
 
     Attributes:
         current: (cos, sin) for the queries and keys of the tokens being computed, (1, 1, n, r).
-        past: (cos, sin) for the cached keys, (b, 1, n_past, r), or None without a past.
+
+    The cached keys arrive already rotated (``BlockContext.past``).
     """
 
     current: tuple[Tensor, Tensor]
-    past: tuple[Tensor, Tensor] | None = None
 
 
 @dataclass
@@ -176,7 +176,8 @@ class BlockContext:
         step: denoising step index ``s`` of this pass (-1 for the KV-update pass of ``commit_kv``).
         writes_kv: whether this pass commits keys and values to the cache; such a pass must call
             every block (X-Cache guardrail 1).
-        past: the block's cached past keys/values (read only), or None.
+        past: the block's cached past keys (rotated to their positions before this chunk) and
+            values, read only, or None.
         rope: rotary tables of this pass.
         attn_mask: boolean attention mask (True = attend) broadcastable to
             (b, heads, queries, keys), or None to attend everywhere.
@@ -208,15 +209,11 @@ class BlockContext:
             return x if x is None or x.shape[0] == 1 else x[worlds]
 
         past = None if self.past is None else KVView(*(pick(t) for t in self.past))
-        rope = self.rope
-        if rope.past is not None:
-            rope = RotaryTables(rope.current, (pick(rope.past[0]), pick(rope.past[1])))
         return replace(
             self,
             c=self.c[worlds],
             action=self.action[worlds],
             past=past,
-            rope=rope,
             attn_mask=pick(self.attn_mask),
             new_kv=None,
         )
@@ -261,7 +258,7 @@ class Attention(nn.Module):
         cos, sin = ctx.rope.current
         q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
         if ctx.past is not None:
-            k = torch.cat([apply_rotary(ctx.past.k, *ctx.rope.past), k], dim=2)
+            k = torch.cat([ctx.past.k, k], dim=2)
             v = torch.cat([ctx.past.v, v], dim=2)
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=ctx.attn_mask)
         return self.proj(rearrange(out, "b heads n e -> b n (heads e)"))
@@ -527,8 +524,16 @@ class CausalDiT(nn.Module):
     def _past_inputs(
         self, kv: RollingKVCache | None, device: torch.device
     ) -> tuple[tuple[Tensor, Tensor] | None, Tensor | None]:
-        """Rotary tables of the cached keys and the key mask, from the cache's slot ages."""
-        meta = None if kv is None else kv.ages()
+        """Rotary tables of the cached keys and the key mask, from the cache's slot ages
+        (computed once per state of the cache: every pass of a chunk shares them)."""
+        if kv is None:
+            return None, None
+        return kv.derived((self, "past_inputs", device), lambda: self._make_past_inputs(kv, device))
+
+    def _make_past_inputs(
+        self, kv: RollingKVCache, device: torch.device
+    ) -> tuple[tuple[Tensor, Tensor] | None, Tensor | None]:
+        meta = kv.ages()
         if meta is None:
             return None, None
         age, valid = (m.to(device) for m in meta)
@@ -542,6 +547,26 @@ class CausalDiT(nn.Module):
             [valid.repeat_interleave(tokens, dim=1), valid.new_ones(valid.shape[0], tokens)], dim=1
         )
         return tables, key_valid[:, None, None, :]
+
+    def _past_view(
+        self, kv: RollingKVCache | None, layer: int, device: torch.device
+    ) -> KVView | None:
+        """Block ``layer``'s cached past with its keys rotated to their positions, or None.
+
+        The rotation depends only on the cache's state, so it runs once per chunk and block
+        rather than in every pass (it costs about a quarter of a block's attention).
+        """
+        if kv is None:
+            return None
+
+        def make() -> KVView | None:
+            view = kv.view(layer)
+            if view is None:
+                return None
+            tables, _ = self._past_inputs(kv, device)
+            return view._replace(k=apply_rotary(view.k, *tables))
+
+        return kv.derived((self, "past", layer, device), make)
 
     # ------------------------------------------------------------------ forward
 
@@ -582,7 +607,7 @@ class CausalDiT(nn.Module):
         executor = FullCompute() if executor is None else executor
         keys, values = [], []
         for l, block in enumerate(self.blocks):  # noqa: E741
-            ctx = replace(base, past=None if kv is None else kv.view(l))
+            ctx = replace(base, past=self._past_view(kv, l, h.device))
             h = executor.run(step, l, block, h, ctx)
             if writes_kv:
                 if ctx.new_kv is None:
@@ -614,10 +639,9 @@ class CausalDiT(nn.Module):
             raise ValueError(f"kv cache holds {kv.batch_size} worlds, latents {x.shape[0]}")
         c, _ = self.condition(t, action, ego_speed)
         h = self.embed(x)
-        past_rope, attn_mask = self._past_inputs(kv, h.device)
-        rope = RotaryTables(self.rope(self.token_frame), past_rope)
+        _, attn_mask = self._past_inputs(kv, h.device)
         base = BlockContext(c=c, action=action, step=step, writes_kv=writes_kv, past=None,
-                            rope=rope, attn_mask=attn_mask)
+                            rope=RotaryTables(self.rope(self.token_frame)), attn_mask=attn_mask)
         return h, base
 
     def commit_kv(
@@ -645,7 +669,7 @@ class CausalDiT(nn.Module):
         keys, values = [], []
         last = len(self.blocks) - 1
         for l, block in enumerate(self.blocks):  # noqa: E741
-            ctx = replace(base, past=kv.view(l))
+            ctx = replace(base, past=self._past_view(kv, l, h.device))
             if l == last:
                 k, v = block.keys_values(h, ctx)
             else:

@@ -17,9 +17,9 @@ of every world are a prefix of the slot axis and a read touches only that prefix
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import torch
 from torch import Tensor
@@ -51,7 +51,8 @@ class KVView(NamedTuple):
     """Past keys and values of one block, as attention reads them.
 
     Attributes:
-        k: keys, (b, heads, n * tokens, e), not yet rotated, slot-major.
+        k: keys, (b, heads, n * tokens, e), slot-major; as stored, not rotated (the model
+            passes its blocks a copy with the keys rotated to their positions).
         v: values, (b, heads, n * tokens, e).
         age: (b, n) long, age in chunks of each slot as used for positions (1 = previous chunk).
         valid: (b, n) bool, whether the slot holds a chunk for that world.
@@ -91,8 +92,10 @@ class RollingKVCache:
         # (-1 = empty).
         self._count = torch.zeros(batch_size, dtype=torch.long)
         self._slot_chunk = torch.full((batch_size, config.num_slots), -1, dtype=torch.long)
-        # (age, valid) of the filled slots, derived from the two above; cleared on every change.
+        # (age, valid) of the filled slots, derived from the two above, and whatever readers
+        # derived from the stored chunks (``derived``); both cleared on every change.
         self._ages: tuple[Tensor, Tensor] | None = None
+        self._derived: dict[Hashable, Any] = {}
 
     # ------------------------------------------------------------------ reading
 
@@ -158,6 +161,23 @@ class RollingKVCache:
         v = self._v[layer][:, :, :n].flatten(2, 3)
         return KVView(k, v, age, valid)
 
+    def derived(self, key: Hashable, make: Callable[[], Any]) -> Any:
+        """A value computed from the cache's current contents, kept until the cache changes.
+
+        Every pass of a chunk (its denoising passes and its KV-update pass) reads the same past,
+        so what a reader derives from it alone (the rotary tables of the slots' ages, each
+        block's rotated keys) needs computing once per chunk, not once per pass. ``make()`` is
+        called on the first request for ``key`` after a commit, reset or replace; later requests
+        get the same object back, which readers must not modify.
+
+        Args:
+            key: names the value; include whatever else it depends on besides the cache.
+            make: computes it.
+        """
+        if key not in self._derived:
+            self._derived[key] = make()
+        return self._derived[key]
+
     def memory_bytes(self) -> int:
         """Bytes held by the key/value storage (fixed once allocated)."""
         return sum(t.numel() * t.element_size() for t in self._k + self._v)
@@ -209,7 +229,7 @@ class RollingKVCache:
             self._v[layer][worlds, :, slot] = values[layer]
         self._slot_chunk[worlds, slot] = self._count
         self._count += 1
-        self._ages = None
+        self._changed()
 
     def reset(self, worlds: Tensor | Sequence[int] | None = None) -> None:
         """Forget the past of the given worlds (all when None).
@@ -219,7 +239,7 @@ class RollingKVCache:
         index = self._index(worlds)
         self._count[index] = 0
         self._slot_chunk[index] = -1
-        self._ages = None
+        self._changed()
 
     def replace(self, worlds: Tensor | Sequence[int], other: RollingKVCache) -> None:
         """Overwrite the state of ``worlds`` with the whole state of another cache.
@@ -247,7 +267,12 @@ class RollingKVCache:
                 self._v[layer][index] = other._v[layer]
         self._count[index] = other._count
         self._slot_chunk[index] = other._slot_chunk
+        self._changed()
+
+    def _changed(self) -> None:
+        """Forgets everything derived from the previous contents."""
         self._ages = None
+        self._derived.clear()
 
     def _index(self, worlds: Tensor | Sequence[int] | None) -> Tensor:
         if worlds is None:
