@@ -29,7 +29,7 @@ class FirstBlockCacheConfig:
         warmup_chunks: chunks after a reset that compute everything.
     """
 
-    threshold: float = 0.08
+    threshold: float = 0.002
     warmup_chunks: int = 1
 
     def __post_init__(self) -> None:

@@ -64,7 +64,7 @@ class XCacheConfig:
     margin: float = 0.02
     floor: float = 0.97
     max_deviation: float = 2.0
-    max_rel_change: float = 0.004
+    max_rel_change: float = 0.003
     front_anchor: int = 1
     tail_anchor: int = 0
     warmup_chunks: int = 1
