@@ -17,7 +17,7 @@ from xworld_env.model.sampler import FlowSampler, SamplerConfig, draw_noise
 from xworld_env.training import run_stage
 from xworld_env.training.autoencoder import AutoencoderTrainConfig, train_autoencoder
 from xworld_env.training.bundle import BundleConfig, assemble
-from xworld_env.training.heads import HeadsTrainConfig, auroc, train_heads
+from xworld_env.training.heads import HeadsTrainConfig, auroc, event_windows, train_heads
 from xworld_env.training.losses import flow_matching_loss, sample_flow_times
 from xworld_env.training.world_model import (
     WorldModelTrainConfig,
@@ -241,6 +241,46 @@ def test_heads_metrics(trained):
     _, _, metrics = trained
     for key in ("speed_mae", "lane_offset_mae", "collision_accuracy", "off_road_accuracy"):
         assert key in metrics and metrics[key] == metrics[key]  # present and not NaN
+
+
+def test_heads_train_on_generated_latents(trained, tmp_path, monkeypatch):
+    runs, common, _ = trained
+    cfg = HeadsTrainConfig(**common, run_dir=str(tmp_path), steps=2, batch=4,
+                           world_model=str(runs / "wm"), generated_fraction=0.5,
+                           generated_windows=3, rollout_chunks=4, context_chunks=2)
+    out = train_heads(cfg, progress=False)
+    assert out["generated_speed_mae"] == out["generated_speed_mae"]  # present and not NaN
+    pool = torch.load(tmp_path / "generated.pt", weights_only=True)["train"]
+    # Three windows, two generated chunks each, labelled with the simulator chunks they stand
+    # for (those windows, in the order the run drew them).
+    ae = load_autoencoder(common["autoencoder"], torch.device("cpu"))
+    data = encode_split(ae, common["data"], "train", None)
+    starts = event_windows(data, 4, 3, torch.Generator().manual_seed(cfg.seed + 1))
+    idx = starts[:, 1:] + torch.arange(2, 4)[None]
+    assert torch.equal(pool["ego"], data["ego"][starts[:, :1], idx].flatten(0, 1))
+    assert torch.equal(pool["collision"], data["collision"][starts[:, :1], idx].flatten(0, 1))
+    real = data["latents"][starts[:, :1], idx].flatten(0, 1)
+    assert pool["latents"].shape == real.shape and torch.isfinite(pool["latents"]).all()
+    assert not torch.allclose(pool["latents"], real, atol=1e-2)
+    # A resumed run reuses the latents it generated.
+    monkeypatch.setattr("xworld_env.training.heads.load_dit", lambda *a, **k: 1 / 0)
+    assert train_heads(dataclasses.replace(cfg, steps=3), progress=False)["steps"] == 3
+    with pytest.raises(ValueError, match="needs world_model"):
+        HeadsTrainConfig(generated_fraction=0.5)
+    with pytest.raises(ValueError, match="context_chunks < rollout_chunks"):
+        HeadsTrainConfig(context_chunks=6, rollout_chunks=6)
+
+
+def test_event_windows_come_first():
+    valid = torch.ones(3, 8, dtype=torch.bool)
+    collision = torch.zeros(3, 8, dtype=torch.bool)
+    off_road = torch.zeros(3, 8, dtype=torch.bool)
+    collision[1, 6], off_road[2, 3] = True, True
+    data = {"valid": valid, "collision": collision, "off_road": off_road}
+    starts = event_windows(data, 4, 5, torch.Generator().manual_seed(0))
+    assert len(starts) == 5
+    assert {tuple(s) for s in starts[:2].tolist()} == {(1, 3), (2, 0)}
+    assert len({tuple(s) for s in starts.tolist()}) == 5
 
 
 def test_auroc_values():

@@ -249,15 +249,32 @@ def rollout_context(
 ) -> torch.Tensor:
     """The model's own rollout of each window, as the engine runs it, (b, t, v, f, h, w, c).
 
-    Chunk 0 comes from the data; chunks ``1 .. t - 2`` are generated one after another by the
-    few-step sampler under the recorded actions and speeds, each attending to the chunks
-    committed before it in a rolling KV cache of ``window`` chunks, with each window's noise
-    drawn once and shared by its chunks (the engine's ``fixed`` noise); the last chunk, which no
-    chunk of the window attends to, stays the data's. Training on these contexts with the data
-    as targets teaches the model to pull its own drifting past back towards the data.
+    Chunk 0 comes from the data; chunks ``1 .. t - 2`` are generated (``rollout_latents``);
+    the last chunk, which no chunk of the window attends to, stays the data's. Training on
+    these contexts with the data as targets teaches the model to pull its own drifting past
+    back towards the data.
+    """
+    return rollout_latents(model, batch, window, sampler, generator, context=1,
+                           end=batch["latents"].shape[1] - 1)
+
+
+def rollout_latents(
+    model: CausalDiT, batch: dict[str, torch.Tensor], window: int, sampler: FlowSampler,
+    generator: torch.Generator, context: int = 1, end: int | None = None,
+) -> torch.Tensor:
+    """Windows whose chunks ``context .. end - 1`` the model generates, (b, t, v, f, h, w, c).
+
+    The first ``context`` chunks come from the data and prime a rolling KV cache of ``window``
+    chunks; then each chunk is sampled by the few-step sampler under the recorded action and
+    speed, attending to the chunks committed before it, and committed in turn, as the engine
+    runs it, with each window's noise drawn once and shared by its chunks (the engine's
+    ``fixed`` noise). Chunks from ``end`` on (default: none) stay the data's.
     """
     clean, actions, speed = batch["latents"], batch["actions"], batch["speed"]
     b, n = clean.shape[:2]
+    end = n if end is None else end
+    if not 1 <= context <= end <= n:
+        raise ValueError(f"need 1 <= context <= end <= {n} chunks, got {context} and {end}")
     seeds = torch.randint(2**62, (b,), generator=generator)
     generators = [torch.Generator().manual_seed(int(seed)) for seed in seeds]
     noise = [draw_noise(clean.shape[2:], generators).to(clean.device)
@@ -265,13 +282,15 @@ def rollout_context(
     kv = RollingKVCache(KVCacheConfig(window=window), len(model.blocks), b)
     out = clean.clone()
     with evaluating(model):
-        model.commit_kv(clean[:, 0], actions[:, 0], speed[:, 0], kv)
-        for j in range(1, n - 1):
+        for j in range(context):
+            model.commit_kv(clean[:, j], actions[:, j], speed[:, j], kv)
+        for j in range(context, end):
             def denoise(x: torch.Tensor, t: torch.Tensor, s: int, j: int = j) -> torch.Tensor:
                 return model(x, t, actions[:, j], speed[:, j], kv=kv, step=s)
 
             out[:, j] = sampler.sample(denoise, noise[0], generators, noise[1:])
-            model.commit_kv(out[:, j], actions[:, j], speed[:, j], kv)
+            if j + 1 < end:
+                model.commit_kv(out[:, j], actions[:, j], speed[:, j], kv)
     return out
 
 
