@@ -554,7 +554,7 @@ class CausalDiT(nn.Module):
         """Block ``layer``'s cached past with its keys rotated to their positions, or None.
 
         The rotation depends only on the cache's state, so it runs once per chunk and block
-        rather than in every pass (it costs about a quarter of a block's attention).
+        rather than in every pass (the same values; a chunk's passes all read the same past).
         """
         if kv is None:
             return None
