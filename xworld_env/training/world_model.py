@@ -258,6 +258,7 @@ def rollout_context(
                            end=batch["latents"].shape[1] - 1)
 
 
+@torch.no_grad()
 def rollout_latents(
     model: CausalDiT, batch: dict[str, torch.Tensor], window: int, sampler: FlowSampler,
     generator: torch.Generator, context: int = 1, end: int | None = None,
