@@ -41,6 +41,21 @@ def test_bench_env_writes_json(tmp_path, tiny_checkpoint):
     assert set(result["single"]) == {"xcache", "none"} and set(result["batched"]) == {"2"}
 
 
+def test_bench_env_times_baselines_beside_xcache(tmp_path, tiny_checkpoint, capsys):
+    from xworld_env.bench.env import run
+
+    path = tmp_path / "env.json"
+    args = ["bench", "env", "--steps", "2", "--sizes", "2", "--checkpoint", str(tiny_checkpoint),
+            "--baselines", "fbcache", "--json", str(path)]
+    assert main(args) == 0
+    result = json.loads(path.read_text())
+    assert set(result["single"]) == {"xcache", "none", "fbcache"}
+    assert set(result["batched"]["2"]) == {"xcache", "xcache_all", "none", "fbcache"}
+    assert "fbcache" in result["skip_rate"]["single"] and "fbcache" in capsys.readouterr().out
+    with pytest.raises(ValueError, match="baselines must be distinct names"):
+        run(baselines=("tecache",))
+
+
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
 def test_demo_writes_a_video(tmp_path, tiny_checkpoint, capsys, dtype):
     out = tmp_path / "demo.gif"

@@ -105,6 +105,8 @@ def build_parser() -> argparse.ArgumentParser:
                    choices=PRECISIONS,
                    help="compute precisions of the world model, measured side by side "
                         "(default float32)")
+    p.add_argument("--baselines", nargs="*", default=[], choices=["fbcache", "static"],
+                   help="baseline caches to time beside X-Cache, at their defaults (default none)")
     p.add_argument("--checkpoint", default=None, help="world model folder (default: shipped)")
     p.add_argument("--json", default=None, help="write the results to this JSON file")
     p.set_defaults(func=_bench_module("env"))

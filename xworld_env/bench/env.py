@@ -1,4 +1,5 @@
-"""``xworld bench env``: env steps per second, single and batched, X-Cache on and off."""
+"""``xworld bench env``: env steps per second, single and batched, X-Cache on and off (and,
+optionally, the baseline caches beside them)."""
 
 from __future__ import annotations
 
@@ -55,11 +56,17 @@ def _batched(cache, n: int, steps: int, seed: int, checkpoint: str | None,
     return n * steps / (time.perf_counter() - started), engine_skip_rate(envs.engine)
 
 
+#: Baseline cache policies ``run`` can time beside X-Cache, at their default settings.
+BASELINES = ("fbcache", "static")
+
+
 def run(steps: int = 20, sizes: tuple[int, ...] = (1, 4, 8, 16), seed: int = 0,
-        checkpoint: str | None = None, dtypes: tuple[str, ...] = ("float32",)) -> dict:
+        checkpoint: str | None = None, dtypes: tuple[str, ...] = ("float32",),
+        baselines: tuple[str, ...] = ()) -> dict:
     """Env-steps per second (summed over worlds), X-Cache and full compute side by side.
 
-    Batched rows also time X-Cache's ``batch_mode="all"`` against the default ``"gather"``.
+    Batched rows also time X-Cache's ``batch_mode="all"`` against the default ``"gather"``;
+    ``baselines`` (names from :data:`BASELINES`) are timed beside them, single and batched.
 
     Each measurement is ``steps`` steps of every world from a reset, so it includes X-Cache's
     warmup chunk, as an RL rollout of that length would. ``skip_rate`` holds the cache
@@ -72,16 +79,19 @@ def run(steps: int = 20, sizes: tuple[int, ...] = (1, 4, 8, 16), seed: int = 0,
     """
     if not dtypes or len(set(dtypes)) != len(dtypes):
         raise ValueError(f"dtypes must be distinct and at least one, got {dtypes}")
+    unknown = sorted(set(baselines) - set(BASELINES))
+    if unknown or len(set(baselines)) != len(baselines):
+        raise ValueError(f"baselines must be distinct names from {BASELINES}, got {baselines}")
     per = {dt: {"single": {}, "batched": {}, "skip_rate": {"single": {}, "batched": {}}}
            for dt in dtypes}
-    for cache in ("xcache", "none"):
+    for cache in ("xcache", "none", *baselines):
         for dt in dtypes:
             rate, skip = _single(cache, steps, seed, checkpoint, dt)
             per[dt]["single"][cache] = rate
             if skip is not None:
                 per[dt]["skip_rate"]["single"][cache] = skip
     for n in sizes:
-        for name, cache in BATCHED_POLICIES.items():
+        for name, cache in (*BATCHED_POLICIES.items(), *((b, b) for b in baselines)):
             for dt in dtypes:
                 rate, skip = _batched(cache, n, steps, seed, checkpoint, dt)
                 per[dt]["batched"].setdefault(str(n), {})[name] = rate
@@ -102,8 +112,10 @@ def run(steps: int = 20, sizes: tuple[int, ...] = (1, 4, 8, 16), seed: int = 0,
 
 
 def _table(figures: dict) -> list[str]:
+    extra = [k for k in figures["single"] if k not in ("xcache", "none")]
     lines = [f"{'env':<14}{'xcache':>10}{'xcache_all':>12}{'full':>10}{'xcache/full':>13}"
-             f"{'skip rate':>11}   (env-steps/s)"]
+             f"{'skip rate':>11}" + "".join(f"{k:>10}{'skip':>6}" for k in extra)
+             + "   (env-steps/s)"]
     skips = figures["skip_rate"]
     rows = [("single", figures["single"], skips["single"])] + [
         (f"batched N={n}", r, skips["batched"][n]) for n, r in figures["batched"].items()
@@ -111,14 +123,15 @@ def _table(figures: dict) -> list[str]:
     for name, r, skip in rows:
         all_mode = f"{r['xcache_all']:>12.1f}" if "xcache_all" in r else f"{'-':>12}"
         lines.append(f"{name:<14}{r['xcache']:>10.1f}{all_mode}{r['none']:>10.1f}"
-                     f"{r['xcache'] / r['none']:>13.2f}{skip.get('xcache', 0.0):>11.2f}")
+                     f"{r['xcache'] / r['none']:>13.2f}{skip.get('xcache', 0.0):>11.2f}"
+                     + "".join(f"{r[k]:>10.1f}{skip.get(k, 0.0):>6.2f}" for k in extra))
     return lines
 
 
 def main(args) -> dict:
     dtypes = tuple(args.dtype)
     result = run(steps=args.steps, sizes=tuple(args.sizes), checkpoint=args.checkpoint,
-                 dtypes=dtypes)
+                 dtypes=dtypes, baselines=tuple(args.baselines))
     for dt in dtypes:
         figures = result["precisions"][dt] if len(dtypes) > 1 else result
         print(f"{dt}:")
