@@ -141,6 +141,8 @@ def test_run_reports_every_policy(result):
             assert all(0.0 <= r <= 1.0 for r in row["per_block"].values())
             assert row["dit_speedup"] > 0 and row["step_speedup"] > 0
     overall = result["overall"]
+    assert overall["none"]["pass_agreement"] is None
+    assert 0.0 <= overall["xcache"]["pass_agreement"] <= 1.0
     # Full compute against its own second repeat: the CPU rollout is deterministic.
     assert overall["none"]["psnr_mean"] in (math.inf, None)
     assert overall["none"]["dit_speedup"] == pytest.approx(1.0)

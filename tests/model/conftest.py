@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 import torch
 from torch import nn
@@ -25,10 +27,10 @@ def randomize_zero_init(module: nn.Module, seed: int = 0, std: float = 0.05) -> 
     return module
 
 
-def make_dit(seed: int = 0) -> CausalDiT:
-    """The "test" preset DiT with random weights, in eval mode."""
+def make_dit(seed: int = 0, **overrides: object) -> CausalDiT:
+    """The "test" preset DiT (with some fields replaced) with random weights, in eval mode."""
     torch.manual_seed(seed)
-    return randomize_zero_init(CausalDiT(PRESETS["test"]), seed).eval()
+    return randomize_zero_init(CausalDiT(replace(PRESETS["test"], **overrides)), seed).eval()
 
 
 def make_autoencoder(seed: int = 0) -> Autoencoder:

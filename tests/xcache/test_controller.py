@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 import torch
 
@@ -19,6 +20,7 @@ from xworld_env.xcache import (
     XCacheConfig,
     make_executor,
 )
+from xworld_env.xcache.stats import CacheStats
 
 CONFIG = EngineConfig(sampler=SamplerConfig(num_steps=3), kv_cache=KVCacheConfig(window=2))
 #: Gate that passes unless an entry points the other way (cosine below -0.5).
@@ -26,8 +28,8 @@ PERMISSIVE = {"floor": -0.5, "margin": 2.0, "max_deviation": math.inf,
               "max_rel_change": math.inf}
 
 
-def engine_with(executor) -> WorldModelEngine:
-    engine = WorldModelEngine(CONFIG, make_autoencoder(), make_dit(), make_heads())
+def engine_with(executor, depth: int = 2) -> WorldModelEngine:
+    engine = WorldModelEngine(CONFIG, make_autoencoder(), make_dit(depth=depth), make_heads())
     engine.executor = executor
     return engine
 
@@ -39,8 +41,8 @@ def start(engine: WorldModelEngine, b: int = 1, seed: int = 0) -> None:
                  seeds=[seed + i for i in range(b)])
 
 
-def rollout(executor, acts: torch.Tensor, b: int = 1, seed: int = 0):
-    engine = engine_with(executor)
+def rollout(executor, acts: torch.Tensor, b: int = 1, seed: int = 0, depth: int = 2):
+    engine = engine_with(executor, depth)
     start(engine, b, seed)
     outs = [engine.step_chunk(a) for a in acts]
     return engine, outs
@@ -50,10 +52,11 @@ def constant_actions(n: int, b: int = 1) -> torch.Tensor:
     return torch.tensor([0.3, -0.2]).expand(n, b, 2).clone()
 
 
-def test_floor_above_one_is_bit_identical_to_full_compute():
+@pytest.mark.parametrize("span", [0, 1, 2])
+def test_floor_above_one_is_bit_identical_to_full_compute(span):
     acts = constant_actions(4)
-    _, full = rollout(FullCompute(), acts)
-    engine, cached = rollout(XCache(XCacheConfig(floor=1.5)), acts)
+    _, full = rollout(FullCompute(), acts, depth=4)
+    engine, cached = rollout(XCache(XCacheConfig(floor=1.5, span=span)), acts, depth=4)
     for a, b in zip(full, cached):
         assert torch.equal(a.latents, b.latents) and torch.equal(a.frames, b.frames)
     assert engine.executor.stats.summary()["reused_evaluations"] == 0
@@ -116,14 +119,15 @@ def test_relative_change_gates_reuse():
     assert engine.executor.stats.summary()["reused_evaluations"] > 0
 
 
-def test_one_world_does_not_depend_on_another():
+@pytest.mark.parametrize("span", [0, 1, 2])
+def test_one_world_does_not_depend_on_another(span):
     cfg = XCacheConfig(floor=0.0, margin=2.0, max_deviation=math.inf,
-                       max_rel_change=math.inf)
+                       max_rel_change=math.inf, span=span)
     acts_a = constant_actions(4, 2)
     acts_b = acts_a.clone()
     acts_b[:, 1] = torch.rand(4, 2, generator=torch.Generator().manual_seed(5)) * 2 - 1
-    engine_a, outs_a = rollout(XCache(cfg), acts_a, b=2)
-    engine_b, outs_b = rollout(XCache(cfg), acts_b, b=2)
+    engine_a, outs_a = rollout(XCache(cfg), acts_a, b=2, depth=4)
+    engine_b, outs_b = rollout(XCache(cfg), acts_b, b=2, depth=4)
     for a, b in zip(outs_a, outs_b):
         torch.testing.assert_close(a.latents[0], b.latents[0], rtol=0, atol=1e-5)
     ra, rb = engine_a.executor.stats, engine_b.executor.stats
@@ -153,6 +157,68 @@ def test_stats_counts_and_rates():
     assert set(s["per_block"]) == set(range(1, depth)) and s["per_chunk"][0] == 0.0
 
 
+def test_spans_cut_the_non_anchor_blocks():
+    executor = XCache(XCacheConfig(span=3, front_anchor=1, tail_anchor=1))
+    executor.begin_chunk(1, 8)  # blocks 1..6 gate, in spans of 3
+    assert [executor.span_of(b) for b in range(1, 7)] == [(1, 3)] * 3 + [(4, 6)] * 3
+    executor = XCache(XCacheConfig(span=4))
+    executor.begin_chunk(1, 8)
+    assert [executor.span_of(b) for b in range(1, 8)] == [(1, 4)] * 4 + [(5, 7)] * 3
+    executor = XCache(XCacheConfig(span=0))  # the default: one span of every non-anchor block
+    executor.begin_chunk(1, 8)
+    assert {executor.span_of(b) for b in range(1, 8)} == {(1, 7)}
+
+
+def test_a_reused_span_adds_the_residual_of_the_whole_span():
+    # One span over blocks 1..3 of a 4-block DiT, every eligible cell reused (stress mode).
+    depth, steps = 4, CONFIG.sampler.num_steps
+    engine = engine_with(XCache(XCacheConfig(span=0, **PERMISSIVE)), depth)
+    start(engine)
+    calls: dict[str, list[torch.Tensor]] = {"span_in": [], "span_out": [], "inner": []}
+    hooks = [
+        engine.dit.blocks[0].register_forward_hook(lambda m, a, y: calls["span_in"].append(y)),
+        engine.dit.final_layer.register_forward_pre_hook(
+            lambda m, a: calls["span_out"].append(a[0])),
+        *(engine.dit.blocks[b].register_forward_hook(lambda m, a, y: calls["inner"].append(y))
+          for b in range(1, depth)),
+    ]
+    acts = constant_actions(2)
+    engine.step_chunk(acts[0])  # warmup: computes every block and stores the span residuals
+    residual = [o - i for i, o in zip(calls["span_in"][:steps], calls["span_out"][:steps])]
+    for calls_so_far in calls.values():
+        calls_so_far.clear()
+    last = engine.step_chunk(acts[1])
+    for hook in hooks:
+        hook.remove()
+    # Denoising passes: the span's blocks are not called; its output is input + residual.
+    # Only the KV-update pass calls them (its last block stops at the keys and values).
+    assert len(calls["inner"]) == depth - 2
+    for s in range(steps):
+        assert torch.equal(calls["span_out"][s], calls["span_in"][s] + residual[s])
+    per_block = engine.executor.stats.summary()["per_block"]
+    assert set(per_block) == set(range(1, depth)) and len(set(per_block.values())) == 1
+    # The same as reusing the span's blocks one by one (up to the order of the float sums).
+    one_engine, one_by_one = rollout(XCache(XCacheConfig(span=1, **PERMISSIVE)), acts,
+                                     depth=depth)
+    torch.testing.assert_close(last.latents, one_by_one[-1].latents, rtol=0, atol=1e-5)
+    assert one_engine.executor.stats.summary()["pass_agreement"] == 1.0
+
+
+def test_pass_agreement_counts_passes_whose_blocks_decided_alike():
+    stats = CacheStats()
+    stats.begin_chunk(2, 4)
+    yes, no = np.array([True, True]), np.array([False, False])
+    stats.decided(0, 1, yes, np.array([True, False]))
+    stats.decided(0, 2, yes, yes)  # world 1 computed block 1, reuses block 2: mixed
+    stats.decided(1, 1, np.array([True, False]), no)
+    stats.decided(1, 2, np.array([True, False]), no)  # world 1 not gated in this pass
+    assert stats.passes() == (3, 1)
+    stats.begin_chunk(2, 4)
+    stats.decided(0, 1, yes, yes)  # a new chunk opens a new pass at the same step
+    summary = stats.summary()
+    assert summary["gated_passes"] == 5 and summary["pass_agreement"] == pytest.approx(4 / 5)
+
+
 def test_baselines_with_reuse_off_match_full_compute():
     acts = constant_actions(3)
     _, full = rollout(FullCompute(), acts)
@@ -178,6 +244,7 @@ def test_static_reuse_alternates_and_fbcache_reuses():
         ("xcache", {"batch_mode": "some"}, "batch_mode"),
         ("xcache", {"front_anchor": -1}, "front_anchor"),
         ("xcache", {"max_rel_change": 0.0}, "max_rel_change"),
+        ("xcache", {"span": -1}, "span"),
         ("xcache", {"treshold": 1}, "accepted"),
         ("static", {"k": 2, "n": 2}, "0 <= k < n"),
         ("fbcache", {"threshold": -1.0}, "threshold"),

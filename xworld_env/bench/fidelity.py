@@ -71,7 +71,10 @@ DEFAULT_SWEEP: dict[str, list[dict[str, Any]]] = {
     "xcache": [{"max_rel_change": t} for t in (0.001, 0.0015, 0.002, 0.003, 0.004, 0.006)]
     + [{"max_rel_change": math.inf}, {"max_rel_change": math.inf, "floor": 0.99}]
     + [{"max_rel_change": 0.004, "max_consecutive": 3},
-       {"max_rel_change": 0.004, "max_consecutive": 3, "protect_step0": True}],
+       {"max_rel_change": 0.004, "max_consecutive": 3, "protect_step0": True}]
+    # One decision per block (published) beside the default one per pass: same decisions on
+    # the shipped model (``pass_agreement`` 1), more gate time.
+    + [{"max_rel_change": 0.003, "span": 1}, {"max_rel_change": math.inf, "span": 1}],
     # Block 0's output changes by under 1% from one chunk to the next on the shipped model:
     # thresholds of 0.02 and above reuse everything.
     "fbcache": [{"threshold": t} for t in (0.001, 0.002, 0.004, 0.008, 0.02)],
@@ -194,6 +197,7 @@ def _counts(executor) -> dict[str, Any] | None:
         "all_evals": stats.all_evals,
         "all_reused": stats.all_reused,
         "gate_s": stats.gate_seconds,
+        "passes": stats.passes(),
     }
 
 
@@ -330,7 +334,7 @@ def _ratio(a: float, b: float) -> float:
 def _skip_rates(counts: Sequence[dict | None]) -> dict[str, Any]:
     eligible: dict[tuple[int, int], int] = {}
     reused: dict[tuple[int, int], int] = {}
-    all_evals = all_reused = 0
+    all_evals = all_reused = gated = mixed = 0
     gate_s = 0.0
     for c in counts:
         if c is None:
@@ -342,6 +346,8 @@ def _skip_rates(counts: Sequence[dict | None]) -> dict[str, Any]:
         all_evals += c["all_evals"]
         all_reused += c["all_reused"]
         gate_s += c["gate_s"]
+        gated += c["passes"][0]
+        mixed += c["passes"][1]
 
     def rate(keys) -> float:
         e = sum(eligible[k] for k in keys)
@@ -355,6 +361,8 @@ def _skip_rates(counts: Sequence[dict | None]) -> dict[str, Any]:
         "per_block": {str(blk): rate([k for k in eligible if k[1] == blk]) for blk in blocks},
         "per_step": {str(s): rate([k for k in eligible if k[0] == s]) for s in steps},
         "gate_s": gate_s,
+        # Share of (world, denoising pass) pairs whose gated blocks all decided alike.
+        "pass_agreement": 1.0 - mixed / gated if gated else None,
     }
 
 
@@ -646,7 +654,8 @@ def run(
 
 def format_table(result: dict[str, Any]) -> str:
     """The readable table: family × policy, then where the time goes."""
-    head = (f"{'family':<13}{'policy':<9}{'skip':>6}{'skip_all':>9}{'dit x':>7}{'step x':>7}"
+    head = (f"{'family':<13}{'policy':<9}{'skip':>6}{'skip_all':>9}{'agree':>7}{'dit x':>7}"
+            f"{'step x':>7}"
             f"{'denoise x':>10}{'PSNR mean':>10}{'PSNR min':>9}{'SSIM':>8}")
     lines = [head, "-" * len(head)]
     groups = [*result["families"].items(), ("overall", result["overall"])]
@@ -654,7 +663,8 @@ def format_table(result: dict[str, Any]) -> str:
         for label, s in rows.items():
             lines.append(
                 f"{family:<13}{label:<9}{s['skip_rate']:>6.2f}{s['skip_rate_all']:>9.2f}"
-                f"{s['dit_speedup']:>7.2f}{s['step_speedup']:>7.2f}{s['denoise_speedup']:>10.2f}"
+                f"{_num(s.get('pass_agreement'), 2):>7}{s['dit_speedup']:>7.2f}"
+                f"{s['step_speedup']:>7.2f}{s['denoise_speedup']:>10.2f}"
                 f"{_db(s['psnr_mean']):>10}{_db(s['psnr_min']):>9}{_num(s['ssim_mean']):>8}"
             )
     lines.append("")
@@ -685,8 +695,8 @@ def _db(value: float | None) -> str:
     return "inf" if math.isinf(value) else f"{value:.2f}"
 
 
-def _num(value: float | None) -> str:
-    return "-" if value is None else f"{value:.4f}"
+def _num(value: float | None, digits: int = 4) -> str:
+    return "-" if value is None else f"{value:.{digits}f}"
 
 
 def write_plots(result: dict[str, Any], stem: Path) -> list[Path]:

@@ -24,7 +24,7 @@ import torch
 
 from xworld_env.model.dit import BlockContext
 from xworld_env.types import CAMERA_NAMES, VIEW_GROUPS
-from xworld_env.xcache.fingerprint import DEFAULT_BUDGET, fingerprint
+from xworld_env.xcache.fingerprint import DEFAULT_BUDGET, Fingerprint, fingerprint
 from xworld_env.xcache.gate import (
     cosine_threshold,
     gate_metrics,
@@ -32,7 +32,7 @@ from xworld_env.xcache.gate import (
     update_ema,
 )
 from xworld_env.xcache.stats import CacheStats
-from xworld_env.xcache.store import CellStore
+from xworld_env.xcache.store import Cell, CellStore
 
 BATCH_MODES = ("gather", "all")
 
@@ -54,6 +54,10 @@ class XCacheConfig:
         warmup_chunks: chunks after a reset that compute everything (``W``).
         protect_step0: always compute the first denoising step.
         max_consecutive: at most this many reuses in a row per cell (0: no limit).
+        span: consecutive non-anchor blocks one gate decision covers; 0: all of them, one
+            decision per denoising pass; 1: every block gates on its own input, as published.
+            A span gates on its first block's input and, when it reuses, adds the residual of
+            the whole span (see README, "X-Cache spans").
         batch_mode: ``gather`` computes a block only for the worlds that need it; ``all``
             reuses only when every world of the batch agrees (one full-batch block call).
         view_groups: camera names of each fingerprint view group.
@@ -70,6 +74,7 @@ class XCacheConfig:
     warmup_chunks: int = 1
     protect_step0: bool = False
     max_consecutive: int = 0
+    span: int = 0
     batch_mode: str = "gather"
     view_groups: tuple[tuple[str, ...], ...] = tuple(VIEW_GROUPS.values())
 
@@ -91,6 +96,8 @@ class XCacheConfig:
              "warmup_chunks must be an int >= 0"),
             (isinstance(self.max_consecutive, int) and self.max_consecutive >= 0,
              "max_consecutive must be an int >= 0 (0: no limit)"),
+            (isinstance(self.span, int) and self.span >= 0,
+             "span must be an int >= 0 (0: all non-anchor blocks)"),
             (self.batch_mode in BATCH_MODES, f"batch_mode must be one of {BATCH_MODES}"),
             (len(self.view_groups) > 0 and all(self.view_groups), "view_groups must not be empty"),
         ]
@@ -181,6 +188,7 @@ class XCache(ChunkCacheExecutor):
                 f"view groups name cameras {sorted(unknown)} that are not in {camera_names}"
             )
         self.groups = [[camera_names.index(c) for c in g] for g in self.config.view_groups]
+        self._span: _OpenSpan | None = None
 
     def anchored(self, s: int, l: int) -> bool:  # noqa: E741
         """Whether cell (s, l) always computes (front/tail anchors, step-0 protection)."""
@@ -191,6 +199,15 @@ class XCache(ChunkCacheExecutor):
             or (cfg.protect_step0 and s == 0)
         )
 
+    def span_of(self, l: int) -> tuple[int, int]:  # noqa: E741
+        """``(first, last)`` block of the span that non-anchor block ``l`` belongs to."""
+        cfg = self.config
+        end = self.num_blocks - cfg.tail_anchor
+        if cfg.span == 0:
+            return cfg.front_anchor, end - 1
+        first = cfg.front_anchor + (l - cfg.front_anchor) // cfg.span * cfg.span
+        return first, min(first + cfg.span, end) - 1
+
     def run(self, s: int, l: int, block, x: torch.Tensor, ctx: BlockContext) -> torch.Tensor:  # noqa: E741
         """Returns block ``l``'s output at step ``s``, computed or reused per world."""
         b = x.shape[0]
@@ -198,6 +215,9 @@ class XCache(ChunkCacheExecutor):
             # Guardrail 1 (KV-update protection) and the anchors: compute in full.
             self.stats.forced(b)
             return block(x, ctx)
+        first, last = self.span_of(l)
+        if l != first:
+            return self._inside_span(s, l, last, block, x, ctx)
         cfg = self.config
         cell = self.store.cell(s, l)
         started = time.perf_counter()
@@ -222,12 +242,55 @@ class XCache(ChunkCacheExecutor):
         self.stats.gate_seconds += time.perf_counter() - started
         self.stats.decided(s, l, eligible, reuse, cos, dev, rel)
         consecutive = cell.consecutive.numpy()
+        consecutive[reuse] += 1
+        # Reused worlds take the span's whole residual here and pass through its other blocks.
         if reuse.all():
-            consecutive += 1
+            self._span = _OpenSpan(cell, eligible, reuse, None, None, fp)
             return x + cell.residual
         reused_out = x + cell.residual if reuse.any() else None
         compute = torch.from_numpy(~reuse).to(x.device)
         out, idx, x_in, y = self.compute_some(block, x, ctx, compute, reused_out)
-        cell.write(idx, y - x_in, fp if len(idx) == b else fp.select(idx))
-        consecutive[reuse] += 1
+        if first == last:
+            cell.write(idx, y - x_in, fp if len(idx) == b else fp.select(idx))
+        else:
+            self._span = _OpenSpan(cell, eligible, reuse, idx, x_in, fp)
         return out
+
+    def _inside_span(
+        self, s: int, l: int, last: int, block, x: torch.Tensor, ctx: BlockContext  # noqa: E741
+    ) -> torch.Tensor:
+        """Block ``l`` after the first of its span: the span's first block decided."""
+        span = self._span
+        self.stats.decided(s, l, span.eligible, span.reuse)
+        if span.worlds is None:
+            return x
+        b = x.shape[0]
+        reused = x if span.reuse.any() else None
+        out, idx, _, y = self.compute_some(
+            block, x, ctx, torch.from_numpy(~span.reuse).to(x.device), reused
+        )
+        if l == last:
+            fp = span.fingerprint
+            span.cell.write(idx, y - span.inputs, fp if len(idx) == b else fp.select(idx))
+            self._span = None
+        return out
+
+
+@dataclass
+class _OpenSpan:
+    """What a span's first block decided, for the span's other blocks in the same pass.
+
+    Attributes:
+        cell: the span's cell (its first block's).
+        eligible, reuse: (b,) host masks of the decision.
+        worlds: indices of the worlds that compute the span (None: every world reuses).
+        inputs: their inputs to the span's first block.
+        fingerprint: the fingerprint of every world's input to the span's first block.
+    """
+
+    cell: Cell
+    eligible: np.ndarray
+    reuse: np.ndarray
+    worlds: torch.Tensor | None
+    inputs: torch.Tensor | None
+    fingerprint: Fingerprint

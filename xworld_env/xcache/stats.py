@@ -6,6 +6,10 @@ Two skip rates are kept (XCACHE.md, "What measured means"):
   after warmup, anchors left out;
 * ``skip_rate_all``: reused / every block evaluation of every pass, anchors, warmup chunks and
   the KV-update passes included (the share of DiT block work actually saved).
+
+``pass_agreement`` says how often one decision per pass would have done: the share of
+(world, denoising pass) pairs whose decisions at every gated block were the same (all reused
+or all computed).
 """
 
 from __future__ import annotations
@@ -33,11 +37,17 @@ class CacheStats:
         self.world_reused = np.zeros(0, dtype=np.int64)
         # The latest chunks only, so that stats stay bounded over a long RL run.
         self.chunks: deque[dict[str, int]] = deque(maxlen=_HISTORY)
+        self.chunks_begun = 0
         self.chunk_world_reused = np.zeros(0, dtype=np.int64)
         self.cos: deque[float] = deque(maxlen=_HISTORY)
         self.dev: deque[float] = deque(maxlen=_HISTORY)
         self.rel: deque[float] = deque(maxlen=_HISTORY)
         self.gate_seconds = 0.0
+        self.gated_passes = 0
+        self.mixed_passes = 0
+        self._pass_key: tuple[int, int] | None = None
+        self._pass_first = np.zeros(0, dtype=np.int8)  # -1: no decision yet, else 0/1
+        self._pass_mixed = np.zeros(0, dtype=bool)
 
     def begin_chunk(self, batch_size: int, num_blocks: int) -> None:
         """Opens the record of a new chunk; its KV-update pass computes every block in full."""
@@ -46,6 +56,7 @@ class CacheStats:
             self.world_eligible = np.concatenate([self.world_eligible, np.zeros(grow, np.int64)])
             self.world_reused = np.concatenate([self.world_reused, np.zeros(grow, np.int64)])
         self.chunk_world_reused = np.zeros(batch_size, dtype=np.int64)
+        self.chunks_begun += 1
         kv_evals = batch_size * num_blocks
         self.all_evals += kv_evals
         self.chunks.append({"eligible": 0, "reused": 0, "evaluations": kv_evals})
@@ -84,10 +95,30 @@ class CacheStats:
             row["eligible"] += n_eligible
             row["reused"] += n_reused
             row["evaluations"] += b
+        self._track_pass(s, eligible, reuse)
         if n_eligible:
             for values, metric in ((self.cos, cos), (self.dev, dev), (self.rel, rel)):
                 if metric is not None:
                     values.extend(np.asarray(metric)[eligible].tolist())
+
+    def _track_pass(self, s: int, eligible: np.ndarray, reuse: np.ndarray) -> None:
+        """Follows whether each world's decisions in the current pass all agree."""
+        key = (self.chunks_begun, s)
+        if key != self._pass_key:
+            self.gated_passes, self.mixed_passes = self.passes()
+            self._pass_key = key
+            self._pass_first = np.full(reuse.size, -1, dtype=np.int8)
+            self._pass_mixed = np.zeros(reuse.size, dtype=bool)
+        first = self._pass_first
+        seen = first >= 0
+        self._pass_mixed |= eligible & seen & (first != reuse)
+        new = eligible & ~seen
+        first[new] = reuse[new]
+
+    def passes(self) -> tuple[int, int]:
+        """(gated, mixed) passes so far, the open one included."""
+        return (self.gated_passes + int((self._pass_first >= 0).sum()),
+                self.mixed_passes + int(self._pass_mixed.sum()))
 
     def last_chunk(self) -> dict[str, int]:
         """Counts of the latest chunk (what a step's ``info`` reports)."""
@@ -111,6 +142,7 @@ class CacheStats:
             e = sum(self.eligible[k] for k in keys)
             return sum(self.reused[k] for k in keys) / e if e else 0.0
 
+        gated, mixed = self.passes()
         return {
             "skip_rate": reused / eligible if eligible else 0.0,
             "skip_rate_all": self.all_reused / self.all_evals if self.all_evals else 0.0,
@@ -127,6 +159,8 @@ class CacheStats:
             "dev_percentiles": _percentiles(self.dev),
             "rel_percentiles": _percentiles(self.rel),
             "gate_seconds": self.gate_seconds,
+            "gated_passes": gated,
+            "pass_agreement": 1.0 - mixed / gated if gated else 1.0,
         }
 
 
