@@ -107,7 +107,8 @@ class XWorldEnv(gym.Env):
     ## Description
     Each step generates the next 0.5 s chunk (2 frames) of all seven cameras with a causal DiT
     attending to a rolling KV cache of the past, in 4 denoising steps; an X-Cache controller
-    decides, block by block, which computations to reuse from the previous chunk.
+    decides, per denoising pass and world, which blocks' computations to reuse from the
+    previous chunk.
 
     ## Action space
     ``Box(-1, 1, (2,), float32)``: acceleration and steering, as in ``XWorldSim-v0``.

@@ -7,6 +7,13 @@ the stored one (the published cosine with its adaptive threshold and maximum dev
 our relative change; see ``gate.py``), the block is skipped and its stored residual added
 instead. Every world of a batch gates on its own.
 
+Ours: a cell may cover a *span* of consecutive non-anchor blocks (``XCacheConfig.span``). The
+span gates on its first block's input and, when it reuses, adds the residual of the whole span
+and skips all its blocks. ``span=1`` is the published per-block gate; the default, one span of
+every non-anchor block, decides once per denoising pass: on the shipped model the per-block
+decisions of a pass always agree (``CacheStats.summary()["pass_agreement"]``), so it makes the
+same decisions at a seventh of the gate's cost.
+
 Guardrails (XCACHE.md, "Guardrails"): passes that write the KV cache always compute every block;
 the first ``front_anchor`` (and last ``tail_anchor``) blocks always compute; the first
 ``warmup_chunks`` chunks after a reset compute everything; step-0 protection and a cap on

@@ -75,10 +75,10 @@ class Fingerprint:
 class PackedFingerprint:
     """A fingerprint laid out for the batched gate (``gate.gate_metrics``), on the host.
 
-    The gate runs once per block and denoising step, on small arrays: host (numpy) arithmetic
-    costs microseconds per operation where a tensor dispatch (and, on the CPU, waking the
-    intra-op threads) costs tens, and no BLAS call is made, whose idle threads would compete
-    with torch's for the cores.
+    The gate runs once per span of blocks and denoising step, on small arrays: host (numpy)
+    arithmetic costs microseconds per operation where a tensor dispatch (and, on the CPU, waking
+    the intra-op threads) costs tens, and no BLAS call is made, whose idle threads would
+    compete with torch's for the cores.
 
     Attributes:
         rows: (b, R, n) every group's sample cut into equal-length rows (one per camera when

@@ -78,7 +78,7 @@ def gate_metrics(
     """``(min_cosine, max_deviation, relative_change)`` of two fingerprints at once, (b,) each.
 
     The same values as the three functions above at a fraction of their cost (the gate runs
-    once per block and denoising step, so its cost is paid on every skip): three reductions
+    once per span of blocks and denoising step, so its cost is paid on every skip): three reductions
     over the packed sample rows (``Fingerprint.packed``, computed once per fingerprint and kept
     with a stored one), then small arithmetic per group, all on host arrays. Returned as
     float32 numpy arrays.
