@@ -86,8 +86,25 @@ def test_bench_env_compares_precisions_side_by_side(tmp_path, tiny_checkpoint):
     assert abs(ratio - bf16["batched"]["2"]["none"] / result["batched"]["2"]["none"]) < 1e-9
 
 
+def test_bench_env_compares_decoder_precisions_side_by_side(tmp_path, tiny_checkpoint):
+    from xworld_env.bench.env import run
+
+    path = tmp_path / "env.json"
+    args = ["bench", "env", "--steps", "1", "--sizes", "1", "--checkpoint", str(tiny_checkpoint),
+            "--decode-dtype", "float32", "bfloat16", "--json", str(path)]
+    assert main(args) == 0
+    result = json.loads(path.read_text())
+    labels = ["float32+decode:float32", "float32+decode:bfloat16"]
+    assert result["decode_dtype"] == dict(zip(labels, ["float32", "bfloat16"], strict=True))
+    assert list(result["precisions"]) == labels and list(result["speedup"]) == labels[1:]
+    assert result["single"] == result["precisions"][labels[0]]["single"]
+    with pytest.raises(ValueError, match="decode_dtype must be one of"):
+        run(decode_dtypes=("int8",))
+
+
 def test_precision_choices_match_the_engine():
-    from xworld_env.cli import PRECISIONS
-    from xworld_env.engine import COMPUTE_DTYPES
+    from xworld_env.cli import DECODE_PRECISIONS, PRECISIONS
+    from xworld_env.engine import COMPUTE_DTYPES, DECODE_DTYPES
 
     assert set(PRECISIONS) == set(COMPUTE_DTYPES)
+    assert set(DECODE_PRECISIONS) == set(DECODE_DTYPES)

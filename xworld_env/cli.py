@@ -11,6 +11,8 @@ import sys
 #: World-model compute precisions the commands accept (``engine.COMPUTE_DTYPES``; spelled out
 #: here so that building the parser does not import torch).
 PRECISIONS = ("float32", "bfloat16", "float16")
+#: Decoder precisions (``engine.DECODE_DTYPES``).
+DECODE_PRECISIONS = ("auto", *PRECISIONS)
 
 
 def _render_sheet(args: argparse.Namespace) -> int:
@@ -88,6 +90,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cache", default="xcache", help="cache policy (default xcache)")
     p.add_argument("--dtype", default="float32", choices=PRECISIONS,
                    help="compute precision of both runs (default float32)")
+    p.add_argument("--decode-dtype", default="auto", choices=DECODE_PRECISIONS,
+                   help="decoder precision of both runs (default auto: bfloat16 on CPUs with "
+                        "AMX or AVX512-BF16)")
     p.add_argument("--checkpoint", default=None, help="world model folder (default: shipped)")
     p.set_defaults(func=_demo)
 
@@ -105,6 +110,9 @@ def build_parser() -> argparse.ArgumentParser:
                    choices=PRECISIONS,
                    help="compute precisions of the world model, measured side by side "
                         "(default float32)")
+    p.add_argument("--decode-dtype", nargs="+", default=["auto"], choices=DECODE_PRECISIONS,
+                   help="decoder precisions, measured side by side with every --dtype "
+                        "(default auto: bfloat16 on CPUs with AMX or AVX512-BF16)")
     p.add_argument("--baselines", nargs="*", default=[], choices=["fbcache", "static"],
                    help="baseline caches to time beside X-Cache, at their defaults (default none)")
     p.add_argument("--checkpoint", default=None, help="world model folder (default: shipped)")

@@ -53,14 +53,15 @@ def drive(env: XWorldEnv, steps: int, seed: int, family: str | None, actions=Non
 
 def run_demo(out: str | Path = "xworld_demo.gif", steps: int = 40, seed: int = 0,
              family: str | None = "highway", checkpoint: str | None = None,
-             cache: str = "xcache", fps: int = 4, dtype: str = "float32") -> dict:
+             cache: str = "xcache", fps: int = 4, dtype: str = "float32",
+             decode_dtype: str = "auto") -> dict:
     """Drives with ``cache``, replays the same actions with full compute, writes the video.
-    Both runs compute in precision ``dtype``."""
+    Both runs compute in precision ``dtype`` and decode in ``decode_dtype``."""
     env = XWorldEnv(cache=cache, family=family, checkpoint=checkpoint, render_mode="rgb_array",
-                    dtype=dtype)
+                    dtype=dtype, decode_dtype=decode_dtype)
     fast = drive(env, steps, seed, family, desc=f"drive ({cache})")
     full_env = XWorldEnv(cache="none", family=family, checkpoint=checkpoint,
-                         render_mode="rgb_array", dtype=dtype)
+                         render_mode="rgb_array", dtype=dtype, decode_dtype=decode_dtype)
     full = drive(full_env, len(fast["actions"]), seed, family, actions=fast["actions"],
                  ends=set(fast["ends"]), desc="replay (full compute)")
     out = Path(out)
@@ -77,6 +78,7 @@ def run_demo(out: str | Path = "xworld_demo.gif", steps: int = 40, seed: int = 0
         "full_compute_steps_per_s": len(full["step_times"]) / sum(full["step_times"]),
         "skip_rate": fast["skip_rate"],
         "dtype": dtype,
+        "decode_dtype": env.engine.decode_dtype,
         "psnr_vs_full_mean_db": float(np.mean(finite)) if finite else float("inf"),
         "psnr_vs_full_min_db": float(np.min(finite)) if finite else float("inf"),
         "machine": machine_info(),
@@ -88,7 +90,7 @@ def run_demo(out: str | Path = "xworld_demo.gif", steps: int = 40, seed: int = 0
 def main(args) -> dict:
     result = run_demo(args.out, steps=args.steps, seed=args.seed, family=args.family,
                       checkpoint=args.checkpoint, cache=args.cache,
-                      dtype=args.dtype)
+                      dtype=args.dtype, decode_dtype=args.decode_dtype)
     print(f"wrote {result['video']} ({result['steps']} steps in {result['episodes']} "
           f"episode(s), family {result['family']})")
     print(f"steps/s with {args.cache}: {result['steps_per_s']:.1f}   "

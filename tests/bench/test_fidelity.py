@@ -198,14 +198,17 @@ def test_arguments_and_main(active_checkpoint, tmp_path, capsys):
     defaults = parser.parse_args([])
     assert (defaults.episodes, defaults.chunks, defaults.repeats) == (3, 40, 3)
     assert defaults.families == list(FAMILIES) and not defaults.no_sweep
+    assert defaults.decode_dtype == "float32"
     path = tmp_path / "out" / "xcache.json"
     args = parser.parse_args([
         "--checkpoint", str(active_checkpoint), "--families", "merge", "--episodes", "1",
         "--chunks", "2", "--repeats", "1", "--no-sweep", "--noise", "fixed", "--json", str(path),
+        "--decode-dtype", "bfloat16",
     ])
     fidelity.main(args)
     written = json.loads(path.read_text())
     assert written["settings"]["noise"] == "fixed" and written["sweep"] is None
+    assert written["settings"]["decode_dtype"] == "bfloat16"
     assert path.with_name("xcache_per_block.png").exists()
     assert path.with_name("xcache_psnr.png").exists()
     assert "merge" in capsys.readouterr().out

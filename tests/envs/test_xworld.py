@@ -98,6 +98,7 @@ def test_lifecycle_errors(tiny_env_kwargs):
     [
         ({"cache": "turbo"}, ValueError, "accepted: xcache, none"),
         ({"dtype": "int8"}, ValueError, "dtype"),
+        ({"decode_dtype": "int4"}, ValueError, "decode_dtype must be one of"),
         ({"family": "moon"}, ValueError, "accepted"),
         ({"render_mode": "human"}, ValueError, "render_mode"),
         ({"checkpoint": "/nonexistent/ckpt"}, Exception, "/nonexistent/ckpt"),

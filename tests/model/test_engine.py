@@ -225,3 +225,44 @@ def test_bfloat16_compute_stays_close_to_float32():
         assert float(psnr(a.frames.numpy(), b.frames.numpy())) > 25.0
     with pytest.raises(ValueError, match="dtype must be one of"):
         EngineConfig(dtype="int8")
+
+
+def test_decoder_precision_changes_the_pixels_not_the_rollout():
+    import dataclasses
+
+    from xworld_env.bench.metrics import psnr
+
+    acts = actions(2, 3)
+    outs = {}
+    for decode_dtype in ("float32", "bfloat16"):
+        engine = make_engine(dataclasses.replace(CONFIG, decode_dtype=decode_dtype))
+        assert engine.decode_dtype == decode_dtype
+        engine.start(*context(2), seeds=[0, 1])
+        outs[decode_dtype] = rollout(engine, acts)
+    for a, b in zip(outs["float32"], outs["bfloat16"], strict=True):
+        # Nothing reads the images back: latents, heads and so every later chunk are the same.
+        assert torch.equal(a.latents, b.latents) and torch.equal(a.ego, b.ego)
+        assert torch.equal(a.collision_prob, b.collision_prob)
+        assert b.frames.dtype == torch.uint8 and b.frames.shape == a.frames.shape
+        assert not torch.equal(a.frames, b.frames)
+        assert float(psnr(a.frames.numpy(), b.frames.numpy())) > 40.0
+
+
+def test_auto_decoder_precision(tmp_path):
+    from xworld_env.engine import cpu_flags, resolve_decode_dtype
+
+    cpu = torch.device("cpu")
+    amx, avx512_bf16 = frozenset({"amx_bf16"}), frozenset({"avx512_bf16"})
+    plain = frozenset({"avx2"})
+    assert resolve_decode_dtype("auto", "float32", cpu, amx) == "bfloat16"
+    assert resolve_decode_dtype("auto", "float32", cpu, avx512_bf16) == "bfloat16"
+    assert resolve_decode_dtype("auto", "float32", cpu, plain) == "float32"
+    # A DiT already in a lower precision decodes in it; an explicit choice is kept.
+    assert resolve_decode_dtype("auto", "float16", cpu, amx) == "float16"
+    assert resolve_decode_dtype("float32", "float32", cpu, amx) == "float32"
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text("processor\t: 0\nflags\t\t: fpu sse2 amx_bf16 avx2\n")
+    assert cpu_flags(str(cpuinfo)) == {"fpu", "sse2", "amx_bf16", "avx2"}
+    assert cpu_flags(str(tmp_path / "missing")) == frozenset()
+    with pytest.raises(ValueError, match=r"decode_dtype must be one of \['auto', 'float32'"):
+        EngineConfig(decode_dtype="int8")

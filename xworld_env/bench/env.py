@@ -6,8 +6,10 @@ from __future__ import annotations
 import time
 
 import numpy as np
+import torch
 
 from xworld_env.bench.machine import machine_info, write_json
+from xworld_env.engine import EngineConfig, resolve_decode_dtype
 from xworld_env.envs.policies import LaneKeeper
 
 
@@ -18,10 +20,12 @@ def engine_skip_rate(engine) -> float | None:
 
 
 def _single(cache: str, steps: int, seed: int, checkpoint: str | None,
-            dtype: str) -> tuple[float, float | None]:
+            precision: tuple[str, str]) -> tuple[float, float | None]:
     from xworld_env.envs.xworld import XWorldEnv
 
-    env = XWorldEnv(cache=cache, family="highway", checkpoint=checkpoint, dtype=dtype)
+    dtype, decode_dtype = precision
+    env = XWorldEnv(cache=cache, family="highway", checkpoint=checkpoint, dtype=dtype,
+                    decode_dtype=decode_dtype)
     policy = LaneKeeper(seed=seed)
     obs, info = env.reset(seed=seed)
     started = time.perf_counter()
@@ -42,11 +46,12 @@ BATCHED_POLICIES = {
 
 
 def _batched(cache, n: int, steps: int, seed: int, checkpoint: str | None,
-             dtype: str) -> tuple[float, float | None]:
+             precision: tuple[str, str]) -> tuple[float, float | None]:
     from xworld_env.envs.xworld_vector import XWorldVectorEnv
 
+    dtype, decode_dtype = precision
     envs = XWorldVectorEnv(num_envs=n, cache=cache, family="highway", checkpoint=checkpoint,
-                           dtype=dtype)
+                           dtype=dtype, decode_dtype=decode_dtype)
     policy = LaneKeeper(seed=seed)
     obs, _ = envs.reset(seed=seed)
     started = time.perf_counter()
@@ -62,7 +67,7 @@ BASELINES = ("fbcache", "static")
 
 def run(steps: int = 20, sizes: tuple[int, ...] = (1, 4, 8, 16), seed: int = 0,
         checkpoint: str | None = None, dtypes: tuple[str, ...] = ("float32",),
-        baselines: tuple[str, ...] = ()) -> dict:
+        baselines: tuple[str, ...] = (), decode_dtypes: tuple[str, ...] = ("auto",)) -> dict:
     """Env-steps per second (summed over worlds), X-Cache and full compute side by side.
 
     Batched rows also time X-Cache's ``batch_mode="all"`` against the default ``"gather"``;
@@ -72,41 +77,56 @@ def run(steps: int = 20, sizes: tuple[int, ...] = (1, 4, 8, 16), seed: int = 0,
     warmup chunk, as an RL rollout of that length would. ``skip_rate`` holds the cache
     policies' skip rates of the same measurements.
 
-    ``dtypes`` are world-model compute precisions (the envs' ``dtype`` kwarg); the top-level
-    figures are the first one's. With more than one, every measurement is taken in each
-    precision right after another, ``precisions`` holds every precision's figures and
-    ``speedup`` each one's rates over the first's.
+    ``dtypes`` are world-model compute precisions (the envs' ``dtype`` kwarg) and
+    ``decode_dtypes`` decoder precisions (``decode_dtype``); every pair of them is measured,
+    labelled by the DiT's precision, followed by ``+decode:<decoder's>`` when more than one
+    decoder precision is asked. The top-level figures are the first pair's. With more than one
+    pair, every measurement is taken in each right after another, ``precisions`` holds every
+    pair's figures and ``speedup`` each one's rates over the first's. ``decode_dtype`` maps
+    each label to the decoder precision it resolved to.
     """
-    if not dtypes or len(set(dtypes)) != len(dtypes):
-        raise ValueError(f"dtypes must be distinct and at least one, got {dtypes}")
+    for name, values in (("dtypes", dtypes), ("decode_dtypes", decode_dtypes)):
+        if not values or len(set(values)) != len(values):
+            raise ValueError(f"{name} must be distinct and at least one, got {values}")
+    labels = {
+        (dt if len(decode_dtypes) == 1 else f"{dt}+decode:{dd}"): (dt, dd)
+        for dt in dtypes for dd in decode_dtypes
+    }
     unknown = sorted(set(baselines) - set(BASELINES))
     if unknown or len(set(baselines)) != len(baselines):
         raise ValueError(f"baselines must be distinct names from {BASELINES}, got {baselines}")
-    per = {dt: {"single": {}, "batched": {}, "skip_rate": {"single": {}, "batched": {}}}
-           for dt in dtypes}
+    for dd in decode_dtypes:
+        EngineConfig(decode_dtype=dd)  # rejects unknown names before anything runs
+    per = {label: {"single": {}, "batched": {}, "skip_rate": {"single": {}, "batched": {}}}
+           for label in labels}
     for cache in ("xcache", "none", *baselines):
-        for dt in dtypes:
-            rate, skip = _single(cache, steps, seed, checkpoint, dt)
-            per[dt]["single"][cache] = rate
+        for label, precision in labels.items():
+            rate, skip = _single(cache, steps, seed, checkpoint, precision)
+            per[label]["single"][cache] = rate
             if skip is not None:
-                per[dt]["skip_rate"]["single"][cache] = skip
+                per[label]["skip_rate"]["single"][cache] = skip
     for n in sizes:
         for name, cache in (*BATCHED_POLICIES.items(), *((b, b) for b in baselines)):
-            for dt in dtypes:
-                rate, skip = _batched(cache, n, steps, seed, checkpoint, dt)
-                per[dt]["batched"].setdefault(str(n), {})[name] = rate
-                skips = per[dt]["skip_rate"]["batched"].setdefault(str(n), {})
+            for label, precision in labels.items():
+                rate, skip = _batched(cache, n, steps, seed, checkpoint, precision)
+                per[label]["batched"].setdefault(str(n), {})[name] = rate
+                skips = per[label]["skip_rate"]["batched"].setdefault(str(n), {})
                 if skip is not None:
                     skips[name] = skip
-    result = {**per[dtypes[0]], "steps": steps, "dtype": dtypes[0], "machine": machine_info()}
-    if len(dtypes) > 1:
-        base = per[dtypes[0]]
+    first = next(iter(labels))
+    cpu = torch.device("cpu")
+    result = {**per[first], "steps": steps, "dtype": dtypes[0],
+              "decode_dtype": {label: resolve_decode_dtype(dd, dt, cpu)
+                               for label, (dt, dd) in labels.items()},
+              "machine": machine_info()}
+    if len(labels) > 1:
+        base = per[first]
         result["precisions"] = per
         result["speedup"] = {
-            dt: {"single": {k: v / base["single"][k] for k, v in per[dt]["single"].items()},
-                 "batched": {n: {k: v / base["batched"][n][k] for k, v in rates.items()}
-                             for n, rates in per[dt]["batched"].items()}}
-            for dt in dtypes[1:]
+            label: {"single": {k: v / base["single"][k] for k, v in per[label]["single"].items()},
+                    "batched": {n: {k: v / base["batched"][n][k] for k, v in rates.items()}
+                                for n, rates in per[label]["batched"].items()}}
+            for label in list(labels)[1:]
         }
     return result
 
@@ -129,17 +149,18 @@ def _table(figures: dict) -> list[str]:
 
 
 def main(args) -> dict:
-    dtypes = tuple(args.dtype)
     result = run(steps=args.steps, sizes=tuple(args.sizes), checkpoint=args.checkpoint,
-                 dtypes=dtypes, baselines=tuple(args.baselines))
-    for dt in dtypes:
-        figures = result["precisions"][dt] if len(dtypes) > 1 else result
-        print(f"{dt}:")
+                 dtypes=tuple(args.dtype), baselines=tuple(args.baselines),
+                 decode_dtypes=tuple(args.decode_dtype))
+    labels = list(result["decode_dtype"])
+    for label in labels:
+        figures = result["precisions"][label] if len(labels) > 1 else result
+        print(f"{label} (decoder in {result['decode_dtype'][label]}):")
         print("\n".join(_table(figures)))
-    for dt, ratios in result.get("speedup", {}).items():
+    for label, ratios in result.get("speedup", {}).items():
         rows = [("single", ratios["single"])] + [(f"batched N={n}", r)
                                                  for n, r in ratios["batched"].items()]
-        print(f"{dt} over {dtypes[0]} (same run, measurements interleaved):")
+        print(f"{label} over {labels[0]} (same run, measurements interleaved):")
         for name, r in rows:
             print(f"  {name:<14}" + "  ".join(f"{k} {v:.2f}x" for k, v in r.items()))
     if args.json:

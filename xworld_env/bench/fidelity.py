@@ -49,7 +49,7 @@ from xworld_env.bench.metrics import (
     ssim_per_frame,
     stitch,
 )
-from xworld_env.engine import COMPUTE_DTYPES, NOISE_MODES, WorldModelEngine
+from xworld_env.engine import COMPUTE_DTYPES, DECODE_DTYPES, NOISE_MODES, WorldModelEngine
 from xworld_env.envs.rewards import RewardConfig, reward_terms
 from xworld_env.envs.xworld import DEFAULT_CHECKPOINT, load_runtime
 from xworld_env.types import FAMILIES
@@ -99,6 +99,7 @@ def load_engine(
     device: str = "cpu",
     dtype: str = "float32",
     noise: str | None = None,
+    decode_dtype: str = "auto",
 ) -> WorldModelEngine:
     """The engine ``XWorld-v0`` would run on a checkpoint (default: the shipped one).
 
@@ -106,8 +107,10 @@ def load_engine(
         checkpoint: world-model checkpoint directory.
         device, dtype: where and in which precision the DiT runs.
         noise: ``"fresh"`` or ``"fixed"`` per-episode noise (default: the checkpoint's).
+        decode_dtype: the decoder's precision (``EngineConfig.decode_dtype``).
     """
-    return load_runtime(checkpoint, None, device, dtype, noise=noise).engine
+    return load_runtime(checkpoint, None, device, dtype, noise=noise,
+                        decode_dtype=decode_dtype).engine
 
 
 # ---------------------------------------------------------------------------------- rollouts
@@ -526,6 +529,7 @@ def run(
     device: str = "cpu",
     dtype: str = "float32",
     noise: str | None = None,
+    decode_dtype: str = "float32",
     context: int = 2,
     base_seed: int = HELDOUT_BASE_SEED,
     policies: dict[str, dict[str, Any]] | None = None,
@@ -546,6 +550,10 @@ def run(
         sweep_repeats: timed repeats in the sweep.
         device, dtype: where and in which precision the DiT runs.
         noise: ``"fresh"`` or ``"fixed"`` per-episode noise (default: the checkpoint's).
+        decode_dtype: the decoder's precision (``EngineConfig.decode_dtype``), the same for
+            every policy; float32 by default, so that pixels differ exactly where latents do
+            (a bfloat16 decoder rounds to about 54 dB of the float32 one, and can round small
+            differences of latents to the same pixels).
         context: chunks that start the engine.
         base_seed: first held-out seed.
         policies: label -> ``make_executor`` settings of the main comparison; must include
@@ -559,7 +567,7 @@ def run(
     policies = dict(DEFAULT_POLICIES if policies is None else policies)
     grid = DEFAULT_SWEEP if sweep_grid is None else sweep_grid
     started = time.perf_counter()
-    engine = load_engine(checkpoint, device, dtype, noise)
+    engine = load_engine(checkpoint, device, dtype, noise, decode_dtype)
     f, v, h, w, _ = engine.frame_shape
     env_kwargs = {"rig": {"height": h, "width": w}} if (h, w) != (64, 64) else {}
 
@@ -607,6 +615,7 @@ def run(
             "sweep_repeats": sweep_repeats,
             "device": device,
             "dtype": dtype,
+            "decode_dtype": engine.decode_dtype,
             "noise": engine.config.noise,
             "base_seed": base_seed,
             "warmup": warmup,
@@ -792,6 +801,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default="cpu", help="torch device, e.g. cuda (default cpu)")
     parser.add_argument("--dtype", default="float32", choices=sorted(COMPUTE_DTYPES),
                         help="DiT precision (default float32)")
+    parser.add_argument("--decode-dtype", default="float32", choices=DECODE_DTYPES,
+                        help="decoder precision of every policy (default float32, for exact "
+                             "fidelity; auto: as the envs)")
     parser.add_argument("--noise", default=None, choices=NOISE_MODES,
                         help="per-episode noise: fresh or fixed (default: the checkpoint's)")
     parser.add_argument("--json", default=None,
@@ -812,11 +824,12 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
         device=args.device,
         dtype=args.dtype,
         noise=args.noise,
+        decode_dtype=args.decode_dtype,
     )
     print(format_table(result))
     machine = result["machine"]
     print(f"({machine.get('cuda_device', machine['processor'])}, {args.device}, {args.dtype}, "
-          f"{result['settings']['noise']} noise; "
+          f"decoder {result['settings']['decode_dtype']}, {result['settings']['noise']} noise; "
           f"{result['wall_s']:.0f} s)")
     if args.json:
         path = Path(args.json)

@@ -82,6 +82,7 @@ def load_runtime(
     num_steps: int | None = None,
     window: int | None = None,
     noise: str | None = None,
+    decode_dtype: str = "auto",
 ) -> WorldModelRuntime:
     """Loads the checkpoint (default: the shipped one) into an engine, and the scenario bank."""
     if device.startswith("cuda") and not torch.cuda.is_available():
@@ -95,6 +96,7 @@ def load_runtime(
         kv_cache=KVCacheConfig(window=window or trained.get("window", 4)),
         noise=noise or trained.get("noise", "fresh"),
         dtype=dtype,
+        decode_dtype=decode_dtype,
     )
     engine = WorldModelEngine.from_bundle(config, bundle)
     bank = ScenarioBank.load(scenario_bank if scenario_bank is not None else DEFAULT_SCENARIO_BANK)
@@ -133,7 +135,9 @@ class XWorldEnv(gym.Env):
     ## Arguments
     ``cache`` (``"xcache"``, ``"none"``, ``"fbcache"``, ``"static"``, a policy config or a dict),
     ``family``, ``checkpoint``, ``scenario_bank``, ``device``, ``dtype`` (compute precision:
-    ``"float32"``, ``"bfloat16"``, ``"float16"``, see ``EngineConfig``), ``num_steps``,
+    ``"float32"``, ``"bfloat16"``, ``"float16"``, see ``EngineConfig``), ``decode_dtype``
+    (the decoder's precision, default ``"auto"``: bfloat16 on CPUs with AMX or AVX512-BF16;
+    see ``EngineConfig``), ``num_steps``,
     ``window``, ``noise`` (``"fresh"`` or ``"fixed"``, see ``EngineConfig``), ``reward``,
     ``include_ego``, ``render_mode``.
 
@@ -151,6 +155,7 @@ class XWorldEnv(gym.Env):
         scenario_bank: str | Path | None = None,
         device: str = "cpu",
         dtype: str = "float32",
+        decode_dtype: str = "auto",
         num_steps: int | None = None,
         window: int | None = None,
         noise: str | None = None,
@@ -160,7 +165,7 @@ class XWorldEnv(gym.Env):
     ) -> None:
         check_env_arguments(family, render_mode)
         self.runtime = load_runtime(checkpoint, scenario_bank, device, dtype, num_steps, window,
-                                    noise)
+                                    noise, decode_dtype)
         self.engine = self.runtime.engine
         self.engine.executor = make_executor(cache)
         self.cache_policy = getattr(self.engine.executor, "name", "none")
