@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from xworld_env.engine import COMPUTE_DTYPES
+from xworld_env.engine import COMPUTE_DTYPES, DECODE_DTYPES
 
 
 @dataclass(frozen=True)
@@ -19,6 +19,8 @@ class WorldSettings:
         max_episode_steps: truncation of each episode.
         world_dtype: compute precision of the world model (``float32``, ``bfloat16``,
             ``float16``; the envs' ``dtype``).
+        world_decode_dtype: precision of the world model's image decoder (``auto``, or one of
+            the above; the envs' ``decode_dtype``).
     """
 
     cache: str = "xcache"
@@ -27,15 +29,19 @@ class WorldSettings:
     family: str | None = None
     max_episode_steps: int = 80
     world_dtype: str = "float32"
+    world_decode_dtype: str = "auto"
 
     def __post_init__(self) -> None:
         if self.world_dtype not in COMPUTE_DTYPES:
             raise ValueError(f"world_dtype must be one of {sorted(COMPUTE_DTYPES)}, "
                              f"got {self.world_dtype!r}")
+        if self.world_decode_dtype not in DECODE_DTYPES:
+            raise ValueError(f"world_decode_dtype must be one of {list(DECODE_DTYPES)}, "
+                             f"got {self.world_decode_dtype!r}")
 
     def world_kwargs(self, device: str) -> dict:
         """Keyword arguments of the ``XWorldVectorEnv`` these settings describe, on ``device``."""
         return {"cache": self.cache, "checkpoint": self.checkpoint,
                 "scenario_bank": self.scenario_bank, "family": self.family,
                 "max_episode_steps": self.max_episode_steps, "device": device,
-                "dtype": self.world_dtype}
+                "dtype": self.world_dtype, "decode_dtype": self.world_decode_dtype}

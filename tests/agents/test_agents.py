@@ -39,6 +39,16 @@ def test_train_tiny_then_evaluate(tiny_env_kwargs, tmp_path):
         assert result[name]["episodes"] == 1 and np.isfinite(result[name]["mean_return"])
 
 
+def test_world_settings_pass_both_precisions_to_the_envs():
+    from agents.world import WorldSettings
+
+    kwargs = WorldSettings(world_dtype="bfloat16", world_decode_dtype="float32").world_kwargs("cpu")
+    assert (kwargs["dtype"], kwargs["decode_dtype"]) == ("bfloat16", "float32")
+    assert WorldSettings().world_kwargs("cpu")["decode_dtype"] == "auto"
+    with pytest.raises(ValueError, match=r"world_decode_dtype must be one of \['auto'"):
+        WorldSettings(world_decode_dtype="int8")
+
+
 def test_train_rejects_an_unknown_world_dtype(tiny_env_kwargs, tmp_path):
     overrides = ["agent=tiny", f"agent.run_dir={tmp_path}", "agent.world_dtype=int8",
                  f"agent.checkpoint={tiny_env_kwargs['checkpoint']}",

@@ -78,3 +78,5 @@ def test_invalid_settings_name_the_bad_values():
         RLlibTrainConfig(runner_device="tpu")
     with pytest.raises(ValueError, match="world_dtype must be one of"):
         RLlibTrainConfig(world_dtype="int8")
+    with pytest.raises(ValueError, match="world_decode_dtype must be one of"):
+        RLlibTrainConfig(world_decode_dtype="int8")
