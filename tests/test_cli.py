@@ -91,7 +91,7 @@ def test_bench_env_compares_decoder_precisions_side_by_side(tmp_path, tiny_check
 
     path = tmp_path / "env.json"
     args = ["bench", "env", "--steps", "1", "--sizes", "1", "--checkpoint", str(tiny_checkpoint),
-            "--decode-dtype", "float32", "bfloat16", "--json", str(path)]
+            "--decode-dtype", "float32", "bfloat16", "--repeats", "2", "--json", str(path)]
     assert main(args) == 0
     result = json.loads(path.read_text())
     labels = ["float32+decode:float32", "float32+decode:bfloat16"]
@@ -100,6 +100,9 @@ def test_bench_env_compares_decoder_precisions_side_by_side(tmp_path, tiny_check
     assert result["single"] == result["precisions"][labels[0]]["single"]
     with pytest.raises(ValueError, match="decode_dtype must be one of"):
         run(decode_dtypes=("int8",))
+    assert result["repeats"] == 2
+    with pytest.raises(ValueError, match="repeats must be an int >= 1"):
+        run(repeats=0)
 
 
 def test_precision_choices_match_the_engine():
@@ -108,3 +111,27 @@ def test_precision_choices_match_the_engine():
 
     assert set(PRECISIONS) == set(COMPUTE_DTYPES)
     assert set(DECODE_PRECISIONS) == set(DECODE_DTYPES)
+
+
+def test_bench_env_repeats_take_rounds_and_medians(monkeypatch):
+    from xworld_env.bench import env as bench_env
+
+    calls = []
+
+    def fake(kind):
+        def measure(cache, *args):
+            calls.append((kind, str(cache)))
+            # Rounds 1, 2, 3 give 1, 10, 4 steps/s: the median is 4.
+            return (1.0, 10.0, 4.0)[(len(calls) - 1) // 5], 0.5
+
+        return measure
+
+    monkeypatch.setattr(bench_env, "_single", fake("single"))
+    monkeypatch.setattr(bench_env, "_batched", fake("batched"))
+    result = bench_env.run(steps=1, sizes=(2,), repeats=3, progress=False)
+    one_round = [("single", "xcache"), ("single", "none"), ("batched", "xcache"),
+                 ("batched", str(bench_env.BATCHED_POLICIES["xcache_all"])), ("batched", "none")]
+    assert calls == one_round * 3  # every measurement once per round, rounds one after another
+    assert result["single"] == {"xcache": 4.0, "none": 4.0}
+    assert result["batched"]["2"] == {"xcache": 4.0, "xcache_all": 4.0, "none": 4.0}
+    assert result["skip_rate"]["single"] == {"xcache": 0.5, "none": 0.5}

@@ -106,6 +106,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--steps", type=int, default=20,
                    help="steps of every world per measurement (default 20)")
     p.add_argument("--sizes", type=int, nargs="+", default=[1, 4, 8, 16], help="batch sizes")
+    p.add_argument("--repeats", type=int, default=1,
+                   help="rounds of every measurement; rates are medians (default 1)")
     p.add_argument("--dtype", nargs="+", default=["float32"],
                    choices=PRECISIONS,
                    help="compute precisions of the world model, measured side by side "

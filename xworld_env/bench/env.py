@@ -7,6 +7,7 @@ import time
 
 import numpy as np
 import torch
+from tqdm.auto import tqdm
 
 from xworld_env.bench.machine import machine_info, write_json
 from xworld_env.engine import EngineConfig, resolve_decode_dtype
@@ -67,7 +68,8 @@ BASELINES = ("fbcache", "static")
 
 def run(steps: int = 20, sizes: tuple[int, ...] = (1, 4, 8, 16), seed: int = 0,
         checkpoint: str | None = None, dtypes: tuple[str, ...] = ("float32",),
-        baselines: tuple[str, ...] = (), decode_dtypes: tuple[str, ...] = ("auto",)) -> dict:
+        baselines: tuple[str, ...] = (), decode_dtypes: tuple[str, ...] = ("auto",),
+        repeats: int = 1, progress: bool = True) -> dict:
     """Env-steps per second (summed over worlds), X-Cache and full compute side by side.
 
     Batched rows also time X-Cache's ``batch_mode="all"`` against the default ``"gather"``;
@@ -75,7 +77,9 @@ def run(steps: int = 20, sizes: tuple[int, ...] = (1, 4, 8, 16), seed: int = 0,
 
     Each measurement is ``steps`` steps of every world from a reset, so it includes X-Cache's
     warmup chunk, as an RL rollout of that length would. ``skip_rate`` holds the cache
-    policies' skip rates of the same measurements.
+    policies' skip rates of the same measurements. With ``repeats`` > 1 every measurement is
+    taken that many times, one round of all of them after another, and the rates are medians
+    (the rollouts are deterministic, so skip rates do not change between rounds).
 
     ``dtypes`` are world-model compute precisions (the envs' ``dtype`` kwarg) and
     ``decode_dtypes`` decoder precisions (``decode_dtype``); every pair of them is measured,
@@ -83,8 +87,11 @@ def run(steps: int = 20, sizes: tuple[int, ...] = (1, 4, 8, 16), seed: int = 0,
     decoder precision is asked. The top-level figures are the first pair's. With more than one
     pair, every measurement is taken in each right after another, ``precisions`` holds every
     pair's figures and ``speedup`` each one's rates over the first's. ``decode_dtype`` maps
-    each label to the decoder precision it resolved to.
+    each label to the decoder precision it resolved to. ``progress`` shows a bar over the
+    measurements.
     """
+    if not (isinstance(repeats, int) and repeats >= 1):
+        raise ValueError(f"repeats must be an int >= 1, got {repeats!r}")
     for name, values in (("dtypes", dtypes), ("decode_dtypes", decode_dtypes)):
         if not values or len(set(values)) != len(values):
             raise ValueError(f"{name} must be distinct and at least one, got {values}")
@@ -97,25 +104,42 @@ def run(steps: int = 20, sizes: tuple[int, ...] = (1, 4, 8, 16), seed: int = 0,
         raise ValueError(f"baselines must be distinct names from {BASELINES}, got {baselines}")
     for dd in decode_dtypes:
         EngineConfig(decode_dtype=dd)  # rejects unknown names before anything runs
+    # Every measurement: (row, policy name, cache, label, precision); row "single" or N.
+    jobs = [("single", cache, cache, label, precision)
+            for cache in ("xcache", "none", *baselines) for label, precision in labels.items()]
+    jobs += [(str(n), name, cache, label, precision) for n in sizes
+             for name, cache in (*BATCHED_POLICIES.items(), *((b, b) for b in baselines))
+             for label, precision in labels.items()]
+    rates: dict[tuple[str, str, str], list[float]] = {}
+    skips: dict[tuple[str, str, str], float | None] = {}
+    bar = tqdm(total=repeats * len(jobs), desc="env measurements", disable=not progress,
+               leave=False)
+    for _ in range(repeats):
+        for row, name, cache, label, precision in jobs:
+            bar.set_postfix_str(f"{row} {name} {label}")
+            if row == "single":
+                rate, skip = _single(cache, steps, seed, checkpoint, precision)
+            else:
+                rate, skip = _batched(cache, int(row), steps, seed, checkpoint, precision)
+            rates.setdefault((row, name, label), []).append(rate)
+            skips[row, name, label] = skip
+            bar.update()
+    bar.close()
     per = {label: {"single": {}, "batched": {}, "skip_rate": {"single": {}, "batched": {}}}
            for label in labels}
-    for cache in ("xcache", "none", *baselines):
-        for label, precision in labels.items():
-            rate, skip = _single(cache, steps, seed, checkpoint, precision)
-            per[label]["single"][cache] = rate
-            if skip is not None:
-                per[label]["skip_rate"]["single"][cache] = skip
-    for n in sizes:
-        for name, cache in (*BATCHED_POLICIES.items(), *((b, b) for b in baselines)):
-            for label, precision in labels.items():
-                rate, skip = _batched(cache, n, steps, seed, checkpoint, precision)
-                per[label]["batched"].setdefault(str(n), {})[name] = rate
-                skips = per[label]["skip_rate"]["batched"].setdefault(str(n), {})
-                if skip is not None:
-                    skips[name] = skip
+    for (row, name, label), values in rates.items():
+        figures = per[label]
+        if row == "single":
+            target, skip_target = figures["single"], figures["skip_rate"]["single"]
+        else:
+            target = figures["batched"].setdefault(row, {})
+            skip_target = figures["skip_rate"]["batched"].setdefault(row, {})
+        target[name] = float(np.median(values))
+        if skips[row, name, label] is not None:
+            skip_target[name] = skips[row, name, label]
     first = next(iter(labels))
     cpu = torch.device("cpu")
-    result = {**per[first], "steps": steps, "dtype": dtypes[0],
+    result = {**per[first], "steps": steps, "repeats": repeats, "dtype": dtypes[0],
               "decode_dtype": {label: resolve_decode_dtype(dd, dt, cpu)
                                for label, (dt, dd) in labels.items()},
               "machine": machine_info()}
@@ -151,7 +175,7 @@ def _table(figures: dict) -> list[str]:
 def main(args) -> dict:
     result = run(steps=args.steps, sizes=tuple(args.sizes), checkpoint=args.checkpoint,
                  dtypes=tuple(args.dtype), baselines=tuple(args.baselines),
-                 decode_dtypes=tuple(args.decode_dtype))
+                 decode_dtypes=tuple(args.decode_dtype), repeats=args.repeats)
     labels = list(result["decode_dtype"])
     for label in labels:
         figures = result["precisions"][label] if len(labels) > 1 else result
