@@ -92,7 +92,8 @@ def main(args) -> dict:
                       checkpoint=args.checkpoint, cache=args.cache,
                       dtype=args.dtype, decode_dtype=args.decode_dtype)
     print(f"wrote {result['video']} ({result['steps']} steps in {result['episodes']} "
-          f"episode(s), family {result['family']})")
+          f"episode(s), family {result['family']}; DiT in {result['dtype']}, decoder in "
+          f"{result['decode_dtype']})")
     print(f"steps/s with {args.cache}: {result['steps_per_s']:.1f}   "
           f"full compute: {result['full_compute_steps_per_s']:.1f}   "
           f"speedup: {result['speedup']:.2f}x")
