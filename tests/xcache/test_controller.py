@@ -265,3 +265,28 @@ def test_static_config_validation():
     with pytest.raises(ValueError):
         StaticReuseConfig(k=-1)
     assert FirstBlockCacheConfig().threshold > 0
+
+
+@pytest.mark.parametrize(("dtype", "expected"), [("float32", 0.003), ("bfloat16", 0.005)])
+def test_relative_change_threshold_follows_the_precision_the_blocks_run_in(dtype, expected):
+    import dataclasses
+
+    seen = []
+
+    class Recording(XCache):
+        def rel_change_threshold(self, device):
+            seen.append(super().rel_change_threshold(device))
+            return seen[-1]
+
+    engine = WorldModelEngine(dataclasses.replace(CONFIG, dtype=dtype), make_autoencoder(),
+                              make_dit(depth=3), make_heads())
+    engine.executor = Recording()
+    start(engine)
+    for a in constant_actions(3):
+        engine.step_chunk(a)
+    assert seen and set(seen) == {expected}
+    # A number set by the user holds in every precision.
+    fixed = XCache(XCacheConfig(max_rel_change=0.002))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert fixed.rel_change_threshold(torch.device("cpu")) == 0.002
+    assert fixed.rel_change_threshold(torch.device("cpu")) == 0.002

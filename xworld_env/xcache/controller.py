@@ -42,6 +42,10 @@ from xworld_env.xcache.stats import CacheStats
 from xworld_env.xcache.store import Cell, CellStore
 
 BATCH_MODES = ("gather", "all")
+#: ``max_rel_change`` when it is left to the precision: blocks computed in float32, and under
+#: bfloat16 / float16 autocast, whose rounding adds its own chunk-to-chunk change to every block
+#: input (README, "bfloat16").
+DEFAULT_MAX_REL_CHANGE = {"float32": 0.003, "low": 0.005}
 
 
 @dataclass(frozen=True)
@@ -55,7 +59,9 @@ class XCacheConfig:
         floor: ... but never below this floor (a floor above 1 disables reuse).
         max_deviation: reuse only while the maximum relative deviation stays below this.
         max_rel_change: reuse only while the relative L1 change of the fingerprint samples
-            stays below this (``inf``: the published two-metric gate).
+            stays below this (``inf``: the published two-metric gate). ``None`` (default):
+            by the precision the blocks compute in, ``DEFAULT_MAX_REL_CHANGE`` (0.003 in
+            float32, 0.005 under bfloat16 or float16 autocast); a number holds in any precision.
         front_anchor: first blocks that always compute (``Fn``).
         tail_anchor: last blocks that always compute (``Bn``).
         warmup_chunks: chunks after a reset that compute everything (``W``).
@@ -75,7 +81,7 @@ class XCacheConfig:
     margin: float = 0.02
     floor: float = 0.97
     max_deviation: float = 2.0
-    max_rel_change: float = 0.003
+    max_rel_change: float | None = None
     front_anchor: int = 1
     tail_anchor: int = 0
     warmup_chunks: int = 1
@@ -94,7 +100,8 @@ class XCacheConfig:
             (math.isfinite(self.floor) and self.floor >= -1.0,
              "floor must be a finite number >= -1 (above 1 disables reuse)"),
             (self.max_deviation > 0.0, "max_deviation must be > 0 (inf allowed)"),
-            (self.max_rel_change > 0.0, "max_rel_change must be > 0 (inf allowed)"),
+            (self.max_rel_change is None or self.max_rel_change > 0.0,
+             "max_rel_change must be > 0 (inf allowed) or None (by precision)"),
             (isinstance(self.front_anchor, int) and self.front_anchor >= 0,
              "front_anchor must be an int >= 0"),
             (isinstance(self.tail_anchor, int) and self.tail_anchor >= 0,
@@ -206,6 +213,15 @@ class XCache(ChunkCacheExecutor):
             or (cfg.protect_step0 and s == 0)
         )
 
+    def rel_change_threshold(self, device: torch.device) -> float:
+        """``max_rel_change``, or its default for the precision blocks on ``device`` compute in
+        now (float32, or lower under autocast)."""
+        if self.config.max_rel_change is not None:
+            return self.config.max_rel_change
+        low = torch.is_autocast_enabled(device.type) and (
+            torch.get_autocast_dtype(device.type) != torch.float32)
+        return DEFAULT_MAX_REL_CHANGE["low" if low else "float32"]
+
     def span_of(self, l: int) -> tuple[int, int]:  # noqa: E741
         """``(first, last)`` block of the span that non-anchor block ``l`` belongs to."""
         cfg = self.config
@@ -241,7 +257,7 @@ class XCache(ChunkCacheExecutor):
             ema_started |= has
             tau = cosine_threshold(ema, cfg.margin, cfg.floor)
             reuse = eligible & reuse_decision(cos, dev, tau, cfg.max_deviation, rel,
-                                              cfg.max_rel_change)
+                                              self.rel_change_threshold(x.device))
             if cfg.max_consecutive:
                 reuse &= cell.consecutive.numpy() < cfg.max_consecutive
         if cfg.batch_mode == "all" and not reuse.all():
