@@ -49,10 +49,10 @@ BF16_CPU_FLAGS = ("amx_bf16", "avx512_bf16")
 
 
 def autocast_to(device: torch.device, dtype: str) -> contextlib.AbstractContextManager:
-    """Autocast on ``device`` to ``dtype`` (a key of ``COMPUTE_DTYPES``); nothing for float32."""
-    if COMPUTE_DTYPES[dtype] == torch.float32:
-        return contextlib.nullcontext()
-    return torch.autocast(device.type, dtype=COMPUTE_DTYPES[dtype])
+    """Autocast on ``device`` to ``dtype`` (a key of ``COMPUTE_DTYPES``). For float32, autocast
+    off: no change on its own, and float32 again inside a lower-precision region."""
+    target = COMPUTE_DTYPES[dtype]
+    return torch.autocast(device.type, dtype=target, enabled=target != torch.float32)
 
 
 def cpu_flags(path: str = "/proc/cpuinfo") -> frozenset[str]:
@@ -248,9 +248,7 @@ class WorldModelEngine:
 
     def decode(self, latents: Tensor) -> Tensor:
         """Latents (b, v, f, h, w, c) -> uint8 images (b, f, v, H, W, 3) in ``decode_dtype``."""
-        dtype = COMPUTE_DTYPES[self.decode_dtype]
-        with torch.no_grad(), torch.autocast(self.device.type, dtype=dtype,
-                                             enabled=dtype != torch.float32):
+        with torch.no_grad(), autocast_to(self.device, self.decode_dtype):
             images = self.autoencoder.decode(latents).float()
         return rearrange(to_uint8(images), "b v f h w c -> b f v h w c")
 
