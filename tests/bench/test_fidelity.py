@@ -134,7 +134,7 @@ def test_run_reports_every_policy(result):
     keys = {"skip_rate", "skip_rate_all", "dit_speedup", "step_speedup", "denoise_speedup",
             "psnr_mean", "psnr_min", "ssim_mean", "per_block", "ms_per_chunk"}
     for rows in (result["families"]["highway"], result["overall"]):
-        assert set(rows) == {"none", "xcache", "fbcache", "static", "xcache_off"}
+        assert set(rows) == {"none", "xcache", "xcache_hold", "fbcache", "static", "xcache_off"}
         for row in rows.values():
             assert keys <= set(row)
             assert 0.0 <= row["skip_rate"] <= 1.0 and 0.0 <= row["skip_rate_all"] <= 1.0

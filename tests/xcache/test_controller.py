@@ -245,6 +245,7 @@ def test_static_reuse_alternates_and_fbcache_reuses():
         ("xcache", {"front_anchor": -1}, "front_anchor"),
         ("xcache", {"max_rel_change": 0.0}, "max_rel_change"),
         ("xcache", {"span": -1}, "span"),
+        ("xcache", {"reuse": "quadratic"}, "reuse must be one of"),
         ("xcache", {"treshold": 1}, "accepted"),
         ("static", {"k": 2, "n": 2}, "0 <= k < n"),
         ("fbcache", {"threshold": -1.0}, "threshold"),
@@ -267,8 +268,12 @@ def test_static_config_validation():
     assert FirstBlockCacheConfig().threshold > 0
 
 
-@pytest.mark.parametrize(("dtype", "expected"), [("float32", 0.003), ("bfloat16", 0.005)])
-def test_relative_change_threshold_follows_the_precision_the_blocks_run_in(dtype, expected):
+@pytest.mark.parametrize(("reuse", "dtype", "expected"), [
+    ("linear", "float32", 0.004), ("linear", "bfloat16", 0.008),
+    ("hold", "float32", 0.003), ("hold", "bfloat16", 0.005),
+])
+def test_relative_change_threshold_follows_the_precision_the_blocks_run_in(reuse, dtype,
+                                                                           expected):
     import dataclasses
 
     seen = []
@@ -280,7 +285,7 @@ def test_relative_change_threshold_follows_the_precision_the_blocks_run_in(dtype
 
     engine = WorldModelEngine(dataclasses.replace(CONFIG, dtype=dtype), make_autoencoder(),
                               make_dit(depth=3), make_heads())
-    engine.executor = Recording()
+    engine.executor = Recording(XCacheConfig(reuse=reuse))
     start(engine)
     for a in constant_actions(3):
         engine.step_chunk(a)
@@ -290,3 +295,85 @@ def test_relative_change_threshold_follows_the_precision_the_blocks_run_in(dtype
     with torch.autocast("cpu", dtype=torch.bfloat16):
         assert fixed.rel_change_threshold(torch.device("cpu")) == 0.002
     assert fixed.rel_change_threshold(torch.device("cpu")) == 0.002
+
+
+def span_residuals(depth: int, reuse: str, chunks: int):
+    """Span inputs and outputs of every denoising pass of a 2-chunk-warmup rollout in which
+    every eligible cell is reused (one span over blocks 1.. of a ``depth``-block DiT)."""
+    cfg = XCacheConfig(span=0, warmup_chunks=2, reuse=reuse, **PERMISSIVE)
+    engine = engine_with(XCache(cfg), depth)
+    start(engine)
+    span_in, span_out = [], []
+    engine.dit.blocks[0].register_forward_hook(lambda m, a, y: span_in.append(y))
+    engine.dit.final_layer.register_forward_pre_hook(lambda m, a: span_out.append(a[0]))
+    steps = CONFIG.sampler.num_steps
+    per_chunk = []
+    for a in constant_actions(chunks):
+        span_in.clear(), span_out.clear()
+        engine.step_chunk(a)
+        per_chunk.append((list(span_in[:steps]), list(span_out[:steps])))
+    return engine, per_chunk
+
+
+def test_linear_reuse_continues_the_line_through_the_last_two_computations():
+    engine, per_chunk = span_residuals(depth=3, reuse="linear", chunks=4)
+    (in0, out0), (in1, out1) = per_chunk[:2]  # warmup: both computed
+    for s in range(CONFIG.sampler.num_steps):
+        r0, r1 = out0[s] - in0[s], out1[s] - in1[s]
+        # Chunk 2 lies one interval past chunk 1, chunk 3 two.
+        for chunk, ahead in ((2, 1.0), (3, 2.0)):
+            x, y = per_chunk[chunk][0][s], per_chunk[chunk][1][s]
+            torch.testing.assert_close(y, x + (r1 + ahead * (r1 - r0)), rtol=0, atol=1e-6)
+    assert engine.executor.stats.summary()["skip_rate"] == 1.0
+    # The published rule adds the last computed residual as it is.
+    _, held = span_residuals(depth=3, reuse="hold", chunks=3)
+    (_, _), (in1, out1), (x2, y2) = held
+    for s in range(CONFIG.sampler.num_steps):
+        assert torch.equal(y2[s], x2[s] + (out1[s] - in1[s]))
+
+
+def test_linear_reuse_holds_until_a_world_has_two_computations():
+    # Warmup of one chunk: chunk 1 reuses with a single computation behind it, as ``hold``.
+    lin_cfg = XCacheConfig(reuse="linear", **PERMISSIVE)
+    hold_cfg = XCacheConfig(reuse="hold", **PERMISSIVE)
+    acts = constant_actions(2)
+    _, lin = rollout(XCache(lin_cfg), acts, depth=3)
+    _, hold = rollout(XCache(hold_cfg), acts, depth=3)
+    assert torch.equal(lin[-1].latents, hold[-1].latents)
+
+
+def test_cell_keeps_each_worlds_previous_computation():
+    from xworld_env.xcache.fingerprint import fingerprint
+    from xworld_env.xcache.store import Cell
+
+    g = torch.Generator().manual_seed(0)
+    groups = [[0, 1], [2, 3, 4], [5, 6]]
+
+    def fp(x):
+        return fingerprint(x, groups, torch.zeros(x.shape[0], 2), budget=8)
+
+    x = [torch.randn(2, 7, 1, 2, 2, 4, generator=g) for _ in range(2)]
+    r = [torch.randn(2, 5, 4, generator=g) for _ in range(2)]
+    cell = Cell(2, keep_previous=True)
+    both = torch.arange(2)
+    cell.write(both, r[0].clone(), fp(x[0]), chunk=torch.tensor([1, 1]))
+    assert not cell.has_previous.any()
+    np.testing.assert_array_equal(cell.steps_ahead(torch.tensor([3, 3])), [0.0, 0.0])
+    one = torch.tensor([0])
+    cell.write(one, r[1][:1].clone(), fp(x[1][:1]), chunk=torch.tensor([3]))
+    assert cell.has_previous.tolist() == [True, False]
+    ahead = cell.steps_ahead(torch.tensor([4, 4]))
+    np.testing.assert_array_equal(ahead, [0.5, 0.0])  # (4 - 3) / (3 - 1); world 1: one only
+    residual, line = cell.extrapolated(ahead)
+    torch.testing.assert_close(residual[0], r[1][0] + 0.5 * (r[1][0] - r[0][0]))
+    assert torch.equal(residual[1], r[0][1])
+    torch.testing.assert_close(line.samples[0][0], 1.5 * fp(x[1][:1]).samples[0][0]
+                               - 0.5 * fp(x[0][:1]).samples[0][0])
+    assert torch.equal(line.samples[0][1], fp(x[0]).samples[0][1])
+    cell.reset(one)
+    assert not cell.has_previous.any()
+    # Without history a cell keeps nothing more (the published rule's memory).
+    plain = Cell(2)
+    plain.write(both, r[0], fp(x[0]), chunk=torch.tensor([1, 1]))
+    plain.write(both, r[1], fp(x[1]), chunk=torch.tensor([2, 2]))
+    assert plain.previous_residual is None and not plain.has_previous.any()

@@ -171,3 +171,29 @@ def test_ema_threshold_and_decision():
         tau_dev=2.0, rel=np.array([0.004, 0.02]), tau_rel=0.01,
     )
     assert decision.tolist() == [True, False]
+
+
+@pytest.mark.parametrize("groups", [[[0, 1], [2, 3, 4], [5, 6]], [[0, 2], [1, 3, 4], [5, 6]]])
+def test_extrapolated_fingerprint_continues_the_line_and_packs_like_its_tensors(groups):
+    g = torch.Generator().manual_seed(1)
+    x0 = torch.randn(3, 7, 2, 4, 4, 16, generator=g)
+    x1 = x0 + 0.1 * torch.randn(x0.shape, generator=g)
+    action = torch.randn(3, 8, generator=g)
+    before, last = fingerprint(x0, groups, action, 8), fingerprint(x1, groups, -action, 8)
+    ahead = np.array([0.0, 1.0, 2.5], dtype=np.float32)
+    line = last.extrapolate(before, ahead)
+    for a, b, got in zip(last.samples, before.samples, line.samples):
+        torch.testing.assert_close(got[0], a[0], rtol=0, atol=0)  # ahead 0: the last one
+        torch.testing.assert_close(got[1], 2 * a[1] - b[1])
+        torch.testing.assert_close(got[2], a[2] + 2.5 * (a[2] - b[2]))
+    for a, b, got in zip(last.means, before.means, line.means):
+        torch.testing.assert_close(got[1:], a[1:] + torch.tensor([[1.0], [2.5]]) * (a[1:] - b[1:]))
+    assert torch.equal(line.action, last.action)  # the action entry is not extrapolated
+    # The gate reads the packed layout built from the extrapolated rows: it must agree with
+    # the reference metrics on the extrapolated tensors.
+    now = fingerprint(x1 + 0.05 * torch.randn(x1.shape, generator=g), groups, -action, 8)
+    plain = Fingerprint(line.samples, line.means, line.action)
+    for got, ref in zip(gate_metrics(now, line), gate_metrics(now, plain)):
+        np.testing.assert_allclose(got, ref, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(torch.from_numpy(gate_metrics(now, line)[2]),
+                               relative_change(now, plain), rtol=1e-5, atol=1e-6)

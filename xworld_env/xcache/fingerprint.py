@@ -61,6 +61,25 @@ class Fingerprint:
         means = np.stack([_numpy(m) for m in self.means], axis=1)
         return _pack(rows, _starts(rows_per_group), numels, means, _numpy(self.action))
 
+    def extrapolate(self, previous: Fingerprint, ahead: np.ndarray) -> Fingerprint:
+        """``self + ahead * (self - previous)`` per world on the samples and group means (the
+        action entry stays ``self``'s); ``ahead`` is (b,) float32."""
+        k = torch.from_numpy(np.asarray(ahead, dtype=np.float32))
+
+        def line(now: torch.Tensor, before: torch.Tensor) -> torch.Tensor:
+            return now + k.view(-1, *([1] * (now.dim() - 1))) * (now - before)
+
+        p, q = self.packed, previous.packed
+        k3 = k.numpy().reshape(-1, 1, 1)
+        layout = _pack(p.rows + k3 * (p.rows - q.rows), p.starts, p.numels,
+                       p.means + k3 * (p.means - q.means), p.action)
+        return Fingerprint(
+            tuple(line(a, b) for a, b in zip(self.samples, previous.samples)),
+            tuple(line(a, b) for a, b in zip(self.means, previous.means)),
+            self.action,
+            layout,
+        )
+
     def select(self, worlds: torch.Tensor) -> Fingerprint:
         """The fingerprint of a subset of worlds (index tensor along b)."""
         worlds = worlds.to(self.action.device)

@@ -1,22 +1,32 @@
 """Per-cell state of a cross-chunk cache: one cell per (denoising step s, block l), per world.
 
 A cell remembers, for every world, the residual (block output minus input) from the last time
-it was computed, the fingerprint of the input that produced it, the EMA of the cosine seen at
-the cell, and how many times in a row it has been reused.
+it was computed, the fingerprint of the input that produced it, the chunk it was computed in,
+the EMA of the cosine seen at the cell, and how many times in a row it has been reused. A cell
+that keeps history (``Cell.keep_previous``) also remembers the computation before the last one,
+for reuse that extrapolates along the line through the two (X-Cache ``reuse="linear"``).
 """
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 
 from xworld_env.xcache.fingerprint import Fingerprint
 
 
 class Cell:
-    """State of one (s, l) cell for a batch of ``b`` worlds (tensors allocated on first write)."""
+    """State of one (s, l) cell for a batch of ``b`` worlds (tensors allocated on first write).
 
-    def __init__(self, batch_size: int) -> None:
+    Args:
+        batch_size: worlds ``b``.
+        keep_previous: also keep each world's computation before the last one
+            (``previous_residual``, ``previous_fingerprint``, ``previous_chunk``).
+    """
+
+    def __init__(self, batch_size: int, keep_previous: bool = False) -> None:
         self.batch_size = batch_size
+        self.keep_previous = keep_previous
         self.residual: torch.Tensor | None = None
         self.fingerprint: Fingerprint | None = None
         self.reference: torch.Tensor | None = None
@@ -24,6 +34,11 @@ class Cell:
         self.cos_ema = torch.zeros(batch_size)
         self.ema_started = torch.zeros(batch_size, dtype=torch.bool)
         self.consecutive = torch.zeros(batch_size, dtype=torch.long)
+        self.chunk = torch.zeros(batch_size, dtype=torch.long)
+        self.previous_residual: torch.Tensor | None = None
+        self.previous_fingerprint: Fingerprint | None = None
+        self.previous_chunk = torch.zeros(batch_size, dtype=torch.long)
+        self.has_previous = torch.zeros(batch_size, dtype=torch.bool)
 
     def write(
         self,
@@ -31,6 +46,7 @@ class Cell:
         residual: torch.Tensor,
         fingerprint: Fingerprint | None = None,
         reference: torch.Tensor | None = None,
+        chunk: torch.Tensor | None = None,
     ) -> None:
         """Stores what the worlds just computed (long indices) leave for the next chunk.
 
@@ -41,8 +57,13 @@ class Cell:
             fingerprint: their input fingerprints (X-Cache).
             reference: any other per-world tensor a policy compares against (e.g. block 0's
                 output for first-block caching).
+            chunk: the worlds' chunk numbers (since their reset) of this computation.
         """
         every = self._every_world(worlds)
+        if self.keep_previous:
+            self._keep_previous(worlds, every)
+        if chunk is not None:
+            self.chunk[worlds.cpu()] = chunk.cpu()
         if every:
             self.residual = residual
         else:
@@ -58,6 +79,46 @@ class Cell:
         self.has[worlds.cpu()] = True
         self.consecutive[worlds.cpu()] = 0
 
+    def _keep_previous(self, worlds: torch.Tensor, every: bool) -> None:
+        """Moves the worlds' last computation to ``previous_*`` before it is overwritten."""
+        host = worlds.cpu()
+        self.has_previous[host] = self.has[host]
+        self.previous_chunk[host] = self.chunk[host]
+        if self.residual is None:
+            return
+        if every:
+            # The last ones become the previous ones as they are: ``write`` stores new objects.
+            self.previous_residual = self.residual
+            self.previous_fingerprint = self.fingerprint
+            return
+        if self.previous_residual is None:
+            self.previous_residual = torch.zeros_like(self.residual)
+        self.previous_residual[worlds] = self.residual[worlds]
+        if self.fingerprint is not None:
+            self.previous_fingerprint = _merged(
+                self.previous_fingerprint, worlds, self.fingerprint.select(worlds),
+                self.batch_size)
+
+    def steps_ahead(self, now: torch.Tensor) -> np.ndarray:
+        """(b,) float32: how far chunk ``now`` (per world) lies past the last computation, in
+        units of the interval between the last two computations; 0 where a world has fewer
+        than two."""
+        gap = (self.chunk - self.previous_chunk).clamp_min(1)
+        ahead = (now.cpu() - self.chunk).float() / gap
+        return torch.where(self.has_previous, ahead, 0.0).numpy()
+
+    def extrapolated(self, ahead: np.ndarray) -> tuple[torch.Tensor, Fingerprint]:
+        """The residual and the fingerprint continued ``ahead`` intervals along the line
+        through the last two computations, per world (``steps_ahead``): ``last + ahead *
+        (last - previous)``; the last ones where ``ahead`` is 0."""
+        if self.previous_residual is None or not ahead.any():
+            return self.residual, self.fingerprint
+        k = torch.from_numpy(ahead).to(self.residual.device)
+        k = k.view(-1, *([1] * (self.residual.dim() - 1)))
+        residual = self.residual + k.to(self.residual.dtype) * (
+            self.residual - self.previous_residual)
+        return residual, self.fingerprint.extrapolate(self.previous_fingerprint, ahead)
+
     def _every_world(self, worlds: torch.Tensor) -> bool:
         return len(worlds) == self.batch_size and bool(
             (worlds.cpu() == torch.arange(self.batch_size)).all()
@@ -69,24 +130,7 @@ class Cell:
             # Every world at once: keep the object, with the packing the gate already cached.
             self.fingerprint = fingerprint
             return
-        if self.fingerprint is None:
-            self.fingerprint = Fingerprint(
-                tuple(s.new_zeros(self.batch_size, *s.shape[1:]) for s in fingerprint.samples),
-                tuple(m.new_zeros(self.batch_size, *m.shape[1:]) for m in fingerprint.means),
-                fingerprint.action.new_zeros(self.batch_size, *fingerprint.action.shape[1:]),
-            )
-        # Copies, so that the stored tensors never alias a fingerprint still in use; then a
-        # new object, so that no packing cached before the write survives it.
-        worlds = worlds.to(self.fingerprint.action.device)
-        samples = tuple(dst.clone() for dst in self.fingerprint.samples)
-        means = tuple(dst.clone() for dst in self.fingerprint.means)
-        action = self.fingerprint.action.clone()
-        for dst, src in zip(samples, fingerprint.samples):
-            dst[worlds] = src
-        for dst, src in zip(means, fingerprint.means):
-            dst[worlds] = src
-        action[worlds] = fingerprint.action
-        self.fingerprint = Fingerprint(samples, means, action)
+        self.fingerprint = _merged(self.fingerprint, worlds, fingerprint, self.batch_size)
 
     def reset(self, worlds: torch.Tensor | None = None) -> None:
         """Forgets everything for some worlds (all when None)."""
@@ -95,13 +139,39 @@ class Cell:
         self.ema_started[index] = False
         self.cos_ema[index] = 0.0
         self.consecutive[index] = 0
+        self.has_previous[index] = False
+
+
+def _merged(
+    base: Fingerprint | None, worlds: torch.Tensor, src: Fingerprint, batch_size: int
+) -> Fingerprint:
+    """A new fingerprint of ``batch_size`` worlds: ``base`` (zeros where None) with the rows of
+    ``worlds`` taken from ``src``. Copies, so that the result never aliases a fingerprint still
+    in use, and a new object, so that no packing cached for ``base`` survives."""
+    if base is None:
+        base = Fingerprint(
+            tuple(s.new_zeros(batch_size, *s.shape[1:]) for s in src.samples),
+            tuple(m.new_zeros(batch_size, *m.shape[1:]) for m in src.means),
+            src.action.new_zeros(batch_size, *src.action.shape[1:]),
+        )
+    worlds = worlds.to(base.action.device)
+    samples = tuple(dst.clone() for dst in base.samples)
+    means = tuple(dst.clone() for dst in base.means)
+    action = base.action.clone()
+    for dst, new in zip(samples, src.samples):
+        dst[worlds] = new
+    for dst, new in zip(means, src.means):
+        dst[worlds] = new
+    action[worlds] = src.action
+    return Fingerprint(samples, means, action)
 
 
 class CellStore:
     """All cells of one batch, created on first use."""
 
-    def __init__(self) -> None:
+    def __init__(self, keep_previous: bool = False) -> None:
         self.batch_size = 0
+        self.keep_previous = keep_previous
         self._cells: dict[tuple[int, int], Cell] = {}
 
     def resize(self, batch_size: int) -> None:
@@ -113,7 +183,7 @@ class CellStore:
     def cell(self, s: int, l: int) -> Cell:  # noqa: E741
         found = self._cells.get((s, l))
         if found is None:
-            found = self._cells[(s, l)] = Cell(self.batch_size)
+            found = self._cells[(s, l)] = Cell(self.batch_size, self.keep_previous)
         return found
 
     def reset(self, worlds: torch.Tensor | None = None) -> None:
@@ -123,14 +193,10 @@ class CellStore:
 
     def memory_bytes(self) -> int:
         """Bytes held by stored residuals and fingerprints."""
-        total = 0
+        tensors = []
         for cell in self._cells.values():
-            if cell.residual is not None:
-                total += cell.residual.numel() * cell.residual.element_size()
-            if cell.reference is not None:
-                total += cell.reference.numel() * cell.reference.element_size()
-            if cell.fingerprint is not None:
-                fp = cell.fingerprint
-                for t in (*fp.samples, *fp.means, fp.action):
-                    total += t.numel() * t.element_size()
-        return total
+            tensors += [cell.residual, cell.reference, cell.previous_residual]
+            for fp in (cell.fingerprint, cell.previous_fingerprint):
+                if fp is not None:
+                    tensors += [*fp.samples, *fp.means, fp.action]
+        return sum(t.numel() * t.element_size() for t in tensors if t is not None)
