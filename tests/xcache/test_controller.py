@@ -364,7 +364,7 @@ def test_cell_keeps_each_worlds_previous_computation():
     assert cell.has_previous.tolist() == [True, False]
     ahead = cell.steps_ahead(torch.tensor([4, 4]))
     np.testing.assert_array_equal(ahead, [0.5, 0.0])  # (4 - 3) / (3 - 1); world 1: one only
-    residual, line = cell.extrapolated(ahead)
+    residual, line = cell.extrapolated_residual(ahead), cell.extrapolated_fingerprint(ahead)
     torch.testing.assert_close(residual[0], r[1][0] + 0.5 * (r[1][0] - r[0][0]))
     assert torch.equal(residual[1], r[0][1])
     torch.testing.assert_close(line.samples[0][0], 1.5 * fp(x[1][:1]).samples[0][0]

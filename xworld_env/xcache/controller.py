@@ -272,11 +272,12 @@ class XCache(ChunkCacheExecutor):
         eligible = has & ~self.warm().numpy()
         reuse = np.zeros(b, dtype=bool)
         cos = dev = rel = None
-        residual = cell.residual
+        ahead = None
         if has.any():
             reference = cell.fingerprint
             if cfg.reuse == "linear":
-                residual, reference = cell.extrapolated(cell.steps_ahead(self.chunk_index))
+                ahead = cell.steps_ahead(self.chunk_index)
+                reference = cell.extrapolated_fingerprint(ahead)
             cos, dev, rel = gate_metrics(fp, reference)
             ema, ema_started = cell.cos_ema.numpy(), cell.ema_started.numpy()
             np.copyto(ema, update_ema(ema, cos, cfg.ema_alpha, fresh=~ema_started), where=has)
@@ -292,7 +293,11 @@ class XCache(ChunkCacheExecutor):
         self.stats.decided(s, l, eligible, reuse, cos, dev, rel)
         consecutive = cell.consecutive.numpy()
         consecutive[reuse] += 1
-        # Reused worlds take the span's whole residual here and pass through its other blocks.
+        # Reused worlds take the span's whole residual here and pass through its other blocks;
+        # the residual is continued along its line only when some world reuses it.
+        residual = cell.residual
+        if ahead is not None and reuse.any():
+            residual = cell.extrapolated_residual(ahead)
         if reuse.all():
             self._span = _OpenSpan(cell, eligible, reuse, None, None, fp)
             return x + residual

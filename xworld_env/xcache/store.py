@@ -107,17 +107,21 @@ class Cell:
         ahead = (now.cpu() - self.chunk).float() / gap
         return torch.where(self.has_previous, ahead, 0.0).numpy()
 
-    def extrapolated(self, ahead: np.ndarray) -> tuple[torch.Tensor, Fingerprint]:
-        """The residual and the fingerprint continued ``ahead`` intervals along the line
-        through the last two computations, per world (``steps_ahead``): ``last + ahead *
-        (last - previous)``; the last ones where ``ahead`` is 0."""
+    def extrapolated_fingerprint(self, ahead: np.ndarray) -> Fingerprint:
+        """The fingerprint continued ``ahead`` intervals along the line through the last two
+        computations, per world (``steps_ahead``): ``last + ahead * (last - previous)``; the
+        last one where ``ahead`` is 0."""
+        if self.previous_fingerprint is None or not ahead.any():
+            return self.fingerprint
+        return self.fingerprint.extrapolate(self.previous_fingerprint, ahead)
+
+    def extrapolated_residual(self, ahead: np.ndarray) -> torch.Tensor:
+        """The residual continued the same way (see ``extrapolated_fingerprint``)."""
         if self.previous_residual is None or not ahead.any():
-            return self.residual, self.fingerprint
-        k = torch.from_numpy(ahead).to(self.residual.device)
+            return self.residual
+        k = torch.from_numpy(ahead).to(self.residual.device, self.residual.dtype)
         k = k.view(-1, *([1] * (self.residual.dim() - 1)))
-        residual = self.residual + k.to(self.residual.dtype) * (
-            self.residual - self.previous_residual)
-        return residual, self.fingerprint.extrapolate(self.previous_fingerprint, ahead)
+        return self.residual + k * (self.residual - self.previous_residual)
 
     def _every_world(self, worlds: torch.Tensor) -> bool:
         return len(worlds) == self.batch_size and bool(
