@@ -63,21 +63,24 @@ class Fingerprint:
 
     def extrapolate(self, previous: Fingerprint, ahead: np.ndarray) -> Fingerprint:
         """``self + ahead * (self - previous)`` per world on the samples and group means (the
-        action entry stays ``self``'s); ``ahead`` is (b,) float32."""
-        k = torch.from_numpy(np.asarray(ahead, dtype=np.float32))
+        action entry stays ``self``'s); ``ahead`` is (b,) float32.
 
-        def line(now: torch.Tensor, before: torch.Tensor) -> torch.Tensor:
-            return now + k.view(-1, *([1] * (now.dim() - 1))) * (now - before)
-
+        Computed on the packed host layout the gate reads; the entries are views of it."""
         p, q = self.packed, previous.packed
-        k3 = k.numpy().reshape(-1, 1, 1)
-        layout = _pack(p.rows + k3 * (p.rows - q.rows), p.starts, p.numels,
-                       p.means + k3 * (p.means - q.means), p.action)
+        k3 = np.asarray(ahead, dtype=np.float32).reshape(-1, 1, 1)
+        rows = p.rows + k3 * (p.rows - q.rows)
+        means = p.means + k3 * (p.means - q.means)
+        b = rows.shape[0]
+        ends = (*p.starts[1:], rows.shape[1])
+        samples = tuple(
+            torch.from_numpy(np.ascontiguousarray(rows[:, i:j]).reshape(b, *t.shape[1:]))
+            for i, j, t in zip(p.starts, ends, self.samples)
+        )
         return Fingerprint(
-            tuple(line(a, b) for a, b in zip(self.samples, previous.samples)),
-            tuple(line(a, b) for a, b in zip(self.means, previous.means)),
+            samples,
+            tuple(torch.from_numpy(means[:, g]) for g in range(means.shape[1])),
             self.action,
-            layout,
+            _pack(rows, p.starts, p.numels, means, p.action),
         )
 
     def select(self, worlds: torch.Tensor) -> Fingerprint:

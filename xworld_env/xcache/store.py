@@ -119,9 +119,11 @@ class Cell:
         """The residual continued the same way (see ``extrapolated_fingerprint``)."""
         if self.previous_residual is None or not ahead.any():
             return self.residual
-        k = torch.from_numpy(ahead).to(self.residual.device, self.residual.dtype)
-        k = k.view(-1, *([1] * (self.residual.dim() - 1)))
-        return self.residual + k * (self.residual - self.previous_residual)
+        # One kernel: previous + (1 + k) (last - previous) = last + k (last - previous).
+        weight = torch.from_numpy(ahead + np.float32(1.0)).to(self.residual.device,
+                                                               self.residual.dtype)
+        weight = weight.view(-1, *([1] * (self.residual.dim() - 1)))
+        return torch.lerp(self.previous_residual, self.residual, weight)
 
     def _every_world(self, worlds: torch.Tensor) -> bool:
         return len(worlds) == self.batch_size and bool(
