@@ -64,7 +64,8 @@ def test_floor_above_one_is_bit_identical_to_full_compute(span):
 
 def test_kv_update_pass_never_skips_even_when_everything_reuses():
     acts = constant_actions(4)
-    engine, outs = rollout(XCache(XCacheConfig(**PERMISSIVE)), acts)
+    # Two warmup chunks: linear reuse (default) then has two computations of every cell.
+    engine, outs = rollout(XCache(XCacheConfig(warmup_chunks=2, **PERMISSIVE)), acts)
     stats = engine.executor.stats.summary()
     assert stats["skip_rate"] == 1.0  # stress mode: every eligible cell reused
     # Replaying the same clean chunks with full compute commits exactly the same keys/values.
@@ -146,7 +147,8 @@ def test_batch_mode_all_only_reuses_when_every_world_agrees():
 
 
 def test_stats_counts_and_rates():
-    engine, _ = rollout(XCache(XCacheConfig(**PERMISSIVE)), constant_actions(3))
+    # The published rule reuses from the first chunk after warmup (linear from the second).
+    engine, _ = rollout(XCache(XCacheConfig(reuse="hold", **PERMISSIVE)), constant_actions(3))
     s = engine.executor.stats.summary()
     depth, steps = engine.dit.config.depth, CONFIG.sampler.num_steps
     # 3 chunks x (steps denoising passes + 1 KV pass) x depth blocks, one world.
@@ -172,7 +174,7 @@ def test_spans_cut_the_non_anchor_blocks():
 def test_a_reused_span_adds_the_residual_of_the_whole_span():
     # One span over blocks 1..3 of a 4-block DiT, every eligible cell reused (stress mode).
     depth, steps = 4, CONFIG.sampler.num_steps
-    engine = engine_with(XCache(XCacheConfig(span=0, **PERMISSIVE)), depth)
+    engine = engine_with(XCache(XCacheConfig(span=0, reuse="hold", **PERMISSIVE)), depth)
     start(engine)
     calls: dict[str, list[torch.Tensor]] = {"span_in": [], "span_out": [], "inner": []}
     hooks = [
@@ -198,8 +200,8 @@ def test_a_reused_span_adds_the_residual_of_the_whole_span():
     per_block = engine.executor.stats.summary()["per_block"]
     assert set(per_block) == set(range(1, depth)) and len(set(per_block.values())) == 1
     # The same as reusing the span's blocks one by one (up to the order of the float sums).
-    one_engine, one_by_one = rollout(XCache(XCacheConfig(span=1, **PERMISSIVE)), acts,
-                                     depth=depth)
+    one_by_one_cfg = XCacheConfig(span=1, reuse="hold", **PERMISSIVE)
+    one_engine, one_by_one = rollout(XCache(one_by_one_cfg), acts, depth=depth)
     torch.testing.assert_close(last.latents, one_by_one[-1].latents, rtol=0, atol=1e-5)
     assert one_engine.executor.stats.summary()["pass_agreement"] == 1.0
 
@@ -332,14 +334,17 @@ def test_linear_reuse_continues_the_line_through_the_last_two_computations():
         assert torch.equal(y2[s], x2[s] + (out1[s] - in1[s]))
 
 
-def test_linear_reuse_holds_until_a_world_has_two_computations():
-    # Warmup of one chunk: chunk 1 reuses with a single computation behind it, as ``hold``.
-    lin_cfg = XCacheConfig(reuse="linear", **PERMISSIVE)
-    hold_cfg = XCacheConfig(reuse="hold", **PERMISSIVE)
-    acts = constant_actions(2)
-    _, lin = rollout(XCache(lin_cfg), acts, depth=3)
-    _, hold = rollout(XCache(hold_cfg), acts, depth=3)
-    assert torch.equal(lin[-1].latents, hold[-1].latents)
+def test_linear_reuse_computes_until_a_world_has_two_computations():
+    # Warmup of one chunk: chunk 1 has a single computation behind every cell, so it computes
+    # (bit-identical to full compute, while ``hold`` reuses there); chunk 2 continues the line.
+    acts = constant_actions(3)
+    _, full = rollout(FullCompute(), acts, depth=3)
+    engine, lin = rollout(XCache(XCacheConfig(reuse="linear", **PERMISSIVE)), acts, depth=3)
+    _, hold = rollout(XCache(XCacheConfig(reuse="hold", **PERMISSIVE)), acts, depth=3)
+    assert torch.equal(lin[1].latents, full[1].latents)
+    assert not torch.equal(hold[1].latents, full[1].latents)
+    per_chunk = engine.executor.stats.summary()["per_chunk"]
+    assert per_chunk[1:] == [0.0, 1.0]
 
 
 def test_cell_keeps_each_worlds_previous_computation():

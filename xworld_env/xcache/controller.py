@@ -18,7 +18,9 @@ Ours too: *linear reuse* (``XCacheConfig.reuse``, default ``"linear"``). A reuse
 its residual continued along the line through its last two computations rather than the last
 one as it is, and its gate compares the new input with the stored fingerprint continued the same
 way: a world whose blocks change steadily from chunk to chunk (a car driving on) passes the gate
-and is predicted where it will be, not where it was. ``reuse="hold"`` is the published rule.
+and is predicted where it will be, not where it was. A world computes a cell until it has two
+computations of it (after a reset, the first chunk past warmup computes as well).
+``reuse="hold"`` is the published rule.
 
 Guardrails (XCACHE.md, "Guardrails"): passes that write the KV cache always compute every block;
 the first ``front_anchor`` (and last ``tail_anchor``) blocks always compute; the first
@@ -91,8 +93,8 @@ class XCacheConfig:
             the residual of the cell's last computation, gated on the fingerprint of that
             computation's input. ``linear`` (default): both continued along the line through
             the cell's last two computations, ``last + k (last - previous)`` with ``k`` the
-            chunks since the last computation over the chunks between the two (``hold`` until
-            a world has two); see README, "X-Cache reuse".
+            chunks since the last computation over the chunks between the two; a world
+            computes the cell until it has two; see README, "X-Cache reuse".
         view_groups: camera names of each fingerprint view group.
     """
 
@@ -287,6 +289,9 @@ class XCache(ChunkCacheExecutor):
                                               self.rel_change_threshold(x.device))
             if cfg.max_consecutive:
                 reuse &= cell.consecutive.numpy() < cfg.max_consecutive
+            if cfg.reuse == "linear":
+                # A line needs two points: a world computes the cell until it has two.
+                reuse &= cell.has_previous.numpy()
         if cfg.batch_mode == "all" and not reuse.all():
             reuse[:] = False
         self.stats.gate_seconds += time.perf_counter() - started
