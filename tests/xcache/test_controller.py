@@ -25,7 +25,7 @@ from xworld_env.xcache.stats import CacheStats
 CONFIG = EngineConfig(sampler=SamplerConfig(num_steps=3), kv_cache=KVCacheConfig(window=2))
 #: Gate that passes unless an entry points the other way (cosine below -0.5).
 PERMISSIVE = {"floor": -0.5, "margin": 2.0, "max_deviation": math.inf,
-              "max_rel_change": math.inf}
+              "max_rel_change": math.inf, "max_error": math.inf}
 
 
 def engine_with(executor, depth: int = 2) -> WorldModelEngine:
@@ -122,17 +122,18 @@ def test_relative_change_gates_reuse():
 
 @pytest.mark.parametrize("span", [0, 1, 2])
 def test_one_world_does_not_depend_on_another(span):
-    cfg = XCacheConfig(floor=0.0, margin=2.0, max_deviation=math.inf,
-                       max_rel_change=math.inf, span=span)
-    acts_a = constant_actions(4, 2)
+    # The predicted-error gate is on (a finite max_error): each world fits its own gains.
+    cfg = XCacheConfig(**{**PERMISSIVE, "max_error": 1e30}, span=span)
+    acts_a = constant_actions(6, 2)
     acts_b = acts_a.clone()
-    acts_b[:, 1] = torch.rand(4, 2, generator=torch.Generator().manual_seed(5)) * 2 - 1
+    acts_b[:, 1] = torch.rand(6, 2, generator=torch.Generator().manual_seed(5)) * 2 - 1
     engine_a, outs_a = rollout(XCache(cfg), acts_a, b=2, depth=4)
     engine_b, outs_b = rollout(XCache(cfg), acts_b, b=2, depth=4)
     for a, b in zip(outs_a, outs_b):
         torch.testing.assert_close(a.latents[0], b.latents[0], rtol=0, atol=1e-5)
     ra, rb = engine_a.executor.stats, engine_b.executor.stats
-    assert ra.world_reused[0] == rb.world_reused[0] and ra.world_eligible[0] == rb.world_eligible[0]
+    assert ra.world_reused[0] == rb.world_reused[0] > 0
+    assert ra.world_eligible[0] == rb.world_eligible[0]
     assert ra.world_reused[1] != rb.world_reused[1] or not torch.equal(acts_a, acts_b)
 
 
@@ -246,6 +247,7 @@ def test_static_reuse_alternates_and_fbcache_reuses():
         ("xcache", {"batch_mode": "some"}, "batch_mode"),
         ("xcache", {"front_anchor": -1}, "front_anchor"),
         ("xcache", {"max_rel_change": 0.0}, "max_rel_change"),
+        ("xcache", {"max_error": -1.0}, "max_error"),
         ("xcache", {"span": -1}, "span"),
         ("xcache", {"reuse": "quadratic"}, "reuse must be one of"),
         ("xcache", {"treshold": 1}, "accepted"),
@@ -271,19 +273,18 @@ def test_static_config_validation():
 
 
 @pytest.mark.parametrize(("reuse", "dtype", "expected"), [
-    ("linear", "float32", 0.004), ("linear", "bfloat16", 0.008),
-    ("hold", "float32", 0.003), ("hold", "bfloat16", 0.005),
+    ("linear", "float32", (math.inf, 0.02)), ("linear", "bfloat16", (0.008, math.inf)),
+    ("hold", "float32", (0.003, math.inf)), ("hold", "bfloat16", (0.005, math.inf)),
 ])
-def test_relative_change_threshold_follows_the_precision_the_blocks_run_in(reuse, dtype,
-                                                                           expected):
+def test_thresholds_follow_the_precision_the_blocks_run_in(reuse, dtype, expected):
     import dataclasses
 
     seen = []
 
     class Recording(XCache):
         def rel_change_threshold(self, device):
-            seen.append(super().rel_change_threshold(device))
-            return seen[-1]
+            seen.append((super().rel_change_threshold(device), self.error_threshold(device)))
+            return seen[-1][0]
 
     engine = WorldModelEngine(dataclasses.replace(CONFIG, dtype=dtype), make_autoencoder(),
                               make_dit(depth=3), make_heads())
@@ -293,10 +294,11 @@ def test_relative_change_threshold_follows_the_precision_the_blocks_run_in(reuse
         engine.step_chunk(a)
     assert seen and set(seen) == {expected}
     # A number set by the user holds in every precision.
-    fixed = XCache(XCacheConfig(max_rel_change=0.002))
+    fixed = XCache(XCacheConfig(max_rel_change=0.002, max_error=0.01))
+    cpu = torch.device("cpu")
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        assert fixed.rel_change_threshold(torch.device("cpu")) == 0.002
-    assert fixed.rel_change_threshold(torch.device("cpu")) == 0.002
+        assert (fixed.rel_change_threshold(cpu), fixed.error_threshold(cpu)) == (0.002, 0.01)
+    assert (fixed.rel_change_threshold(cpu), fixed.error_threshold(cpu)) == (0.002, 0.01)
 
 
 def span_residuals(depth: int, reuse: str, chunks: int):
@@ -382,3 +384,44 @@ def test_cell_keeps_each_worlds_previous_computation():
     plain.write(both, r[0], fp(x[0]), chunk=torch.tensor([1, 1]))
     plain.write(both, r[1], fp(x[1]), chunk=torch.tensor([2, 2]))
     assert plain.previous_residual is None and not plain.has_previous.any()
+
+
+def test_reuse_error_is_the_relative_error_of_what_reuse_would_have_added():
+    from xworld_env.xcache.store import Cell
+
+    g = torch.Generator().manual_seed(1)
+    r = [torch.randn(2, 5, 4, generator=g) for _ in range(3)]
+    both = torch.arange(2)
+    for keep in (True, False):
+        cell = Cell(2, keep_previous=keep)
+        cell.write(both, r[0].clone(), chunk=torch.tensor([1, 1]))
+        cell.write(both, r[1].clone(), chunk=torch.tensor([2, 2]))
+        assert cell.reusable().all()
+        # Chunk 4, two chunks past the last computation: linear continues the line two steps.
+        reused = r[1] + 2 * (r[1] - r[0]) if keep else r[1]
+        err = cell.reuse_error(torch.tensor([1]), r[2][1:], torch.tensor([4, 4]))
+        expected = (r[2][1] - reused[1]).abs().mean() / r[2][1].abs().mean()
+        np.testing.assert_allclose(err, [expected.item()], rtol=1e-5)
+        cell.gain_num[:], cell.gain_den[:] = 1.0, 2.0
+        cell.reset(torch.tensor([0]))
+        assert cell.gain_den.tolist() == [0.0, 2.0] and cell.gain_num.tolist() == [0.0, 1.0]
+
+
+def test_predicted_error_reuses_only_after_a_fitted_gain():
+    # Warmup 1: chunk 1 gives the first computation, chunk 2 the second (a line), chunk 3 the
+    # first one the cell could have continued: the gain is fitted there, and reuse starts at 4.
+    acts = constant_actions(5)
+    loose = {**PERMISSIVE, "max_error": 1e30}
+    engine, outs = rollout(XCache(XCacheConfig(**loose)), acts, depth=3)
+    _, full = rollout(FullCompute(), acts, depth=3)
+    per_chunk = engine.executor.stats.summary()["per_chunk"]
+    assert per_chunk[1:] == [0.0, 0.0, 1.0, 1.0]
+    for a, b in zip(outs[:3], full[:3]):
+        assert torch.equal(a.latents, b.latents)
+    errors = engine.executor.stats.summary()["error_percentiles"]
+    assert 0.0 < errors["p5"] <= errors["p95"] < 1e30
+    # A threshold below every prediction: never reused.
+    strict = {**PERMISSIVE, "max_error": 1e-12}
+    engine, _ = rollout(XCache(XCacheConfig(**strict)), acts, depth=3)
+    summary = engine.executor.stats.summary()
+    assert summary["eligible_evaluations"] > 0 and summary["reused_evaluations"] == 0

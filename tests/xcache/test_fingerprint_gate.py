@@ -16,9 +16,11 @@ from xworld_env.xcache.fingerprint import (
 from xworld_env.xcache.gate import (
     cosine_threshold,
     entry_cosine,
+    fit_gain,
     gate_metrics,
     max_deviation,
     min_cosine,
+    predicted_error,
     relative_change,
     reuse_decision,
     update_ema,
@@ -197,3 +199,17 @@ def test_extrapolated_fingerprint_continues_the_line_and_packs_like_its_tensors(
         np.testing.assert_allclose(got, ref, rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(torch.from_numpy(gate_metrics(now, line)[2]),
                                relative_change(now, plain), rtol=1e-5, atol=1e-6)
+
+
+def test_gain_fit_and_predicted_error():
+    num, den = np.zeros(2), np.zeros(2)
+    # Nothing fitted yet: the prediction is infinite, so no world can pass the gate.
+    assert np.isinf(predicted_error(num, den, np.array([0.1, 0.1], np.float32))).all()
+    # World 0 sees err = 3 * rel twice; world 1 sees (rel, err) = (1, 1), then (2, 6).
+    num, den = fit_gain(num, den, np.array([0.01, 1.0], np.float32), np.array([0.03, 1.0]), 0.5)
+    num, den = fit_gain(num, den, np.array([0.02, 2.0], np.float32), np.array([0.06, 6.0]), 0.5)
+    # Decayed least squares through the origin: (0.5 * 1 * 1 + 2 * 6) / (0.5 * 1 + 4) = 25 / 9.
+    np.testing.assert_allclose(num / den, [3.0, 12.5 / 4.5], rtol=1e-6)
+    pred = predicted_error(num, den, np.array([0.5, 0.9], np.float32))
+    assert pred.dtype == np.float32
+    np.testing.assert_allclose(pred, [1.5, 0.9 * 12.5 / 4.5], rtol=1e-6)

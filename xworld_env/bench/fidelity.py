@@ -68,18 +68,23 @@ DEFAULT_POLICIES: dict[str, dict[str, Any]] = {
 }
 
 #: Settings swept for the speed-vs-fidelity Pareto plot, per policy.
+_OFF = math.inf
 DEFAULT_SWEEP: dict[str, list[dict[str, Any]]] = {
-    "xcache": [{"max_rel_change": t} for t in (0.002, 0.003, 0.006, 0.008, 0.01, 0.02, math.inf)]
-    # The published cosine alone (no deviation bound), then beyond the gate, to reach the speeds
-    # of the baselines' fastest points: every eligible cell reused (as the first-block cache's
-    # largest thresholds do).
-    + [{"max_rel_change": math.inf, "max_deviation": math.inf},
-       {"max_rel_change": math.inf, "floor": -1.0, "margin": 2.0, "max_deviation": math.inf}]
+    # The default gate (linear reuse, predicted error) at other thresholds.
+    "xcache": [{"max_error": t} for t in (0.006, 0.01, 0.03, 0.05)]
+    # Linear reuse gated on the relative change alone (no fitted gain), then on the published
+    # gate, then on the published cosine alone (no deviation bound), then beyond the gate, to
+    # reach the speeds of the baselines' fastest points: every eligible cell reused.
+    + [{"max_error": _OFF, "max_rel_change": t} for t in (0.002, 0.004, 0.008, 0.02)]
+    + [{"max_error": _OFF, "max_rel_change": _OFF},
+       {"max_error": _OFF, "max_rel_change": _OFF, "max_deviation": _OFF},
+       {"max_error": _OFF, "max_rel_change": _OFF, "floor": -1.0, "margin": 2.0,
+        "max_deviation": _OFF}]
     # The published reuse rule (the last computed residual as it is), with our relative change
     # and without it (the published gate).
-    + [{"reuse": "hold", "max_rel_change": t} for t in (0.001, 0.0015, 0.002, 0.003, math.inf)]
+    + [{"reuse": "hold", "max_rel_change": t} for t in (0.001, 0.002, 0.003, _OFF)]
     # One decision per block (published) beside the default one per pass.
-    + [{"max_rel_change": 0.004, "span": 1}],
+    + [{"span": 1}],
     # Block 0's output changes by under 1% from one chunk to the next on the shipped model:
     # thresholds of 0.02 and above reuse everything.
     "fbcache": [{"threshold": t} for t in (0.001, 0.002, 0.004, 0.008, 0.02)],
@@ -772,9 +777,14 @@ def write_plots(result: dict[str, Any], stem: Path) -> list[Path]:
 
 
 def _plot_group(point: dict[str, Any]) -> str:
-    """The series a sweep point is drawn in: its policy, X-Cache's published reuse rule apart."""
-    if point["policy"] == "xcache" and point["settings"].get("reuse") == "hold":
-        return "xcache (reuse: hold)"
+    """The series a sweep point is drawn in: its policy, X-Cache's published reuse rule and
+    X-Cache without the predicted error apart."""
+    if point["policy"] == "xcache":
+        settings = point["settings"]
+        if settings.get("reuse") == "hold":
+            return "xcache (reuse: hold)"
+        if settings.get("max_error") == math.inf:
+            return "xcache (no predicted error)"
     return point["policy"]
 
 

@@ -42,7 +42,9 @@ from xworld_env.types import CAMERA_NAMES, VIEW_GROUPS
 from xworld_env.xcache.fingerprint import DEFAULT_BUDGET, Fingerprint, fingerprint
 from xworld_env.xcache.gate import (
     cosine_threshold,
+    fit_gain,
     gate_metrics,
+    predicted_error,
     reuse_decision,
     update_ema,
 )
@@ -53,13 +55,17 @@ BATCH_MODES = ("gather", "all")
 #: What a reused cell adds: ``hold`` the residual of its last computation (published);
 #: ``linear`` the residual continued along the line through its last two computations.
 REUSE_MODES = ("linear", "hold")
-#: ``max_rel_change`` when it is left to the reuse rule and the precision: blocks computed in
-#: float32, and under bfloat16 / float16 autocast, whose rounding adds its own chunk-to-chunk
-#: change to every block input (and ``linear`` extrapolates it). Each about 40 dB against full
-#: compute on the benchmark's episodes with ``linear`` (README, "X-Cache reuse", "bfloat16").
+#: ``max_rel_change`` and ``max_error`` when they are left to the reuse rule and the precision:
+#: blocks computed in float32, and under bfloat16 / float16 autocast, whose rounding adds its own
+#: chunk-to-chunk change to every block input (and ``linear`` extrapolates it). README,
+#: "X-Cache reuse", "X-Cache predicted error" and "bfloat16", has the sweeps behind them.
 DEFAULT_MAX_REL_CHANGE = {
-    "linear": {"float32": 0.004, "low": 0.008},
+    "linear": {"float32": math.inf, "low": 0.008},
     "hold": {"float32": 0.003, "low": 0.005},
+}
+DEFAULT_MAX_ERROR = {
+    "linear": {"float32": 0.02, "low": math.inf},
+    "hold": {"float32": math.inf, "low": math.inf},
 }
 
 
@@ -74,10 +80,18 @@ class XCacheConfig:
         floor: ... but never below this floor (a floor above 1 disables reuse).
         max_deviation: reuse only while the maximum relative deviation stays below this.
         max_rel_change: reuse only while the relative L1 change of the fingerprint samples
-            stays below this (``inf``: the published two-metric gate). ``None`` (default):
-            by ``reuse`` and the precision the blocks compute in, ``DEFAULT_MAX_REL_CHANGE``
-            (``linear``: 0.004 in float32, 0.008 under bfloat16 or float16 autocast;
-            ``hold``: 0.003 and 0.005); a number holds in any precision.
+            stays below this (``inf``: off). ``None`` (default): by ``reuse`` and the
+            precision the blocks compute in, ``DEFAULT_MAX_REL_CHANGE`` (``linear``: off in
+            float32, 0.008 under bfloat16 or float16 autocast; ``hold``: 0.003 and 0.005); a
+            number holds in any precision.
+        max_error: reuse only while the predicted relative L1 error of the residual a world
+            would add stays below this (``inf``: off). The prediction is the relative change
+            times a gain the cell fits, per world, to its own computations: whenever a world
+            computes a cell it could have reused, the residual reuse would have added is
+            compared with the computed one (``gate.fit_gain``; older samples decay by
+            ``1 - ema_alpha``); a world reuses a cell only once it has such a sample. ``None``
+            (default): ``DEFAULT_MAX_ERROR`` (``linear`` in float32: 0.02; otherwise off).
+            With both thresholds off the gate is the published two-metric one.
         front_anchor: first blocks that always compute (``Fn``).
         tail_anchor: last blocks that always compute (``Bn``).
         warmup_chunks: chunks after a reset that compute everything (``W``).
@@ -104,6 +118,7 @@ class XCacheConfig:
     floor: float = 0.97
     max_deviation: float = 2.0
     max_rel_change: float | None = None
+    max_error: float | None = None
     front_anchor: int = 1
     tail_anchor: int = 0
     warmup_chunks: int = 1
@@ -125,6 +140,8 @@ class XCacheConfig:
             (self.max_deviation > 0.0, "max_deviation must be > 0 (inf allowed)"),
             (self.max_rel_change is None or self.max_rel_change > 0.0,
              "max_rel_change must be > 0 (inf allowed) or None (by precision)"),
+            (self.max_error is None or self.max_error > 0.0,
+             "max_error must be > 0 (inf allowed) or None (by precision)"),
             (isinstance(self.front_anchor, int) and self.front_anchor >= 0,
              "front_anchor must be an int >= 0"),
             (isinstance(self.tail_anchor, int) and self.tail_anchor >= 0,
@@ -240,11 +257,18 @@ class XCache(ChunkCacheExecutor):
     def rel_change_threshold(self, device: torch.device) -> float:
         """``max_rel_change``, or its default for ``reuse`` and the precision blocks on
         ``device`` compute in now (float32, or lower under autocast)."""
-        if self.config.max_rel_change is not None:
-            return self.config.max_rel_change
+        return self._threshold(self.config.max_rel_change, DEFAULT_MAX_REL_CHANGE, device)
+
+    def error_threshold(self, device: torch.device) -> float:
+        """``max_error``, or its default (as ``rel_change_threshold``)."""
+        return self._threshold(self.config.max_error, DEFAULT_MAX_ERROR, device)
+
+    def _threshold(self, value: float | None, defaults: dict, device: torch.device) -> float:
+        if value is not None:
+            return value
         low = torch.is_autocast_enabled(device.type) and (
             torch.get_autocast_dtype(device.type) != torch.float32)
-        return DEFAULT_MAX_REL_CHANGE[self.config.reuse]["low" if low else "float32"]
+        return defaults[self.config.reuse]["low" if low else "float32"]
 
     def span_of(self, l: int) -> tuple[int, int]:  # noqa: E741
         """``(first, last)`` block of the span that non-anchor block ``l`` belongs to."""
@@ -273,8 +297,9 @@ class XCache(ChunkCacheExecutor):
         has = cell.has.numpy()
         eligible = has & ~self.warm().numpy()
         reuse = np.zeros(b, dtype=bool)
-        cos = dev = rel = None
+        cos = dev = rel = err = None
         ahead = None
+        max_error = self.error_threshold(x.device)
         if has.any():
             reference = cell.fingerprint
             if cfg.reuse == "linear":
@@ -287,15 +312,18 @@ class XCache(ChunkCacheExecutor):
             tau = cosine_threshold(ema, cfg.margin, cfg.floor)
             reuse = eligible & reuse_decision(cos, dev, tau, cfg.max_deviation, rel,
                                               self.rel_change_threshold(x.device))
+            if math.isfinite(max_error):
+                err = predicted_error(cell.gain_num, cell.gain_den, rel)
+                reuse &= err < max_error
             if cfg.max_consecutive:
                 reuse &= cell.consecutive.numpy() < cfg.max_consecutive
-            if cfg.reuse == "linear":
-                # A line needs two points: a world computes the cell until it has two.
-                reuse &= cell.has_previous.numpy()
+            # A line needs two points: under ``linear`` a world computes the cell until it
+            # has two.
+            reuse &= cell.reusable().numpy()
         if cfg.batch_mode == "all" and not reuse.all():
             reuse[:] = False
         self.stats.gate_seconds += time.perf_counter() - started
-        self.stats.decided(s, l, eligible, reuse, cos, dev, rel)
+        self.stats.decided(s, l, eligible, reuse, cos, dev, rel, err)
         consecutive = cell.consecutive.numpy()
         consecutive[reuse] += 1
         # Reused worlds take the span's whole residual here and pass through its other blocks;
@@ -303,16 +331,17 @@ class XCache(ChunkCacheExecutor):
         residual = cell.residual
         if ahead is not None and reuse.any():
             residual = cell.extrapolated_residual(ahead)
+        fit = rel if math.isfinite(max_error) else None
         if reuse.all():
-            self._span = _OpenSpan(cell, eligible, reuse, None, None, fp)
+            self._span = _OpenSpan(cell, eligible, reuse, None, None, fp, fit)
             return x + residual
         reused_out = x + residual if reuse.any() else None
         compute = torch.from_numpy(~reuse).to(x.device)
         out, idx, x_in, y = self.compute_some(block, x, ctx, compute, reused_out)
         if first == last:
-            self._write(cell, idx, y - x_in, fp)
+            self._write(cell, idx, y - x_in, fp, fit)
         else:
-            self._span = _OpenSpan(cell, eligible, reuse, idx, x_in, fp)
+            self._span = _OpenSpan(cell, eligible, reuse, idx, x_in, fp, fit)
         return out
 
     def _inside_span(
@@ -328,13 +357,28 @@ class XCache(ChunkCacheExecutor):
             block, x, ctx, torch.from_numpy(~span.reuse).to(x.device), reused
         )
         if l == last:
-            self._write(span.cell, idx, y - span.inputs, span.fingerprint)
+            self._write(span.cell, idx, y - span.inputs, span.fingerprint, span.rel)
             self._span = None
         return out
 
     def _write(self, cell: Cell, idx: torch.Tensor, residual: torch.Tensor,
-               fp: Fingerprint) -> None:
-        """Stores the residuals the worlds ``idx`` just computed, with their fingerprints."""
+               fp: Fingerprint, rel: np.ndarray | None = None) -> None:
+        """Stores the residuals the worlds ``idx`` just computed, with their fingerprints.
+
+        With ``rel`` (the relative change the gate saw, every world), first fits the cell's
+        gain to the error reuse would have made for the computed worlds that could have
+        reused (``max_error``)."""
+        if rel is not None:
+            host = idx.cpu().numpy()
+            could = cell.reusable().numpy()[host]
+            if could.any():
+                error = cell.reuse_error(idx[torch.from_numpy(could).to(idx.device)],
+                                         residual[torch.from_numpy(could).to(residual.device)],
+                                         self.chunk_index)
+                worlds = host[could]
+                cell.gain_num[worlds], cell.gain_den[worlds] = fit_gain(
+                    cell.gain_num[worlds], cell.gain_den[worlds], rel[worlds], error,
+                    1.0 - self.config.ema_alpha)
         every = len(idx) == len(self.chunk_index)
         cell.write(idx, residual, fp if every else fp.select(idx),
                    chunk=self.chunk_index[idx.cpu()])
@@ -350,6 +394,7 @@ class _OpenSpan:
         worlds: indices of the worlds that compute the span (None: every world reuses).
         inputs: their inputs to the span's first block.
         fingerprint: the fingerprint of every world's input to the span's first block.
+        rel: every world's relative change at the decision, kept when the gain is fitted.
     """
 
     cell: Cell
@@ -358,3 +403,4 @@ class _OpenSpan:
     worlds: torch.Tensor | None
     inputs: torch.Tensor | None
     fingerprint: Fingerprint
+    rel: np.ndarray | None = None

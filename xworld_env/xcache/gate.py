@@ -1,7 +1,9 @@
 """The metrics of the X-Cache gate and its adaptive threshold (XCACHE.md, "Gate").
 
 Cosine and maximum deviation are the published gate; the relative change is ours (a third
-metric that must also pass; off when its threshold is infinite).
+metric that must also pass; off when its threshold is infinite), and so is the predicted error:
+the relative change times a gain that each cell fits, per world, to the errors its own
+computations showed (``fit_gain``, ``predicted_error``).
 
 Pure functions: the reference metrics over ``Fingerprint`` tensors, the gate itself
 (``gate_metrics``) and the threshold arithmetic over host (numpy) arrays, (b,) per cell; the
@@ -110,6 +112,26 @@ def update_ema(ema: np.ndarray, value: np.ndarray, alpha: float, fresh: np.ndarr
 def cosine_threshold(ema: np.ndarray, margin: float, floor: float) -> np.ndarray:
     """Adaptive threshold ``max(floor, ema - margin)``."""
     return np.maximum(ema - np.float32(margin), np.float32(floor))
+
+
+def fit_gain(
+    num: np.ndarray, den: np.ndarray, rel: np.ndarray, err: np.ndarray, decay: float
+) -> tuple[np.ndarray, np.ndarray]:
+    """One step of a decaying least-squares fit through the origin of ``err ~ gain * rel``.
+
+    ``num`` and ``den`` are the running sums of ``rel * err`` and ``rel ** 2``, each older
+    term weighted ``decay`` times the next; ``gain = num / den``. Returns the new sums.
+    """
+    rel = rel.astype(np.float64)
+    return decay * num + rel * err, decay * den + rel * rel
+
+
+def predicted_error(num: np.ndarray, den: np.ndarray, rel: np.ndarray) -> np.ndarray:
+    """``gain * rel`` with the fitted gain ``num / den`` (``fit_gain``); infinite where
+    nothing was fitted yet (``den == 0``), so that such a world cannot pass the gate."""
+    fitted = den > 0
+    gain = np.divide(num, den, out=np.zeros_like(num), where=fitted)
+    return np.where(fitted, gain * rel, np.inf).astype(np.float32)
 
 
 def reuse_decision(

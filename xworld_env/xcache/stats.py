@@ -42,6 +42,7 @@ class CacheStats:
         self.cos: deque[float] = deque(maxlen=_HISTORY)
         self.dev: deque[float] = deque(maxlen=_HISTORY)
         self.rel: deque[float] = deque(maxlen=_HISTORY)
+        self.err: deque[float] = deque(maxlen=_HISTORY)
         self.gate_seconds = 0.0
         self.gated_passes = 0
         self.mixed_passes = 0
@@ -71,9 +72,11 @@ class CacheStats:
         self, s: int, l: int, eligible: np.ndarray | torch.Tensor,  # noqa: E741
         reuse: np.ndarray | torch.Tensor, cos: np.ndarray | None = None,
         dev: np.ndarray | None = None, rel: np.ndarray | None = None,
+        err: np.ndarray | None = None,
     ) -> None:
         """One cell's decision for a batch: ``eligible`` and ``reuse`` are (b,) bool masks
-        (host arrays or CPU tensors); ``cos``, ``dev`` and ``rel`` the gate's metrics.
+        (host arrays or CPU tensors); ``cos``, ``dev``, ``rel`` and ``err`` (the predicted
+        error) the gate's metrics.
 
         Worlds not eligible (warmup, nothing stored) are computed and count only in
         ``skip_rate_all``.
@@ -97,9 +100,11 @@ class CacheStats:
             row["evaluations"] += b
         self._track_pass(s, eligible, reuse)
         if n_eligible:
-            for values, metric in ((self.cos, cos), (self.dev, dev), (self.rel, rel)):
+            for values, metric in ((self.cos, cos), (self.dev, dev), (self.rel, rel),
+                                   (self.err, err)):
                 if metric is not None:
-                    values.extend(np.asarray(metric)[eligible].tolist())
+                    picked = np.asarray(metric)[eligible]
+                    values.extend(picked[np.isfinite(picked)].tolist())
 
     def _track_pass(self, s: int, eligible: np.ndarray, reuse: np.ndarray) -> None:
         """Follows whether each world's decisions in the current pass all agree."""
@@ -158,6 +163,7 @@ class CacheStats:
             "cos_percentiles": _percentiles(self.cos),
             "dev_percentiles": _percentiles(self.dev),
             "rel_percentiles": _percentiles(self.rel),
+            "error_percentiles": _percentiles(self.err),
             "gate_seconds": self.gate_seconds,
             "gated_passes": gated,
             "pass_agreement": 1.0 - mixed / gated if gated else 1.0,

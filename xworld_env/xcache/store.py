@@ -2,7 +2,8 @@
 
 A cell remembers, for every world, the residual (block output minus input) from the last time
 it was computed, the fingerprint of the input that produced it, the chunk it was computed in,
-the EMA of the cosine seen at the cell, and how many times in a row it has been reused. A cell
+the EMA of the cosine seen at the cell, how many times in a row it has been reused, and the
+running sums of the fit that predicts its reuse error from the fingerprint's change. A cell
 that keeps history (``Cell.keep_previous``) also remembers the computation before the last one,
 for reuse that extrapolates along the line through the two (X-Cache ``reuse="linear"``).
 """
@@ -39,6 +40,27 @@ class Cell:
         self.previous_fingerprint: Fingerprint | None = None
         self.previous_chunk = torch.zeros(batch_size, dtype=torch.long)
         self.has_previous = torch.zeros(batch_size, dtype=torch.bool)
+        # Running sums of the gain fit (``gate.fit_gain``), float64 host arrays.
+        self.gain_num = np.zeros(batch_size)
+        self.gain_den = np.zeros(batch_size)
+
+    def reusable(self) -> torch.Tensor:
+        """(b,) bool: worlds the cell could reuse for, by what it holds: a computation, and
+        the one before it too where it keeps history (a line needs two points)."""
+        return self.has_previous if self.keep_previous else self.has
+
+    def reuse_error(self, worlds: torch.Tensor, residual: torch.Tensor,
+                    now: torch.Tensor) -> np.ndarray:
+        """Relative L1 error, per world of ``worlds`` (long indices), of what reusing the cell
+        in chunk ``now`` (per world of the batch) would have added, against ``residual``, what
+        those worlds just computed: ``mean|residual - reused| / mean|residual|``. Call it
+        before ``write``; meaningful where ``reusable()``."""
+        ahead = (self.steps_ahead(now) if self.keep_previous
+                 else np.zeros(self.batch_size, np.float32))
+        reused = self.extrapolated_residual(ahead, worlds)
+        diff = (residual - reused).abs().flatten(1).mean(1)
+        scale = residual.abs().flatten(1).mean(1).clamp_min(1e-12)
+        return (diff / scale).float().cpu().numpy()
 
     def write(
         self,
@@ -115,15 +137,20 @@ class Cell:
             return self.fingerprint
         return self.fingerprint.extrapolate(self.previous_fingerprint, ahead)
 
-    def extrapolated_residual(self, ahead: np.ndarray) -> torch.Tensor:
-        """The residual continued the same way (see ``extrapolated_fingerprint``)."""
+    def extrapolated_residual(self, ahead: np.ndarray,
+                              worlds: torch.Tensor | None = None) -> torch.Tensor:
+        """The residual continued the same way (see ``extrapolated_fingerprint``), of every
+        world or of ``worlds`` (long indices) only."""
+        residual = self.residual if worlds is None else self.residual[worlds]
+        if worlds is not None:
+            ahead = ahead[worlds.cpu().numpy()]
         if self.previous_residual is None or not ahead.any():
-            return self.residual
+            return residual
+        previous = self.previous_residual if worlds is None else self.previous_residual[worlds]
         # One kernel: previous + (1 + k) (last - previous) = last + k (last - previous).
-        weight = torch.from_numpy(ahead + np.float32(1.0)).to(self.residual.device,
-                                                               self.residual.dtype)
-        weight = weight.view(-1, *([1] * (self.residual.dim() - 1)))
-        return torch.lerp(self.previous_residual, self.residual, weight)
+        weight = torch.from_numpy(ahead + np.float32(1.0)).to(residual.device, residual.dtype)
+        weight = weight.view(-1, *([1] * (residual.dim() - 1)))
+        return torch.lerp(previous, residual, weight)
 
     def _every_world(self, worlds: torch.Tensor) -> bool:
         return len(worlds) == self.batch_size and bool(
@@ -146,6 +173,8 @@ class Cell:
         self.cos_ema[index] = 0.0
         self.consecutive[index] = 0
         self.has_previous[index] = False
+        self.gain_num[index] = 0.0
+        self.gain_den[index] = 0.0
 
 
 def _merged(
