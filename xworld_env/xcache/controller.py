@@ -22,6 +22,13 @@ and is predicted where it will be, not where it was. A world computes a cell unt
 computations of it (after a reset, the first chunk past warmup computes as well).
 ``reuse="hold"`` is the published rule.
 
+Ours as well: the *predicted error* (``XCacheConfig.max_error``, on by default for linear reuse
+in float32). The same relative change of a block input means a different error of the reused
+residual at different denoising steps (at step 0 the input is the episode's noise, and moves
+only through block 0's attention to the past). Each cell fits, per world, the gain from the
+relative change to the relative error reuse would have made, on its own computations, and a
+world reuses only while ``gain * relative change`` stays below ``max_error``.
+
 Guardrails (XCACHE.md, "Guardrails"): passes that write the KV cache always compute every block;
 the first ``front_anchor`` (and last ``tail_anchor``) blocks always compute; the first
 ``warmup_chunks`` chunks after a reset compute everything; step-0 protection and a cap on
