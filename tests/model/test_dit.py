@@ -256,24 +256,3 @@ def test_commit_kv_writes_what_a_full_kv_writing_pass_writes(dit64):
     assert lean.num_chunks.tolist() == full.num_chunks.tolist() == [n, n]
     with pytest.raises(ValueError, match="kv cache holds"):
         dit64.commit_kv(clean[:1, 0], action[:1, 0], speed[:1, 0], lean)
-
-
-@pytest.mark.parametrize("masked", [False, True])
-def test_attention_in_reduced_precision_on_the_cpu_matches_the_fused_kernel(masked):
-    import torch.nn.functional as F
-
-    from xworld_env.model.dit import attend
-
-    g = torch.Generator().manual_seed(0)
-    q, k, v = (torch.randn(2, 4, n, 16, generator=g) for n in (24, 40, 40))
-    mask = (torch.rand(2, 1, 1, 40, generator=g) > 0.3) if masked else None
-    exact = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
-    assert torch.equal(attend(q, k, v, mask), exact)  # float32: the fused kernel itself
-    for dtype in (torch.bfloat16, torch.float16):
-        with torch.autocast("cpu", dtype=dtype):
-            out = attend(q, k, v, mask)
-        assert out.dtype == dtype
-        err = (out.float() - exact).pow(2).mean().sqrt() / exact.pow(2).mean().sqrt()
-        assert err < (0.01 if dtype == torch.bfloat16 else 0.002)
-        low = attend(q.to(dtype), k.to(dtype), v.to(dtype), mask)
-        assert low.dtype == dtype and torch.allclose(low.float(), out.float(), atol=1e-2)

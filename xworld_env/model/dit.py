@@ -229,29 +229,6 @@ def _per_chunk(x: Tensor, mod: Tensor) -> tuple[Tensor, Tensor]:
     return x.reshape(b, chunks, -1, d), mod.reshape(b, chunks, 1, mod.shape[-1])
 
 
-#: Reduced precisions in which the CPU attention runs as explicit products (``attend``).
-_LOW_PRECISION = (torch.bfloat16, torch.float16)
-
-
-def attend(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None = None) -> Tensor:
-    """Softmax attention ``softmax(q k^T / sqrt(e)) v`` of (b, heads, n, e) tensors.
-
-    ``mask``: boolean, True = attend, broadcastable to (b, heads, n, keys). PyTorch's fused
-    kernel everywhere, except in bfloat16 / float16 (the tensors' or the CPU autocast's) on the
-    CPU: there the fused kernel ran slower
-    than in float32 (1.24 against 1.05 ms for one block's 224 queries over 672 keys on the
-    2-core development machine), while the two products run at the hardware's reduced-precision
-    rate (0.66 ms); the softmax runs in float32 between them.
-    """
-    low = torch.get_autocast_dtype("cpu") if torch.is_autocast_enabled("cpu") else q.dtype
-    if q.device.type != "cpu" or low not in _LOW_PRECISION:
-        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
-    scores = torch.matmul(q.to(low), k.to(low).transpose(-1, -2)).float() * (q.shape[-1] ** -0.5)
-    if mask is not None:
-        scores = scores.masked_fill(~mask, float("-inf"))
-    return torch.matmul(torch.softmax(scores, dim=-1).to(low), v.to(low))
-
-
 class Attention(nn.Module):
     """Multi-head self-attention over the chunk's tokens and the cached past.
 
@@ -283,7 +260,7 @@ class Attention(nn.Module):
         if ctx.past is not None:
             k = torch.cat([ctx.past.k, k], dim=2)
             v = torch.cat([ctx.past.v, v], dim=2)
-        out = attend(q, k, v, ctx.attn_mask)
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=ctx.attn_mask)
         return self.proj(rearrange(out, "b heads n e -> b n (heads e)"))
 
 
