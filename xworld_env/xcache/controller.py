@@ -49,9 +49,7 @@ from xworld_env.types import CAMERA_NAMES, VIEW_GROUPS
 from xworld_env.xcache.fingerprint import DEFAULT_BUDGET, Fingerprint, fingerprint
 from xworld_env.xcache.gate import (
     cosine_threshold,
-    fit_gain,
     gate_metrics,
-    predicted_error,
     reuse_decision,
     update_ema,
 )
@@ -317,11 +315,11 @@ class XCache(ChunkCacheExecutor):
             np.copyto(ema, update_ema(ema, cos, cfg.ema_alpha, fresh=~ema_started), where=has)
             ema_started |= has
             tau = cosine_threshold(ema, cfg.margin, cfg.floor)
-            reuse = eligible & reuse_decision(cos, dev, tau, cfg.max_deviation, rel,
-                                              self.rel_change_threshold(x.device))
             if math.isfinite(max_error):
-                err = predicted_error(cell.gain_num, cell.gain_den, rel)
-                reuse &= err < max_error
+                err = cell.predicted_error(rel)
+            reuse = eligible & reuse_decision(cos, dev, tau, cfg.max_deviation, rel,
+                                              self.rel_change_threshold(x.device), err,
+                                              max_error)
             if cfg.max_consecutive:
                 reuse &= cell.consecutive.numpy() < cfg.max_consecutive
             # A line needs two points: under ``linear`` a world computes the cell until it
@@ -376,16 +374,7 @@ class XCache(ChunkCacheExecutor):
         gain to the error reuse would have made for the computed worlds that could have
         reused (``max_error``)."""
         if rel is not None:
-            host = idx.cpu().numpy()
-            could = cell.reusable().numpy()[host]
-            if could.any():
-                error = cell.reuse_error(idx[torch.from_numpy(could).to(idx.device)],
-                                         residual[torch.from_numpy(could).to(residual.device)],
-                                         self.chunk_index)
-                worlds = host[could]
-                cell.gain_num[worlds], cell.gain_den[worlds] = fit_gain(
-                    cell.gain_num[worlds], cell.gain_den[worlds], rel[worlds], error,
-                    1.0 - self.config.ema_alpha)
+            cell.calibrate(idx, residual, rel, self.chunk_index, 1.0 - self.config.ema_alpha)
         every = len(idx) == len(self.chunk_index)
         cell.write(idx, residual, fp if every else fp.select(idx),
                    chunk=self.chunk_index[idx.cpu()])

@@ -137,10 +137,13 @@ def predicted_error(num: np.ndarray, den: np.ndarray, rel: np.ndarray) -> np.nda
 def reuse_decision(
     cos: np.ndarray, dev: np.ndarray, tau_cos: np.ndarray, tau_dev: float,
     rel: np.ndarray | None = None, tau_rel: float = float("inf"),
+    err: np.ndarray | None = None, tau_err: float = float("inf"),
 ) -> np.ndarray:
     """Reuse only where every metric agrees: ``cos >= tau_cos``, ``dev < tau_dev`` and, when
-    given, ``rel < tau_rel``."""
+    given, ``rel < tau_rel`` and ``err < tau_err`` (the predicted error)."""
     reuse = (cos >= tau_cos) & (dev < tau_dev)
     if rel is not None:
         reuse &= rel < tau_rel
+    if err is not None:
+        reuse &= err < tau_err
     return reuse

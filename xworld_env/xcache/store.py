@@ -14,6 +14,7 @@ import numpy as np
 import torch
 
 from xworld_env.xcache.fingerprint import Fingerprint
+from xworld_env.xcache.gate import fit_gain, predicted_error
 
 
 class Cell:
@@ -61,6 +62,30 @@ class Cell:
         diff = (residual - reused).abs().flatten(1).mean(1)
         scale = residual.abs().flatten(1).mean(1).clamp_min(1e-12)
         return (diff / scale).float().cpu().numpy()
+
+    def calibrate(self, worlds: torch.Tensor, residual: torch.Tensor, rel: np.ndarray,
+                  now: torch.Tensor, decay: float) -> None:
+        """Fits the gain of the worlds that just computed ``residual`` (long indices
+        ``worlds``) and could have reused (``reusable()``) to the error reuse would have made
+        (``reuse_error``) against ``rel``, every world's relative change at the decision
+        (``gate.fit_gain``). Call it before ``write``."""
+        host = worlds.cpu().numpy()
+        could = self.reusable().numpy()[host]
+        if not could.any():
+            return
+        if not could.all():
+            mask = torch.from_numpy(could)
+            worlds = worlds[mask.to(worlds.device)]
+            residual = residual[mask.to(residual.device)]
+            host = host[could]
+        error = self.reuse_error(worlds, residual, now)
+        self.gain_num[host], self.gain_den[host] = fit_gain(
+            self.gain_num[host], self.gain_den[host], rel[host], error, decay)
+
+    def predicted_error(self, rel: np.ndarray) -> np.ndarray:
+        """(b,) float32: each world's fitted gain times its relative change ``rel``; infinite
+        where nothing was fitted yet (``gate.predicted_error``)."""
+        return predicted_error(self.gain_num, self.gain_den, rel)
 
     def write(
         self,
