@@ -301,10 +301,10 @@ def test_thresholds_follow_the_precision_the_blocks_run_in(reuse, dtype, expecte
     assert (fixed.rel_change_threshold(cpu), fixed.error_threshold(cpu)) == (0.002, 0.01)
 
 
-def span_residuals(depth: int, reuse: str, chunks: int):
+def span_residuals(depth: int, reuse: str, chunks: int, **settings):
     """Span inputs and outputs of every denoising pass of a 2-chunk-warmup rollout in which
     every eligible cell is reused (one span over blocks 1.. of a ``depth``-block DiT)."""
-    cfg = XCacheConfig(span=0, warmup_chunks=2, reuse=reuse, **PERMISSIVE)
+    cfg = XCacheConfig(span=0, warmup_chunks=2, reuse=reuse, **PERMISSIVE, **settings)
     engine = engine_with(XCache(cfg), depth)
     start(engine)
     span_in, span_out = [], []
@@ -319,8 +319,58 @@ def span_residuals(depth: int, reuse: str, chunks: int):
     return engine, per_chunk
 
 
-def test_linear_reuse_continues_the_line_through_the_last_two_computations():
+def test_linear_reuse_by_input_continues_the_line_as_far_as_the_input_moved():
+    from xworld_env.xcache.controller import LINE_RANGE
+    from xworld_env.xcache.fingerprint import fingerprint
+    from xworld_env.xcache.gate import line_position
+
     engine, per_chunk = span_residuals(depth=3, reuse="linear", chunks=4)
+    ex = engine.executor
+    (in0, out0), (in1, out1) = per_chunk[:2]  # warmup: both computed
+    action = torch.as_tensor(constant_actions(1)[0], dtype=torch.float32)
+
+    def fp(x):
+        return fingerprint(x, ex.groups, action, ex.config.budget)
+
+    positions = []
+    for s in range(CONFIG.sampler.num_steps):
+        r0, r1 = out0[s] - in0[s], out1[s] - in1[s]
+        for chunk in (2, 3):
+            x, y = per_chunk[chunk][0][s], per_chunk[chunk][1][s]
+            a = float(np.clip(line_position(fp(x), fp(in1[s]), fp(in0[s])), *LINE_RANGE)[0])
+            positions.append(a)
+            torch.testing.assert_close(y, x + (r1 + a * (r1 - r0)), rtol=0, atol=1e-6)
+    # The inputs do move between chunks: the line is continued, not held.
+    assert any(abs(a) > 1e-3 for a in positions)
+    assert ex.stats.summary()["skip_rate"] == 1.0
+
+
+def test_line_position_is_the_least_squares_position_on_the_line():
+    from xworld_env.xcache.fingerprint import fingerprint
+    from xworld_env.xcache.gate import line_position
+
+    g = torch.Generator().manual_seed(3)
+    groups = [[0, 1], [2, 3, 4], [5, 6]]
+    prev, last, off = (torch.randn(2, 7, 1, 2, 2, 4, generator=g) for _ in range(3))
+
+    def fp(x):
+        return fingerprint(x, groups, torch.zeros(x.shape[0], 2), budget=8)
+
+    # On the line: 1.5 intervals past the last point for world 0, back at the previous for 1.
+    now = torch.stack([last[0] + 1.5 * (last[0] - prev[0]), prev[1]])
+    np.testing.assert_allclose(line_position(fp(now), fp(last), fp(prev)), [1.5, -1.0],
+                               rtol=1e-5)
+    # Off the line: the projection, by hand.
+    step, moved = (last - prev).flatten(1), (off - last).flatten(1)
+    expected = (moved * step).sum(1) / (step * step).sum(1)
+    np.testing.assert_allclose(line_position(fp(off), fp(last), fp(prev)), expected.numpy(),
+                               rtol=1e-4)
+    # No line (two equal points): 0, the last computation as it is.
+    np.testing.assert_array_equal(line_position(fp(off), fp(last), fp(last)), [0.0, 0.0])
+
+
+def test_linear_reuse_by_time_continues_the_line_through_the_last_two_computations():
+    engine, per_chunk = span_residuals(depth=3, reuse="linear", chunks=4, position="time")
     (in0, out0), (in1, out1) = per_chunk[:2]  # warmup: both computed
     for s in range(CONFIG.sampler.num_steps):
         r0, r1 = out0[s] - in0[s], out1[s] - in1[s]
@@ -399,7 +449,8 @@ def test_reuse_error_is_the_relative_error_of_what_reuse_would_have_added():
         assert cell.reusable().all()
         # Chunk 4, two chunks past the last computation: linear continues the line two steps.
         reused = r[1] + 2 * (r[1] - r[0]) if keep else r[1]
-        err = cell.reuse_error(torch.tensor([1]), r[2][1:], torch.tensor([4, 4]))
+        ahead = cell.steps_ahead(torch.tensor([4, 4])) if keep else np.zeros(2, np.float32)
+        err = cell.reuse_error(torch.tensor([1]), r[2][1:], ahead)
         expected = (r[2][1] - reused[1]).abs().mean() / r[2][1].abs().mean()
         np.testing.assert_allclose(err, [expected.item()], rtol=1e-5)
         cell.gain_num[:], cell.gain_den[:] = 1.0, 2.0
@@ -425,3 +476,15 @@ def test_predicted_error_reuses_only_after_a_fitted_gain():
     engine, _ = rollout(XCache(XCacheConfig(**strict)), acts, depth=3)
     summary = engine.executor.stats.summary()
     assert summary["eligible_evaluations"] > 0 and summary["reused_evaluations"] == 0
+
+
+def test_max_consecutive_bounds_a_run_of_reuses_per_world():
+    # Every eligible cell passes the gate; at most two reuses in a row, then a computation.
+    acts = constant_actions(8)
+    capped = XCache(XCacheConfig(**{**PERMISSIVE, "max_consecutive": 2}))
+    engine, _ = rollout(capped, acts, depth=3)
+    per_chunk = engine.executor.stats.summary()["per_chunk"]
+    assert per_chunk[1:] == [0.0, 1.0, 1.0, 0.0, 1.0, 1.0, 0.0]
+    free = XCache(XCacheConfig(**{**PERMISSIVE, "max_consecutive": 0}))
+    engine, _ = rollout(free, acts, depth=3)
+    assert engine.executor.stats.summary()["per_chunk"][1:] == [0.0] + [1.0] * 6

@@ -18,9 +18,12 @@ Ours too: *linear reuse* (``XCacheConfig.reuse``, default ``"linear"``). A reuse
 its residual continued along the line through its last two computations rather than the last
 one as it is, and its gate compares the new input with the stored fingerprint continued the same
 way: a world whose blocks change steadily from chunk to chunk (a car driving on) passes the gate
-and is predicted where it will be, not where it was. A world computes a cell until it has two
-computations of it (after a reset, the first chunk past warmup computes as well).
-``reuse="hold"`` is the published rule.
+and is predicted where it will be, not where it was. How far along the line
+(``XCacheConfig.position``): by default where the new input's fingerprint lies on the line
+through the two stored ones (``gate.line_position``), so that a world that slows down, stops or
+turns back is continued as far as its input went; ``"time"`` continues it by the chunks elapsed.
+A world computes a cell until it has two computations of it (after a reset, the first chunk
+past warmup computes as well). ``reuse="hold"`` is the published rule.
 
 Ours as well: the *predicted error* (``XCacheConfig.max_error``, on by default for linear reuse
 in float32). The same relative change of a block input means a different error of the reused
@@ -32,7 +35,7 @@ world reuses only while ``gain * relative change`` stays below ``max_error``.
 Guardrails (XCACHE.md, "Guardrails"): passes that write the KV cache always compute every block;
 the first ``front_anchor`` (and last ``tail_anchor``) blocks always compute; the first
 ``warmup_chunks`` chunks after a reset compute everything; step-0 protection and a cap on
-consecutive reuses are optional.
+consecutive reuses (default 8) are optional.
 """
 
 from __future__ import annotations
@@ -50,6 +53,7 @@ from xworld_env.xcache.fingerprint import DEFAULT_BUDGET, Fingerprint, fingerpri
 from xworld_env.xcache.gate import (
     cosine_threshold,
     gate_metrics,
+    line_position,
     reuse_decision,
     update_ema,
 )
@@ -60,6 +64,12 @@ BATCH_MODES = ("gather", "all")
 #: What a reused cell adds: ``hold`` the residual of its last computation (published);
 #: ``linear`` the residual continued along the line through its last two computations.
 REUSE_MODES = ("linear", "hold")
+#: How far along its line a ``linear`` cell is continued: ``input``, where the new input's
+#: fingerprint lies on the line (clipped to ``LINE_RANGE``); ``time``, by the chunks elapsed.
+POSITIONS = ("input", "time")
+#: Positions along the line ``input`` may continue a cell to, in intervals between its last
+#: two computations: from back at the previous one to four intervals past the last.
+LINE_RANGE = (-1.0, 4.0)
 #: ``max_rel_change`` and ``max_error`` when they are left to the reuse rule and the precision:
 #: blocks computed in float32, and under bfloat16 / float16 autocast, whose rounding adds its own
 #: chunk-to-chunk change to every block input (and ``linear`` extrapolates it). README,
@@ -101,7 +111,12 @@ class XCacheConfig:
         tail_anchor: last blocks that always compute (``Bn``).
         warmup_chunks: chunks after a reset that compute everything (``W``).
         protect_step0: always compute the first denoising step.
-        max_consecutive: at most this many reuses in a row per cell (0: no limit).
+        max_consecutive: at most this many reuses in a row per cell and world (0: no limit).
+            Default 8: where the new input's position on the line sets how far a cell is
+            continued, a world whose reused chunks make its next inputs what the line predicts
+            can go on reusing at a small steady relative change while its error accumulates;
+            a computation every ninth chunk at the latest bounds that (README, "X-Cache
+            reuse").
         span: consecutive non-anchor blocks one gate decision covers; 0: all of them, one
             decision per denoising pass; 1: every block gates on its own input, as published.
             A span gates on its first block's input and, when it reuses, adds the residual of
@@ -114,6 +129,12 @@ class XCacheConfig:
             the cell's last two computations, ``last + k (last - previous)`` with ``k`` the
             chunks since the last computation over the chunks between the two; a world
             computes the cell until it has two; see README, "X-Cache reuse".
+        position: how far along the line ``linear`` continues a cell. ``input`` (default):
+            ``k`` is where the new input's fingerprint lies on the line through the two stored
+            ones (least squares on the sampled tokens, ``gate.line_position``; 0 at the last
+            computation, clipped to ``LINE_RANGE``), so a world that slows down, stops or
+            backs up is continued only as far as its input moved. ``time``: ``k`` is the chunks
+            since the last computation over the chunks between the two.
         view_groups: camera names of each fingerprint view group.
     """
 
@@ -128,10 +149,11 @@ class XCacheConfig:
     tail_anchor: int = 0
     warmup_chunks: int = 1
     protect_step0: bool = False
-    max_consecutive: int = 0
+    max_consecutive: int = 8
     span: int = 0
     batch_mode: str = "gather"
     reuse: str = "linear"
+    position: str = "input"
     view_groups: tuple[tuple[str, ...], ...] = tuple(VIEW_GROUPS.values())
 
     def __post_init__(self) -> None:
@@ -159,6 +181,7 @@ class XCacheConfig:
              "span must be an int >= 0 (0: all non-anchor blocks)"),
             (self.batch_mode in BATCH_MODES, f"batch_mode must be one of {BATCH_MODES}"),
             (self.reuse in REUSE_MODES, f"reuse must be one of {REUSE_MODES}"),
+            (self.position in POSITIONS, f"position must be one of {POSITIONS}"),
             (len(self.view_groups) > 0 and all(self.view_groups), "view_groups must not be empty"),
         ]
         for ok, message in checks:
@@ -308,7 +331,7 @@ class XCache(ChunkCacheExecutor):
         if has.any():
             reference = cell.fingerprint
             if cfg.reuse == "linear":
-                ahead = cell.steps_ahead(self.chunk_index)
+                ahead = self._ahead(cell, fp)
                 reference = cell.extrapolated_fingerprint(ahead)
             cos, dev, rel = gate_metrics(fp, reference)
             ema, ema_started = cell.cos_ema.numpy(), cell.ema_started.numpy()
@@ -336,7 +359,9 @@ class XCache(ChunkCacheExecutor):
         residual = cell.residual
         if ahead is not None and reuse.any():
             residual = cell.extrapolated_residual(ahead)
-        fit = rel if math.isfinite(max_error) else None
+        fit = None
+        if rel is not None and math.isfinite(max_error):
+            fit = (rel, np.zeros(b, np.float32) if ahead is None else ahead)
         if reuse.all():
             self._span = _OpenSpan(cell, eligible, reuse, None, None, fp, fit)
             return x + residual
@@ -362,19 +387,29 @@ class XCache(ChunkCacheExecutor):
             block, x, ctx, torch.from_numpy(~span.reuse).to(x.device), reused
         )
         if l == last:
-            self._write(span.cell, idx, y - span.inputs, span.fingerprint, span.rel)
+            self._write(span.cell, idx, y - span.inputs, span.fingerprint, span.fit)
             self._span = None
         return out
 
+    def _ahead(self, cell: Cell, fp: Fingerprint) -> np.ndarray:
+        """(b,) float32: how far along its line ``linear`` continues ``cell`` for input
+        fingerprint ``fp`` (``XCacheConfig.position``); 0 where a world has no line."""
+        if self.config.position == "time" or cell.previous_fingerprint is None:
+            return cell.steps_ahead(self.chunk_index)
+        position = np.clip(line_position(fp, cell.fingerprint, cell.previous_fingerprint),
+                           *LINE_RANGE)
+        return np.where(cell.has_previous.numpy(), position, np.float32(0.0))
+
     def _write(self, cell: Cell, idx: torch.Tensor, residual: torch.Tensor,
-               fp: Fingerprint, rel: np.ndarray | None = None) -> None:
+               fp: Fingerprint, fit: tuple[np.ndarray, np.ndarray] | None = None) -> None:
         """Stores the residuals the worlds ``idx`` just computed, with their fingerprints.
 
-        With ``rel`` (the relative change the gate saw, every world), first fits the cell's
-        gain to the error reuse would have made for the computed worlds that could have
-        reused (``max_error``)."""
-        if rel is not None:
-            cell.calibrate(idx, residual, rel, self.chunk_index, 1.0 - self.config.ema_alpha)
+        With ``fit`` (every world's relative change at the decision and how far along its
+        line reuse would have continued the cell), first fits the cell's gain to the error
+        reuse would have made for the computed worlds that could have reused
+        (``max_error``)."""
+        if fit is not None:
+            cell.calibrate(idx, residual, *fit, 1.0 - self.config.ema_alpha)
         every = len(idx) == len(self.chunk_index)
         cell.write(idx, residual, fp if every else fp.select(idx),
                    chunk=self.chunk_index[idx.cpu()])
@@ -390,7 +425,8 @@ class _OpenSpan:
         worlds: indices of the worlds that compute the span (None: every world reuses).
         inputs: their inputs to the span's first block.
         fingerprint: the fingerprint of every world's input to the span's first block.
-        rel: every world's relative change at the decision, kept when the gain is fitted.
+        fit: every world's relative change at the decision and how far along its line reuse
+            would have continued the cell, kept when the gain is fitted.
     """
 
     cell: Cell
@@ -399,4 +435,4 @@ class _OpenSpan:
     worlds: torch.Tensor | None
     inputs: torch.Tensor | None
     fingerprint: Fingerprint
-    rel: np.ndarray | None = None
+    fit: tuple[np.ndarray, np.ndarray] | None = None

@@ -104,6 +104,23 @@ def gate_metrics(
     return tuple(np.asarray(m, dtype=np.float32) for m in (cos, dev, rel))
 
 
+def line_position(now: Fingerprint, last: Fingerprint, previous: Fingerprint) -> np.ndarray:
+    """Where ``now`` lies along the line through ``previous`` and ``last``, per world, (b,).
+
+    The least-squares ``a`` of ``now ~ last + a (last - previous)`` on the packed sample rows:
+    0 at ``last``, -1 at ``previous``, 1 one interval past ``last``; 0 where the two points
+    coincide (no line). Returned as float32.
+    """
+    p_now, p_last, p_prev = now.packed.rows, last.packed.rows, previous.packed.rows
+    b = p_now.shape[0]
+    step = np.subtract(p_last, p_prev).reshape(b, -1)
+    moved = np.subtract(p_now, p_last).reshape(b, -1)
+    along = row_dot(moved, step)
+    norm = row_dot(step, step)
+    position = np.divide(along, norm, out=np.zeros_like(along), where=norm > ZERO_NORM**2)
+    return position.astype(np.float32)
+
+
 def update_ema(ema: np.ndarray, value: np.ndarray, alpha: float, fresh: np.ndarray) -> np.ndarray:
     """``alpha * value + (1 - alpha) * ema``; worlds flagged ``fresh`` start at ``value``."""
     return np.where(fresh, value, alpha * value + (1.0 - alpha) * ema).astype(np.float32)

@@ -51,24 +51,23 @@ class Cell:
         return self.has_previous if self.keep_previous else self.has
 
     def reuse_error(self, worlds: torch.Tensor, residual: torch.Tensor,
-                    now: torch.Tensor) -> np.ndarray:
+                    ahead: np.ndarray) -> np.ndarray:
         """Relative L1 error, per world of ``worlds`` (long indices), of what reusing the cell
-        in chunk ``now`` (per world of the batch) would have added, against ``residual``, what
-        those worlds just computed: ``mean|residual - reused| / mean|residual|``. Call it
-        before ``write``; meaningful where ``reusable()``."""
-        ahead = (self.steps_ahead(now) if self.keep_previous
-                 else np.zeros(self.batch_size, np.float32))
+        ``ahead`` (per world of the batch, as ``extrapolated_residual``) would have added,
+        against ``residual``, what those worlds just computed:
+        ``mean|residual - reused| / mean|residual|``. Call it before ``write``; meaningful
+        where ``reusable()``."""
         reused = self.extrapolated_residual(ahead, worlds)
         diff = (residual - reused).abs().flatten(1).mean(1)
         scale = residual.abs().flatten(1).mean(1).clamp_min(1e-12)
         return (diff / scale).float().cpu().numpy()
 
     def calibrate(self, worlds: torch.Tensor, residual: torch.Tensor, rel: np.ndarray,
-                  now: torch.Tensor, decay: float) -> None:
+                  ahead: np.ndarray, decay: float) -> None:
         """Fits the gain of the worlds that just computed ``residual`` (long indices
         ``worlds``) and could have reused (``reusable()``) to the error reuse would have made
-        (``reuse_error``) against ``rel``, every world's relative change at the decision
-        (``gate.fit_gain``). Call it before ``write``."""
+        (``reuse_error`` at ``ahead``) against ``rel``, every world's relative change at the
+        decision (``gate.fit_gain``). Call it before ``write``."""
         host = worlds.cpu().numpy()
         could = self.reusable().numpy()[host]
         if not could.any():
@@ -78,7 +77,7 @@ class Cell:
             worlds = worlds[mask.to(worlds.device)]
             residual = residual[mask.to(residual.device)]
             host = host[could]
-        error = self.reuse_error(worlds, residual, now)
+        error = self.reuse_error(worlds, residual, ahead)
         self.gain_num[host], self.gain_den[host] = fit_gain(
             self.gain_num[host], self.gain_den[host], rel[host], error, decay)
 
@@ -156,8 +155,8 @@ class Cell:
 
     def extrapolated_fingerprint(self, ahead: np.ndarray) -> Fingerprint:
         """The fingerprint continued ``ahead`` intervals along the line through the last two
-        computations, per world (``steps_ahead``): ``last + ahead * (last - previous)``; the
-        last one where ``ahead`` is 0."""
+        computations, per world (``steps_ahead`` or ``gate.line_position``):
+        ``last + ahead * (last - previous)``; the last one where ``ahead`` is 0."""
         if self.previous_fingerprint is None or not ahead.any():
             return self.fingerprint
         return self.fingerprint.extrapolate(self.previous_fingerprint, ahead)
