@@ -324,7 +324,7 @@ def test_linear_reuse_by_input_continues_the_line_as_far_as_the_input_moved():
     from xworld_env.xcache.fingerprint import fingerprint
     from xworld_env.xcache.gate import line_position
 
-    engine, per_chunk = span_residuals(depth=3, reuse="linear", chunks=4)
+    engine, per_chunk = span_residuals(depth=3, reuse="linear", chunks=4, position="input")
     ex = engine.executor
     (in0, out0), (in1, out1) = per_chunk[:2]  # warmup: both computed
     action = torch.as_tensor(constant_actions(1)[0], dtype=torch.float32)

@@ -70,23 +70,19 @@ DEFAULT_POLICIES: dict[str, dict[str, Any]] = {
 #: Settings swept for the speed-vs-fidelity Pareto plot, per policy.
 _OFF = math.inf
 DEFAULT_SWEEP: dict[str, list[dict[str, Any]]] = {
-    # The default gate (linear reuse to the input's position on the line, predicted error, at
-    # most 8 reuses in a row) at other thresholds, then the previous default: continued by the
-    # chunks elapsed, without the cap.
-    "xcache": [{"max_error": t} for t in (0.006, 0.01, 0.03, 0.05, 0.1)]
-    + [{"position": "time", "max_consecutive": 0}]
+    # The default gate (linear reuse, predicted error) at other thresholds.
+    "xcache": [{"max_error": t} for t in (0.006, 0.01, 0.03, 0.05)]
     # Linear reuse gated on the relative change alone (no fitted gain), then on the published
     # gate, then on the published cosine alone (no deviation bound), then beyond the gate, to
     # reach the speeds of the baselines' fastest points: every eligible cell reused.
     + [{"max_error": _OFF, "max_rel_change": t} for t in (0.002, 0.004, 0.008, 0.02)]
-    + [{"max_error": _OFF, "max_rel_change": _OFF, "max_consecutive": 0},
-       {"max_error": _OFF, "max_rel_change": _OFF, "max_deviation": _OFF, "max_consecutive": 0},
+    + [{"max_error": _OFF, "max_rel_change": _OFF},
+       {"max_error": _OFF, "max_rel_change": _OFF, "max_deviation": _OFF},
        {"max_error": _OFF, "max_rel_change": _OFF, "floor": -1.0, "margin": 2.0,
-        "max_deviation": _OFF, "max_consecutive": 0}]
+        "max_deviation": _OFF}]
     # The published reuse rule (the last computed residual as it is), with our relative change
     # and without it (the published gate).
-    + [{"reuse": "hold", "max_rel_change": t} for t in (0.001, 0.002, 0.003)]
-    + [{"reuse": "hold", "max_rel_change": _OFF, "max_consecutive": 0}]
+    + [{"reuse": "hold", "max_rel_change": t} for t in (0.001, 0.002, 0.003, _OFF)]
     # One decision per block (published) beside the default one per pass.
     + [{"span": 1}],
     # Block 0's output changes by under 1% from one chunk to the next on the shipped model:

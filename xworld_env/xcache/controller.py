@@ -19,9 +19,9 @@ its residual continued along the line through its last two computations rather t
 one as it is, and its gate compares the new input with the stored fingerprint continued the same
 way: a world whose blocks change steadily from chunk to chunk (a car driving on) passes the gate
 and is predicted where it will be, not where it was. How far along the line
-(``XCacheConfig.position``): by default where the new input's fingerprint lies on the line
-through the two stored ones (``gate.line_position``), so that a world that slows down, stops or
-turns back is continued as far as its input went; ``"time"`` continues it by the chunks elapsed.
+(``XCacheConfig.position``): by default by the chunks elapsed since the last computation;
+``"input"`` continues it to where the new input's fingerprint lies on the line through the two
+stored ones (``gate.line_position``), as far as its input went.
 A world computes a cell until it has two computations of it (after a reset, the first chunk
 past warmup computes as well). ``reuse="hold"`` is the published rule.
 
@@ -35,7 +35,7 @@ world reuses only while ``gain * relative change`` stays below ``max_error``.
 Guardrails (XCACHE.md, "Guardrails"): passes that write the KV cache always compute every block;
 the first ``front_anchor`` (and last ``tail_anchor``) blocks always compute; the first
 ``warmup_chunks`` chunks after a reset compute everything; step-0 protection and a cap on
-consecutive reuses (default 8) are optional.
+consecutive reuses are optional.
 """
 
 from __future__ import annotations
@@ -64,9 +64,9 @@ BATCH_MODES = ("gather", "all")
 #: What a reused cell adds: ``hold`` the residual of its last computation (published);
 #: ``linear`` the residual continued along the line through its last two computations.
 REUSE_MODES = ("linear", "hold")
-#: How far along its line a ``linear`` cell is continued: ``input``, where the new input's
-#: fingerprint lies on the line (clipped to ``LINE_RANGE``); ``time``, by the chunks elapsed.
-POSITIONS = ("input", "time")
+#: How far along its line a ``linear`` cell is continued: ``time``, by the chunks elapsed;
+#: ``input``, where the new input's fingerprint lies on the line (clipped to ``LINE_RANGE``).
+POSITIONS = ("time", "input")
 #: Positions along the line ``input`` may continue a cell to, in intervals between its last
 #: two computations: from back at the previous one to four intervals past the last.
 LINE_RANGE = (-1.0, 4.0)
@@ -112,11 +112,6 @@ class XCacheConfig:
         warmup_chunks: chunks after a reset that compute everything (``W``).
         protect_step0: always compute the first denoising step.
         max_consecutive: at most this many reuses in a row per cell and world (0: no limit).
-            Default 8: where the new input's position on the line sets how far a cell is
-            continued, a world whose reused chunks make its next inputs what the line predicts
-            can go on reusing at a small steady relative change while its error accumulates;
-            a computation every ninth chunk at the latest bounds that (README, "X-Cache
-            reuse").
         span: consecutive non-anchor blocks one gate decision covers; 0: all of them, one
             decision per denoising pass; 1: every block gates on its own input, as published.
             A span gates on its first block's input and, when it reuses, adds the residual of
@@ -129,12 +124,14 @@ class XCacheConfig:
             the cell's last two computations, ``last + k (last - previous)`` with ``k`` the
             chunks since the last computation over the chunks between the two; a world
             computes the cell until it has two; see README, "X-Cache reuse".
-        position: how far along the line ``linear`` continues a cell. ``input`` (default):
-            ``k`` is where the new input's fingerprint lies on the line through the two stored
-            ones (least squares on the sampled tokens, ``gate.line_position``; 0 at the last
-            computation, clipped to ``LINE_RANGE``), so a world that slows down, stops or
-            backs up is continued only as far as its input moved. ``time``: ``k`` is the chunks
-            since the last computation over the chunks between the two.
+        position: how far along the line ``linear`` continues a cell. ``time`` (default):
+            ``k`` is the chunks since the last computation over the chunks between the two.
+            ``input``: ``k`` is where the new input's fingerprint lies on the line through the
+            two stored ones (least squares on the sampled tokens, ``gate.line_position``; 0 at
+            the last computation, clipped to ``LINE_RANGE``), so a world that slows down, stops
+            or backs up is continued only as far as its input moved; its reused chunks can
+            then keep its inputs on the line while errors build up, so pair it with
+            ``max_consecutive`` (README, "X-Cache reuse").
         view_groups: camera names of each fingerprint view group.
     """
 
@@ -149,11 +146,11 @@ class XCacheConfig:
     tail_anchor: int = 0
     warmup_chunks: int = 1
     protect_step0: bool = False
-    max_consecutive: int = 8
+    max_consecutive: int = 0
     span: int = 0
     batch_mode: str = "gather"
     reuse: str = "linear"
-    position: str = "input"
+    position: str = "time"
     view_groups: tuple[tuple[str, ...], ...] = tuple(VIEW_GROUPS.values())
 
     def __post_init__(self) -> None:
