@@ -250,6 +250,8 @@ def test_static_reuse_alternates_and_fbcache_reuses():
         ("xcache", {"max_error": -1.0}, "max_error"),
         ("xcache", {"span": -1}, "span"),
         ("xcache", {"reuse": "quadratic"}, "reuse must be one of"),
+        ("xcache", {"position": "speed"}, "position must be one of"),
+        ("xcache", {"max_consecutive": -1}, "max_consecutive"),
         ("xcache", {"treshold": 1}, "accepted"),
         ("static", {"k": 2, "n": 2}, "0 <= k < n"),
         ("fbcache", {"threshold": -1.0}, "threshold"),
