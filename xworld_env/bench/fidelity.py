@@ -71,7 +71,7 @@ DEFAULT_POLICIES: dict[str, dict[str, Any]] = {
 _OFF = math.inf
 DEFAULT_SWEEP: dict[str, list[dict[str, Any]]] = {
     # The default gate (linear reuse, predicted error) at other thresholds.
-    "xcache": [{"max_error": t} for t in (0.006, 0.01, 0.03, 0.05)]
+    "xcache": [{"max_error": t} for t in (0.006, 0.01, 0.03, 0.05, 0.1, 0.2)]
     # Linear reuse gated on the relative change alone (no fitted gain), then on the published
     # gate, then on the published cosine alone (no deviation bound), then beyond the gate, to
     # reach the speeds of the baselines' fastest points: every eligible cell reused.
@@ -80,9 +80,12 @@ DEFAULT_SWEEP: dict[str, list[dict[str, Any]]] = {
        {"max_error": _OFF, "max_rel_change": _OFF, "max_deviation": _OFF},
        {"max_error": _OFF, "max_rel_change": _OFF, "floor": -1.0, "margin": 2.0,
         "max_deviation": _OFF}]
-    # The published reuse rule (the last computed residual as it is), with our relative change
-    # and without it (the published gate).
+    # The published reuse rule (the last computed residual as it is), with our relative change,
+    # without it (the published gate), and with no gate at all (every eligible cell reused, as
+    # the first-block cache's largest thresholds do).
     + [{"reuse": "hold", "max_rel_change": t} for t in (0.001, 0.002, 0.003, _OFF)]
+    + [{"reuse": "hold", "max_rel_change": _OFF, "floor": -1.0, "margin": 2.0,
+        "max_deviation": _OFF}]
     # One decision per block (published) beside the default one per pass.
     + [{"span": 1}],
     # Block 0's output changes by under 1% from one chunk to the next on the shipped model:
