@@ -72,8 +72,9 @@ POSITIONS = ("time", "input")
 LINE_RANGE = (-1.0, 4.0)
 #: ``max_rel_change`` and ``max_error`` when they are left to the reuse rule and the precision:
 #: blocks computed in float32, and under bfloat16 / float16 autocast, whose rounding adds its own
-#: chunk-to-chunk change to every block input (and ``linear`` extrapolates it). README,
-#: "X-Cache reuse", "X-Cache predicted error" and "bfloat16", has the sweeps behind them.
+#: chunk-to-chunk change to every block input (and ``linear`` extrapolates it).
+#: docs/performance.md, "X-Cache reuse", "X-Cache predicted error" and "bfloat16", has the
+#: sweeps behind them.
 DEFAULT_MAX_REL_CHANGE = {
     "linear": {"float32": math.inf, "low": 0.008},
     "hold": {"float32": 0.003, "low": 0.005},
@@ -115,7 +116,7 @@ class XCacheConfig:
         span: consecutive non-anchor blocks one gate decision covers; 0: all of them, one
             decision per denoising pass; 1: every block gates on its own input, as published.
             A span gates on its first block's input and, when it reuses, adds the residual of
-            the whole span (see README, "X-Cache spans").
+            the whole span (see docs/performance.md, "X-Cache spans").
         batch_mode: ``gather`` computes a block only for the worlds that need it; ``all``
             reuses only when every world of the batch agrees (one full-batch block call).
         reuse: what a reused cell adds and what its gate compares with. ``hold`` (published):
@@ -123,7 +124,7 @@ class XCacheConfig:
             computation's input. ``linear`` (default): both continued along the line through
             the cell's last two computations, ``last + k (last - previous)`` with ``k`` the
             chunks since the last computation over the chunks between the two; a world
-            computes the cell until it has two; see README, "X-Cache reuse".
+            computes the cell until it has two; see docs/performance.md, "X-Cache reuse".
         position: how far along the line ``linear`` continues a cell. ``time`` (default):
             ``k`` is the chunks since the last computation over the chunks between the two.
             ``input``: ``k`` is where the new input's fingerprint lies on the line through the
@@ -131,7 +132,7 @@ class XCacheConfig:
             the last computation, clipped to ``LINE_RANGE``), so a world that slows down, stops
             or backs up is continued only as far as its input moved; its reused chunks can
             then keep its inputs on the line while errors build up, so pair it with
-            ``max_consecutive`` (README, "X-Cache reuse").
+            ``max_consecutive`` (docs/performance.md, "X-Cache reuse").
         view_groups: camera names of each fingerprint view group.
     """
 

@@ -58,7 +58,7 @@ def relative_change(now: Fingerprint, prev: Fingerprint) -> torch.Tensor:
 
     The relative L1 change of the sampled tokens. Unlike the cosine, it is not saturated by
     the large static part of a block input (positions, conditioning), and it tracks how far
-    reusing the stored residual would be off (see README, "X-Cache gate").
+    reusing the stored residual would be off (see docs/performance.md, "X-Cache gate").
     """
     changes = []
     for a, b in zip(now.samples, prev.samples):
