@@ -66,7 +66,7 @@ def _batched(cache, n: int, steps: int, seed: int, checkpoint: str | None,
 BASELINES = ("fbcache", "static")
 
 
-def run(steps: int = 20, sizes: tuple[int, ...] = (1, 4, 8, 16), seed: int = 0,
+def run(steps: int = 40, sizes: tuple[int, ...] = (1, 4, 8, 16), seed: int = 0,
         checkpoint: str | None = None, dtypes: tuple[str, ...] = ("float32",),
         baselines: tuple[str, ...] = (), decode_dtypes: tuple[str, ...] = ("auto",),
         repeats: int = 1, progress: bool = True) -> dict:
