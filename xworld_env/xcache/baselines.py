@@ -25,7 +25,8 @@ class FirstBlockCacheConfig:
     """Settings of :class:`FirstBlockCache`.
 
     Attributes:
-        threshold: reuse while ``mean|y0 - y0_prev| / mean|y0_prev|`` stays below this.
+        threshold: reuse while ``mean|y0 - y0_ref| / mean|y0_ref|`` stays below this, with
+            ``y0_ref`` block 0's output in the chunk the other blocks were last computed in.
         warmup_chunks: chunks after a reset that compute everything.
     """
 
