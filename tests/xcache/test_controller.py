@@ -252,6 +252,8 @@ def test_static_reuse_alternates_and_fbcache_reuses():
         ("xcache", {"reuse": "quadratic"}, "reuse must be one of"),
         ("xcache", {"position": "speed"}, "position must be one of"),
         ("xcache", {"max_consecutive": -1}, "max_consecutive"),
+        ("xcache", {"max_ahead": 0.0}, "max_ahead must be > 0"),
+        ("xcache", {"max_ahead": math.nan}, "max_ahead must be > 0"),
         ("xcache", {"treshold": 1}, "accepted"),
         ("static", {"k": 2, "n": 2}, "0 <= k < n"),
         ("fbcache", {"threshold": -1.0}, "threshold"),
@@ -326,7 +328,8 @@ def test_linear_reuse_by_input_continues_the_line_as_far_as_the_input_moved():
     from xworld_env.xcache.fingerprint import fingerprint
     from xworld_env.xcache.gate import line_position
 
-    engine, per_chunk = span_residuals(depth=3, reuse="linear", chunks=4, position="input")
+    engine, per_chunk = span_residuals(depth=3, reuse="linear", chunks=4, position="input",
+                                       max_ahead=math.inf)
     ex = engine.executor
     (in0, out0), (in1, out1) = per_chunk[:2]  # warmup: both computed
     action = torch.as_tensor(constant_actions(1)[0], dtype=torch.float32)
@@ -372,15 +375,17 @@ def test_line_position_is_the_least_squares_position_on_the_line():
 
 
 def test_linear_reuse_by_time_continues_the_line_through_the_last_two_computations():
-    engine, per_chunk = span_residuals(depth=3, reuse="linear", chunks=4, position="time")
-    (in0, out0), (in1, out1) = per_chunk[:2]  # warmup: both computed
-    for s in range(CONFIG.sampler.num_steps):
-        r0, r1 = out0[s] - in0[s], out1[s] - in1[s]
-        # Chunk 2 lies one interval past chunk 1, chunk 3 two.
-        for chunk, ahead in ((2, 1.0), (3, 2.0)):
-            x, y = per_chunk[chunk][0][s], per_chunk[chunk][1][s]
-            torch.testing.assert_close(y, x + (r1 + ahead * (r1 - r0)), rtol=0, atol=1e-6)
-    assert engine.executor.stats.summary()["skip_rate"] == 1.0
+    # Chunk 2 lies one interval past chunk 1, chunk 3 two; max_ahead stops the line there.
+    for max_ahead, aheads in ((math.inf, (1.0, 2.0)), (1.0, (1.0, 1.0)), (1.5, (1.0, 1.5))):
+        engine, per_chunk = span_residuals(depth=3, reuse="linear", chunks=4, position="time",
+                                           max_ahead=max_ahead)
+        (in0, out0), (in1, out1) = per_chunk[:2]  # warmup: both computed
+        for s in range(CONFIG.sampler.num_steps):
+            r0, r1 = out0[s] - in0[s], out1[s] - in1[s]
+            for chunk, ahead in zip((2, 3), aheads):
+                x, y = per_chunk[chunk][0][s], per_chunk[chunk][1][s]
+                torch.testing.assert_close(y, x + (r1 + ahead * (r1 - r0)), rtol=0, atol=1e-6)
+        assert engine.executor.stats.summary()["skip_rate"] == 1.0
     # The published rule adds the last computed residual as it is.
     _, held = span_residuals(depth=3, reuse="hold", chunks=3)
     (_, _), (in1, out1), (x2, y2) = held

@@ -87,7 +87,12 @@ DEFAULT_SWEEP: dict[str, list[dict[str, Any]]] = {
     + [{"reuse": "hold", "max_rel_change": _OFF, "floor": -1.0, "margin": 2.0,
         "max_deviation": _OFF}]
     # One decision per block (published) beside the default one per pass.
-    + [{"span": 1}],
+    + [{"span": 1}]
+    # The line continued as far as the run of reuses goes (no max_ahead), at the default
+    # threshold, at 0.03 and with every eligible cell reused.
+    + [{"max_ahead": _OFF}, {"max_error": 0.03, "max_ahead": _OFF},
+       {"max_error": _OFF, "max_rel_change": _OFF, "floor": -1.0, "margin": 2.0,
+        "max_deviation": _OFF, "max_ahead": _OFF}],
     # Block 0's output changes by under 1% from one chunk to the next on the shipped model:
     # thresholds of 0.02 and above reuse everything.
     "fbcache": [{"threshold": t} for t in (0.001, 0.002, 0.004, 0.008, 0.02)],
@@ -786,6 +791,8 @@ def _plot_group(point: dict[str, Any]) -> str:
         settings = point["settings"]
         if settings.get("reuse") == "hold":
             return "xcache (reuse: hold)"
+        if settings.get("max_ahead") == math.inf:
+            return "xcache (no max_ahead)"
         if settings.get("max_error") == math.inf:
             return "xcache (no predicted error)"
     return point["policy"]

@@ -22,8 +22,10 @@ and is predicted where it will be, not where it was. How far along the line
 (``XCacheConfig.position``): by default by the chunks elapsed since the last computation;
 ``"input"`` continues it to where the new input's fingerprint lies on the line through the two
 stored ones (``gate.line_position``), as far as its input went.
-A world computes a cell until it has two computations of it (after a reset, the first chunk
-past warmup computes as well). ``reuse="hold"`` is the published rule.
+A run of reuses continues the line at most ``XCacheConfig.max_ahead`` intervals (default one:
+as far as the two computations lie apart) and holds it there. A world computes a cell until it
+has two computations of it (after a reset, the first chunk past warmup computes as well).
+``reuse="hold"`` is the published rule.
 
 Ours as well: the *predicted error* (``XCacheConfig.max_error``, on by default for linear reuse
 in float32). The same relative change of a block input means a different error of the reused
@@ -133,6 +135,11 @@ class XCacheConfig:
             or backs up is continued only as far as its input moved; its reused chunks can
             then keep its inputs on the line while errors build up, so pair it with
             ``max_consecutive`` (docs/performance.md, "X-Cache reuse").
+        max_ahead: the farthest ``linear`` continues a line, in intervals between the cell's
+            last two computations (``inf``: no limit). Past it, a run of reuses holds the
+            residual continued this far: the two computations say how the cell moved over one
+            interval, not over many, and a line continued over a long run runs away
+            (default 1: as far as the two computations lie apart).
         view_groups: camera names of each fingerprint view group.
     """
 
@@ -152,6 +159,7 @@ class XCacheConfig:
     batch_mode: str = "gather"
     reuse: str = "linear"
     position: str = "time"
+    max_ahead: float = 1.0
     view_groups: tuple[tuple[str, ...], ...] = tuple(VIEW_GROUPS.values())
 
     def __post_init__(self) -> None:
@@ -180,6 +188,7 @@ class XCacheConfig:
             (self.batch_mode in BATCH_MODES, f"batch_mode must be one of {BATCH_MODES}"),
             (self.reuse in REUSE_MODES, f"reuse must be one of {REUSE_MODES}"),
             (self.position in POSITIONS, f"position must be one of {POSITIONS}"),
+            (self.max_ahead > 0.0, "max_ahead must be > 0 (inf: no limit)"),
             (len(self.view_groups) > 0 and all(self.view_groups), "view_groups must not be empty"),
         ]
         for ok, message in checks:
@@ -391,12 +400,15 @@ class XCache(ChunkCacheExecutor):
 
     def _ahead(self, cell: Cell, fp: Fingerprint) -> np.ndarray:
         """(b,) float32: how far along its line ``linear`` continues ``cell`` for input
-        fingerprint ``fp`` (``XCacheConfig.position``); 0 where a world has no line."""
+        fingerprint ``fp`` (``XCacheConfig.position``), at most ``max_ahead``; 0 where a
+        world has no line."""
         if self.config.position == "time" or cell.previous_fingerprint is None:
-            return cell.steps_ahead(self.chunk_index)
-        position = np.clip(line_position(fp, cell.fingerprint, cell.previous_fingerprint),
-                           *LINE_RANGE)
-        return np.where(cell.has_previous.numpy(), position, np.float32(0.0))
+            ahead = cell.steps_ahead(self.chunk_index)
+        else:
+            position = np.clip(line_position(fp, cell.fingerprint, cell.previous_fingerprint),
+                               *LINE_RANGE)
+            ahead = np.where(cell.has_previous.numpy(), position, np.float32(0.0))
+        return np.minimum(ahead, np.float32(self.config.max_ahead))
 
     def _write(self, cell: Cell, idx: torch.Tensor, residual: torch.Tensor,
                fp: Fingerprint, fit: tuple[np.ndarray, np.ndarray] | None = None) -> None:
