@@ -69,6 +69,8 @@ DEFAULT_POLICIES: dict[str, dict[str, Any]] = {
 
 #: Settings swept for the speed-vs-fidelity Pareto plot, per policy.
 _OFF = math.inf
+# Every gate test open: the sweep's points that reuse every eligible cell.
+_NO_GATE = {"max_rel_change": _OFF, "floor": -1.0, "margin": 2.0, "max_deviation": _OFF}
 DEFAULT_SWEEP: dict[str, list[dict[str, Any]]] = {
     # The default gate (linear reuse, predicted error) at other thresholds.
     "xcache": [{"max_error": t} for t in (0.006, 0.01, 0.03, 0.05, 0.1, 0.2)]
@@ -78,21 +80,18 @@ DEFAULT_SWEEP: dict[str, list[dict[str, Any]]] = {
     + [{"max_error": _OFF, "max_rel_change": t} for t in (0.002, 0.004, 0.008, 0.02)]
     + [{"max_error": _OFF, "max_rel_change": _OFF},
        {"max_error": _OFF, "max_rel_change": _OFF, "max_deviation": _OFF},
-       {"max_error": _OFF, "max_rel_change": _OFF, "floor": -1.0, "margin": 2.0,
-        "max_deviation": _OFF}]
+       {"max_error": _OFF, **_NO_GATE}]
     # The published reuse rule (the last computed residual as it is), with our relative change,
     # without it (the published gate), and with no gate at all (every eligible cell reused, as
     # the first-block cache's largest thresholds do).
     + [{"reuse": "hold", "max_rel_change": t} for t in (0.001, 0.002, 0.003, _OFF)]
-    + [{"reuse": "hold", "max_rel_change": _OFF, "floor": -1.0, "margin": 2.0,
-        "max_deviation": _OFF}]
+    + [{"reuse": "hold", **_NO_GATE}]
     # One decision per block (published) beside the default one per pass.
     + [{"span": 1}]
     # The line continued as far as the run of reuses goes (no max_ahead), at the default
     # threshold, at 0.03 and with every eligible cell reused.
     + [{"max_ahead": _OFF}, {"max_error": 0.03, "max_ahead": _OFF},
-       {"max_error": _OFF, "max_rel_change": _OFF, "floor": -1.0, "margin": 2.0,
-        "max_deviation": _OFF, "max_ahead": _OFF}],
+       {"max_error": _OFF, **_NO_GATE, "max_ahead": _OFF}],
     # Block 0's output changes by under 1% from one chunk to the next on the shipped model:
     # thresholds of 0.02 and above reuse everything.
     "fbcache": [{"threshold": t} for t in (0.001, 0.002, 0.004, 0.008, 0.02)],
