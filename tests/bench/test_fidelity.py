@@ -14,6 +14,7 @@ from tests.model.conftest import randomize_zero_init
 from xworld_env.bench import fidelity
 from xworld_env.bench.heldout import (
     HELDOUT_BASE_SEED,
+    HeldoutEpisode,
     heldout_seed,
     is_training_seed,
     record_heldout,
@@ -100,6 +101,23 @@ def test_record_heldout_shapes_and_determinism():
         record_heldout("highway", episodes=1, chunks=2, context=2, min_valid=1)
 
 
+def test_simulator_psnr_compares_valid_chunks_with_the_simulator():
+    chunks, f, v = 3, 2, 7
+    truth = np.full((2 + chunks, f, v, 4, 4, 3), 100, np.uint8)
+    valid = np.array([True, True, True, True, False])
+    episode = HeldoutEpisode(
+        family="highway", seed=HELDOUT_BASE_SEED, frames=truth, actions=np.zeros((5, 2)),
+        ego=np.zeros((5, 3)), collision=np.zeros(5, bool), off_road=np.zeros(5, bool),
+        valid=valid,
+    )
+    frames = np.full((chunks, f, v, 4, 4, 3), 110, np.uint8)  # every pixel off by 10
+    frames[1, 1] = 100  # one frame equal to the simulator's
+    frames[2] = 0  # the chunk the simulator never produced: not compared
+    psnr = fidelity.simulator_psnr(frames, episode, context=2)
+    expected = 10 * math.log10(255.0**2 / 100.0)
+    np.testing.assert_allclose(psnr, [expected, expected, expected, math.inf])
+
+
 # ------------------------------------------------------------------------------------- benchmark
 
 
@@ -132,7 +150,7 @@ def test_run_reports_every_policy(result):
                            "breakdown", "sweep", "wall_s"}
     assert result["episodes"][0]["seed"] >= HELDOUT_BASE_SEED
     keys = {"skip_rate", "skip_rate_all", "dit_speedup", "step_speedup", "denoise_speedup",
-            "psnr_mean", "psnr_min", "ssim_mean", "per_block", "ms_per_chunk"}
+            "psnr_mean", "psnr_min", "ssim_mean", "sim_psnr_mean", "per_block", "ms_per_chunk"}
     for rows in (result["families"]["highway"], result["overall"]):
         assert set(rows) == {"none", "xcache", "xcache_hold", "fbcache", "static", "xcache_off"}
         for row in rows.values():
@@ -150,6 +168,10 @@ def test_run_reports_every_policy(result):
     assert overall["xcache_off"]["psnr_mean"] == math.inf
     assert overall["xcache_off"]["ssim_mean"] == pytest.approx(1.0)
     assert overall["xcache_off"]["skip_rate"] == 0.0
+    # Against the simulator's frames: finite, and the same for rollouts with the same frames.
+    assert math.isfinite(overall["none"]["sim_psnr_mean"])
+    assert overall["xcache_off"]["sim_psnr_mean"] == overall["none"]["sim_psnr_mean"]
+    assert all(math.isfinite(p["sim_psnr_mean"]) for p in result["sweep"]["points"])
     # Static reuse with k=1, n=2 reuses every other chunk after warmup: chunk 2 of 3.
     assert overall["static"]["skip_rate"] > 0.0
     assert overall["static"]["psnr_min"] < math.inf

@@ -16,6 +16,10 @@ Protocol (XCACHE.md, "What measured means"):
   is ``inf`` only when the whole rollout is identical; ``psnr_pooled`` is the PSNR of the mean
   squared error over all frames. For full compute itself the figures compare its second repeat
   with its first (run-to-run determinism; ``None`` with one repeat).
+* Against the simulator: ``sim_psnr_mean`` is the mean per-frame PSNR of the stitched seven
+  views against the simulator's own frames of the episode (its valid chunks), under the same
+  actions, for every policy including full compute: how far the world model is from the ground
+  truth, beside how far a cache moves it from its full-compute rollout.
 * Times of one rollout: ``denoise_s`` (the S denoising passes, engine ``dit_s``),
   ``kv_update_s`` (the full-compute pass that writes the KV cache), ``dit_s`` (their sum),
   ``decode_s``, ``heads_s``, ``step_s`` (wall time of each step: ``step_chunk``, copying the
@@ -262,12 +266,14 @@ def compare(
 @dataclass
 class EpisodeResult:
     """Everything measured for one (episode, policy): times of every repeat, first-repeat
-    counters and fidelity."""
+    counters and fidelity, and the first repeat's per-frame PSNR against the simulator's frames
+    (``simulator_psnr``)."""
 
     episode: HeldoutEpisode
     times: list[dict[str, float]] = field(default_factory=list)
     counts: dict[str, Any] | None = None
     fidelity: Fidelity | None = None
+    sim_psnr: np.ndarray | None = None
 
     def median(self, key: str) -> float:
         return float(np.median([t[key] for t in self.times]))
@@ -311,6 +317,7 @@ def measure(
                 result.times.append(out.times)
                 if r == 0:
                     result.counts = out.counts
+                    result.sim_psnr = simulator_psnr(out.frames, episode, context)
                     first_frames[label] = out.frames
                 elif r == 1 and label == REFERENCE:
                     result.fidelity = compare(out.frames, reference_frames[e], device=device)
@@ -322,6 +329,17 @@ def measure(
                         results[label][e].fidelity = compare(frames, ref, device=device)
     bar.close()
     return results
+
+
+def simulator_psnr(frames: np.ndarray, episode: HeldoutEpisode, context: int) -> np.ndarray:
+    """Per-frame PSNR of a rollout's stitched views, (chunks, F, V, H, W, 3) generated after
+    ``context`` chunks, against the episode's simulator frames, over the chunks the simulator
+    produced (``episode.valid``)."""
+    truth = episode.frames[context:context + len(frames)]
+    valid = episode.valid[context:context + len(frames)]
+    a, b = frames[valid], truth[valid]
+    mse = mse_per_frame(stitch(a.reshape(-1, *a.shape[2:])), stitch(b.reshape(-1, *b.shape[2:])))
+    return np.asarray(psnr_from_mse(mse, peak_value(frames)), dtype=np.float64)
 
 
 def summarize(
@@ -344,6 +362,8 @@ def summarize(
     n = len(results) * chunks
     out["ms_per_chunk"] = {k.removesuffix("_s"): 1e3 * v / n for k, v in total.items()}
     out.update(_fidelity_summary([r.fidelity for r in results]))
+    sim = [r.sim_psnr for r in results if r.sim_psnr is not None and len(r.sim_psnr)]
+    out["sim_psnr_mean"] = finite_mean(np.concatenate(sim)) if sim else None
     return out
 
 
@@ -664,7 +684,8 @@ def run(
                 "settings": {k: v for k, v in settings.items() if k != "policy"},
                 **{k: s[k] for k in ("skip_rate", "skip_rate_all", "pass_agreement",
                                      "dit_speedup", "step_speedup", "denoise_speedup",
-                                     "psnr_mean", "psnr_min", "psnr_pooled", "ssim_mean")},
+                                     "psnr_mean", "psnr_min", "psnr_pooled", "ssim_mean",
+                                     "sim_psnr_mean")},
             })
         result["sweep"] = {
             "episodes": [{"family": ep.family, "seed": ep.seed} for ep in subset],
@@ -682,7 +703,7 @@ def format_table(result: dict[str, Any]) -> str:
     """The readable table: family × policy, then where the time goes."""
     head = (f"{'family':<13}{'policy':<9}{'skip':>6}{'skip_all':>9}{'agree':>7}{'dit x':>7}"
             f"{'step x':>7}"
-            f"{'denoise x':>10}{'PSNR mean':>10}{'PSNR min':>9}{'SSIM':>8}")
+            f"{'denoise x':>10}{'PSNR mean':>10}{'PSNR min':>9}{'SSIM':>8}{'sim PSNR':>9}")
     lines = [head, "-" * len(head)]
     groups = [*result["families"].items(), ("overall", result["overall"])]
     for family, rows in groups:
@@ -692,6 +713,7 @@ def format_table(result: dict[str, Any]) -> str:
                 f"{_num(s.get('pass_agreement'), 2):>7}{s['dit_speedup']:>7.2f}"
                 f"{s['step_speedup']:>7.2f}{s['denoise_speedup']:>10.2f}"
                 f"{_db(s['psnr_mean']):>10}{_db(s['psnr_min']):>9}{_num(s['ssim_mean']):>8}"
+                f"{_db(s['sim_psnr_mean']):>9}"
             )
     lines.append("")
     stages = ("denoise", "kv_update", "decode", "heads", "other", "step")
