@@ -116,6 +116,8 @@ def test_simulator_psnr_compares_valid_chunks_with_the_simulator():
     psnr = fidelity.simulator_psnr(frames, episode, context=2)
     expected = 10 * math.log10(255.0**2 / 100.0)
     np.testing.assert_allclose(psnr, [expected, expected, expected, math.inf])
+    episode.valid[2:] = False
+    assert fidelity.simulator_psnr(frames, episode, context=2).shape == (0,)
 
 
 # ------------------------------------------------------------------------------------- benchmark

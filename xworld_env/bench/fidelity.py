@@ -334,9 +334,11 @@ def measure(
 def simulator_psnr(frames: np.ndarray, episode: HeldoutEpisode, context: int) -> np.ndarray:
     """Per-frame PSNR of a rollout's stitched views, (chunks, F, V, H, W, 3) generated after
     ``context`` chunks, against the episode's simulator frames, over the chunks the simulator
-    produced (``episode.valid``)."""
+    produced (``episode.valid``); empty when it produced none after the context."""
     truth = episode.frames[context:context + len(frames)]
     valid = episode.valid[context:context + len(frames)]
+    if not valid.any():
+        return np.zeros(0)
     a, b = frames[valid], truth[valid]
     mse = mse_per_frame(stitch(a.reshape(-1, *a.shape[2:])), stitch(b.reshape(-1, *b.shape[2:])))
     return np.asarray(psnr_from_mse(mse, peak_value(frames)), dtype=np.float64)
