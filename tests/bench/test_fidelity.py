@@ -143,7 +143,8 @@ def result(active_checkpoint):
     }
     return fidelity.run(
         checkpoint=active_checkpoint, families=("highway",), episodes=1, chunks=3, repeats=2,
-        sweep_episodes=1, policies=policies, sweep_grid=grid, progress=False,
+        sweep_episodes=1, policies=policies, sweep_grid=grid, drift_chunks=(1, 2),
+        drift_policy="static", progress=False,
     )
 
 
@@ -180,6 +181,27 @@ def test_run_reports_every_policy(result):
     assert len(overall["static"]["psnr_per_frame"]) == 3 * 2
     caps = result["breakdown"]["caps"]
     assert caps["dit_cap"] >= 1.0 and caps["anchor_fraction"] == pytest.approx(0.5)
+
+
+def test_drift_stops_reusing_at_the_switch(result):
+    drift = result["drift"]
+    assert set(drift) == {"1", "2"} and result["settings"]["drift_policy"] == "static"
+    for d in drift.values():
+        assert len(d["episodes"]) == 1 and d["faded"] in (0, 1)
+        assert set(d["episodes"][0]) == {"family", "seed", "psnr_at_switch", "psnr_last",
+                                         "psnr_min"}
+    # Static 1-of-2 reuses only the last of the 3 chunks (its own rollout differs from full
+    # compute, above); switching to full compute at chunk 1 or 2 leaves it identical.
+    assert result["overall"]["static"]["psnr_min"] < math.inf
+    assert drift["1"]["psnr_mean"] == drift["2"]["psnr_min"] == math.inf
+
+
+def test_drift_settings_are_checked(active_checkpoint):
+    with pytest.raises(ValueError, match=r"drift_chunks must be ints in \[1, 3\)"):
+        fidelity.run(checkpoint=active_checkpoint, chunks=3, drift_chunks=(3,), progress=False)
+    with pytest.raises(ValueError, match="drift_policy 'nope' is not one of the policies"):
+        fidelity.run(checkpoint=active_checkpoint, chunks=3, drift_chunks=(1,),
+                     drift_policy="nope", progress=False)
 
 
 def test_sweep_and_pareto(result):
@@ -222,17 +244,18 @@ def test_arguments_and_main(active_checkpoint, tmp_path, capsys):
     defaults = parser.parse_args([])
     assert (defaults.episodes, defaults.chunks, defaults.repeats) == (3, 40, 3)
     assert defaults.families == list(FAMILIES) and not defaults.no_sweep
-    assert defaults.decode_dtype == "float32"
+    assert defaults.decode_dtype == "float32" and defaults.drift_chunks is None
     path = tmp_path / "out" / "xcache.json"
     args = parser.parse_args([
         "--checkpoint", str(active_checkpoint), "--families", "merge", "--episodes", "1",
         "--chunks", "2", "--repeats", "1", "--no-sweep", "--noise", "fixed", "--json", str(path),
-        "--decode-dtype", "bfloat16",
+        "--decode-dtype", "bfloat16", "--drift-chunks", "1",
     ])
     fidelity.main(args)
     written = json.loads(path.read_text())
     assert written["settings"]["noise"] == "fixed" and written["sweep"] is None
     assert written["settings"]["decode_dtype"] == "bfloat16"
+    assert set(written["drift"]) == {"1"} and written["settings"]["drift_policy"] == "xcache"
     assert path.with_name("xcache_per_block.png").exists()
     assert path.with_name("xcache_psnr.png").exists()
     assert "merge" in capsys.readouterr().out

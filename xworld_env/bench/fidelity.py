@@ -20,6 +20,10 @@ Protocol (XCACHE.md, "What measured means"):
   views against the simulator's own frames of the episode (its valid chunks), under the same
   actions, for every policy including full compute: how far the world model is from the ground
   truth, beside how far a cache moves it from its full-compute rollout.
+* Drift: X-Cache (``drift_policy``) reusing only in the first T chunks and computing in full
+  after (``drift_chunks``), against the full-compute rollout: whether the difference reuse made
+  fades or grows once reuse stops, i.e. how much of a policy's worst frame the world model
+  amplifies (``drift`` in the JSON; first repeat, untimed).
 * Times of one rollout: ``denoise_s`` (the S denoising passes, engine ``dit_s``),
   ``kv_update_s`` (the full-compute pass that writes the KV cache), ``dit_s`` (their sum),
   ``decode_s``, ``heads_s``, ``step_s`` (wall time of each step: ``step_chunk``, copying the
@@ -102,6 +106,9 @@ DEFAULT_SWEEP: dict[str, list[dict[str, Any]]] = {
     "static": [{"k": k, "n": n} for k, n in ((1, 3), (1, 2), (2, 3), (3, 4))],
 }
 
+#: Chunks after which the drift measurement stops reusing (those below ``chunks`` are run).
+DEFAULT_DRIFT_CHUNKS = (10, 20)
+
 _TIME_KEYS = ("denoise_s", "kv_update_s", "dit_s", "decode_s", "heads_s", "step_s", "other_s")
 # Stand-in for an infinite PSNR where points are compared or interpolated.
 _INF_DB = 1e6
@@ -154,6 +161,7 @@ def rollout(
     context: int,
     chunks: int | None = None,
     reward: RewardConfig | None = None,
+    reuse_until: int | None = None,
 ) -> Rollout:
     """Starts the engine from the episode's context and steps its recorded actions.
 
@@ -164,6 +172,8 @@ def rollout(
         context: chunks that prime the KV cache.
         chunks: chunks to generate (default: all after the context).
         reward: reward terms computed in every step, as the env does.
+        reuse_until: from this chunk on (0-based, after the context) every block is computed
+            in full, whatever the policy (None: the policy decides to the end).
     """
     total = len(episode.actions)
     chunks = total - context if chunks is None else chunks
@@ -186,6 +196,8 @@ def rollout(
         frames = np.empty((chunks, *engine.frame_shape), np.uint8)
         step_s = 0.0
         for t in range(chunks):
+            if t == reuse_until:
+                engine.executor = make_executor(REFERENCE)
             action = torch.from_numpy(episode.actions[context + t])[None]
             started = time.perf_counter()
             out = engine.step_chunk(action)
@@ -267,13 +279,14 @@ def compare(
 class EpisodeResult:
     """Everything measured for one (episode, policy): times of every repeat, first-repeat
     counters and fidelity, and the first repeat's per-frame PSNR against the simulator's frames
-    (``simulator_psnr``)."""
+    (``simulator_psnr``); for the reference, also its first repeat's frames."""
 
     episode: HeldoutEpisode
     times: list[dict[str, float]] = field(default_factory=list)
     counts: dict[str, Any] | None = None
     fidelity: Fidelity | None = None
     sim_psnr: np.ndarray | None = None
+    frames: np.ndarray | None = None
 
     def median(self, key: str) -> float:
         return float(np.median([t[key] for t in self.times]))
@@ -324,6 +337,7 @@ def measure(
                 bar.update()
             if r == 0:
                 reference_frames[e] = ref = first_frames[REFERENCE]
+                results[REFERENCE][e].frames = ref
                 for label, frames in first_frames.items():
                     if label != REFERENCE:
                         results[label][e].fidelity = compare(frames, ref, device=device)
@@ -339,9 +353,60 @@ def simulator_psnr(frames: np.ndarray, episode: HeldoutEpisode, context: int) ->
     valid = episode.valid[context:context + len(frames)]
     if not valid.any():
         return np.zeros(0)
-    a, b = frames[valid], truth[valid]
-    mse = mse_per_frame(stitch(a.reshape(-1, *a.shape[2:])), stitch(b.reshape(-1, *b.shape[2:])))
-    return np.asarray(psnr_from_mse(mse, peak_value(frames)), dtype=np.float64)
+    return frame_psnr(frames[valid], truth[valid])
+
+
+def frame_psnr(frames: np.ndarray, reference: np.ndarray) -> np.ndarray:
+    """Per-frame PSNR of the stitched views of (chunks, F, V, H, W, 3) frames against a
+    reference of the same shape: (chunks * F,)."""
+    a = stitch(frames.reshape(-1, *frames.shape[2:]))
+    b = stitch(reference.reshape(-1, *reference.shape[2:]))
+    return np.asarray(psnr_from_mse(mse_per_frame(a, b), peak_value(frames)), dtype=np.float64)
+
+
+def drift(
+    engine: WorldModelEngine,
+    reference: Sequence[EpisodeResult],
+    settings: dict[str, Any],
+    switch_chunks: Sequence[int],
+    context: int,
+    chunks: int,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Rolls every episode out under ``settings`` reusing only in its first T chunks, for each
+    T of ``switch_chunks``, and compares it frame by frame with the full-compute rollout
+    (``reference``: full compute's results, with their frames, from :func:`measure`).
+
+    Returns:
+        T (as a string) -> ``psnr_mean``, ``psnr_min`` over every frame; ``faded``, the
+        episodes whose last chunk is as close to full compute as the last reused chunk (T - 1)
+        or closer; ``episodes``, and per episode ``psnr_at_switch`` / ``psnr_last`` (the worst
+        frame of chunk T - 1 / of the last chunk) and ``psnr_min``.
+    """
+    out: dict[str, Any] = {}
+    bar = tqdm(total=len(switch_chunks) * len(reference), desc="drift", disable=not progress,
+               leave=False)
+    for t in switch_chunks:
+        rows, every = [], []
+        for ref in reference:
+            frames = rollout(engine, ref.episode, settings, context, chunks, reuse_until=t).frames
+            psnr = frame_psnr(frames, ref.frames).reshape(chunks, -1)
+            every.append(psnr)
+            rows.append({
+                "family": ref.episode.family, "seed": ref.episode.seed,
+                "psnr_at_switch": float(psnr[t - 1].min()), "psnr_last": float(psnr[-1].min()),
+                "psnr_min": float(psnr.min()),
+            })
+            bar.update()
+        psnr = np.concatenate(every)
+        out[str(t)] = {
+            "psnr_mean": finite_mean(psnr),
+            "psnr_min": float(psnr.min()),
+            "faded": sum(r["psnr_last"] >= r["psnr_at_switch"] for r in rows),
+            "episodes": rows,
+        }
+    bar.close()
+    return out
 
 
 def summarize(
@@ -568,6 +633,8 @@ def run(
     base_seed: int = HELDOUT_BASE_SEED,
     policies: dict[str, dict[str, Any]] | None = None,
     sweep_grid: dict[str, list[dict[str, Any]]] | None = None,
+    drift_chunks: Sequence[int] | None = None,
+    drift_policy: str = "xcache",
     warmup: bool = True,
     progress: bool = True,
 ) -> dict[str, Any]:
@@ -593,6 +660,11 @@ def run(
         policies: label -> ``make_executor`` settings of the main comparison; must include
             ``"none"`` (default :data:`DEFAULT_POLICIES`).
         sweep_grid: policy -> list of settings (default :data:`DEFAULT_SWEEP`).
+        drift_chunks: the chunks T after which the drift measurement stops reusing, each in
+            ``[1, chunks)``; empty: no drift measurement. Default: those of
+            :data:`DEFAULT_DRIFT_CHUNKS` below ``chunks``.
+        drift_policy: the label in ``policies`` the drift measurement runs (skipped when
+            ``policies`` has no such label and ``drift_chunks`` is left to its default).
         warmup: one short untimed rollout per policy first (kernel and allocator warmup).
         progress: show progress bars.
     """
@@ -600,6 +672,18 @@ def run(
         raise ValueError("episodes, chunks, repeats and sweep_repeats must be >= 1")
     policies = dict(DEFAULT_POLICIES if policies is None else policies)
     grid = DEFAULT_SWEEP if sweep_grid is None else sweep_grid
+    if drift_chunks is None:
+        drift_chunks = [t for t in DEFAULT_DRIFT_CHUNKS if t < chunks] \
+            if drift_policy in policies else []
+    else:
+        drift_chunks = list(drift_chunks)
+        bad = [t for t in drift_chunks if not (isinstance(t, int) and 1 <= t < chunks)]
+        if bad:
+            raise ValueError(f"drift_chunks must be ints in [1, {chunks}) (chunks = {chunks}), "
+                             f"got {bad}")
+        if drift_chunks and drift_policy not in policies:
+            raise ValueError(f"drift_policy {drift_policy!r} is not one of the policies "
+                             f"{sorted(policies)}")
     started = time.perf_counter()
     engine = load_engine(checkpoint, device, dtype, noise, decode_dtype)
     f, v, h, w, _ = engine.frame_shape
@@ -655,6 +739,8 @@ def run(
             "warmup": warmup,
             "policies": policies,
             "sweep_grid": grid if sweep else None,
+            "drift_chunks": drift_chunks,
+            "drift_policy": drift_policy if drift_chunks else None,
             "num_steps": engine.sampler.num_steps,
             "window": engine.config.kv_cache.window,
             "depth": engine.dit.config.depth,
@@ -672,6 +758,8 @@ def run(
         "breakdown": breakdown(overall, engine.sampler.num_steps, engine.dit.config.depth,
                                xcache_cfg),
         "sweep": None,
+        "drift": drift(engine, results[REFERENCE], policies[drift_policy], drift_chunks,
+                       context, chunks, progress) if drift_chunks else None,
     }
     if sweep:
         subset = [ep for family in families for ep in recorded[family][:sweep_episodes]]
@@ -730,6 +818,17 @@ def format_table(result: dict[str, Any]) -> str:
         f"anchors ({caps['anchor_fraction']:.2f} of blocks) the cap is {caps['dit_cap']:.2f}x DiT,"
         f" {caps['step_cap']:.2f}x step (formula (S+1)/(S*a+1) = {caps['dit_cap_formula']:.2f})"
     )
+    drifted = result.get("drift")
+    if drifted:
+        label = result["settings"]["drift_policy"]
+        lines.append(f"{label} reusing only in the first T chunks, full compute after "
+                     "(PSNR against full compute):")
+        for t, d in drifted.items():
+            lines.append(
+                f"  T = {t:>3}: mean {_db(d['psnr_mean'])}, min {_db(d['psnr_min'])} dB; last "
+                f"chunk as close as at chunk T - 1 or closer in {d['faded']} of "
+                f"{len(d['episodes'])} episodes"
+            )
     sweep = result.get("sweep")
     if sweep:
         for x, check in sweep["pareto"].items():
@@ -848,6 +947,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--sweep-repeats", type=int, default=1,
                         help="timed repeats per rollout in the sweep (default 1)")
     parser.add_argument("--no-sweep", action="store_true", help="skip the threshold sweep")
+    parser.add_argument("--drift-chunks", type=int, nargs="*", default=None,
+                        help="X-Cache reuses only in the first T chunks, then computes in "
+                             "full, for each T given; no value: skip (default "
+                             f"{' '.join(map(str, DEFAULT_DRIFT_CHUNKS))})")
     parser.add_argument("--device", default="cpu", help="torch device, e.g. cuda (default cpu)")
     parser.add_argument("--dtype", default="float32", choices=sorted(COMPUTE_DTYPES),
                         help="DiT precision (default float32)")
@@ -871,6 +974,7 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
         sweep=not args.no_sweep,
         sweep_episodes=args.sweep_episodes,
         sweep_repeats=args.sweep_repeats,
+        drift_chunks=args.drift_chunks,
         device=args.device,
         dtype=args.dtype,
         noise=args.noise,
