@@ -380,7 +380,7 @@ def drift(
     Returns:
         T (as a string) -> ``psnr_mean``, ``psnr_min`` over every frame; ``faded``, the
         episodes whose last chunk is as close to full compute as the last reused chunk (T - 1)
-        or closer; ``episodes``, and per episode ``psnr_at_switch`` / ``psnr_last`` (the worst
+        or closer; ``episodes``: per episode its ``psnr_at_switch`` / ``psnr_last`` (the worst
         frame of chunk T - 1 / of the last chunk) and ``psnr_min``.
     """
     out: dict[str, Any] = {}
@@ -949,8 +949,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-sweep", action="store_true", help="skip the threshold sweep")
     parser.add_argument("--drift-chunks", type=int, nargs="*", default=None,
                         help="X-Cache reuses only in the first T chunks, then computes in "
-                             "full, for each T given; no value: skip (default "
-                             f"{' '.join(map(str, DEFAULT_DRIFT_CHUNKS))})")
+                             "full, for each T given; no value: skip (default: those of "
+                             f"{' '.join(map(str, DEFAULT_DRIFT_CHUNKS))} below --chunks)")
     parser.add_argument("--device", default="cpu", help="torch device, e.g. cuda (default cpu)")
     parser.add_argument("--dtype", default="float32", choices=sorted(COMPUTE_DTYPES),
                         help="DiT precision (default float32)")
