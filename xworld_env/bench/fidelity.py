@@ -54,6 +54,7 @@ from xworld_env.bench.metrics import (
     mse_per_frame,
     peak_value,
     psnr_from_mse,
+    psnr_per_frame,
     ssim_per_frame,
     stitch,
 )
@@ -359,9 +360,8 @@ def simulator_psnr(frames: np.ndarray, episode: HeldoutEpisode, context: int) ->
 def frame_psnr(frames: np.ndarray, reference: np.ndarray) -> np.ndarray:
     """Per-frame PSNR of the stitched views of (chunks, F, V, H, W, 3) frames against a
     reference of the same shape: (chunks * F,)."""
-    a = stitch(frames.reshape(-1, *frames.shape[2:]))
-    b = stitch(reference.reshape(-1, *reference.shape[2:]))
-    return np.asarray(psnr_from_mse(mse_per_frame(a, b), peak_value(frames)), dtype=np.float64)
+    return psnr_per_frame(stitch(frames.reshape(-1, *frames.shape[2:])),
+                          stitch(reference.reshape(-1, *reference.shape[2:])))
 
 
 def drift(
