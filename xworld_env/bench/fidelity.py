@@ -316,7 +316,6 @@ def measure(
         raise ValueError(f"policies must include the reference {REFERENCE!r}")
     labels = list(policies)
     results = {label: [EpisodeResult(ep) for ep in episodes] for label in labels}
-    reference_frames: dict[int, np.ndarray] = {}
     device = engine.device
     bar = tqdm(total=repeats * len(episodes) * len(labels), desc=desc, disable=not progress,
                leave=False)
@@ -334,11 +333,10 @@ def measure(
                     result.sim_psnr = simulator_psnr(out.frames, episode, context)
                     first_frames[label] = out.frames
                 elif r == 1 and label == REFERENCE:
-                    result.fidelity = compare(out.frames, reference_frames[e], device=device)
+                    result.fidelity = compare(out.frames, result.frames, device=device)
                 bar.update()
             if r == 0:
-                reference_frames[e] = ref = first_frames[REFERENCE]
-                results[REFERENCE][e].frames = ref
+                results[REFERENCE][e].frames = ref = first_frames[REFERENCE]
                 for label, frames in first_frames.items():
                     if label != REFERENCE:
                         results[label][e].fidelity = compare(frames, ref, device=device)
