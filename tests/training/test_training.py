@@ -1,5 +1,6 @@
 """Training stages on a tiny dataset and tiny configs of the real networks."""
 
+import copy
 import dataclasses
 import json
 import math
@@ -11,7 +12,7 @@ import torch
 from xworld_env.config import build, compose
 from xworld_env.data.generate import GenerateConfig, generate
 from xworld_env.engine import EngineConfig, WorldModelEngine
-from xworld_env.model.checkpoint import load_bundle
+from xworld_env.model.checkpoint import CheckpointError, load_bundle
 from xworld_env.model.dit import CausalDiT, dit_config
 from xworld_env.model.sampler import FlowSampler, SamplerConfig, draw_noise
 from xworld_env.training import run_stage
@@ -24,6 +25,7 @@ from xworld_env.training.world_model import (
     batch_of,
     encode_split,
     generate_last_chunk,
+    latents_key,
     load_autoencoder,
     load_dit,
     rollout_context,
@@ -92,6 +94,29 @@ def test_decoder_fine_tune_keeps_the_encoder_and_latents(trained, tmp_path):
     # Encoder weights and the latent calibration untouched, the decoder trained.
     assert all(torch.equal(base[k], tuned[k]) for k in base if not k.startswith("decoder."))
     assert any(not torch.equal(base[k], tuned[k]) for k in base if k.startswith("decoder."))
+
+
+def test_latents_cache_is_read_only_for_the_autoencoder_and_data_it_was_made_from(trained,
+                                                                                 tmp_path):
+    runs, common, _ = trained
+    ae = load_autoencoder(common["autoencoder"], "cpu")
+    cache = tmp_path / "val.pt"
+    first = encode_split(ae, common["data"], "val", cache)
+    assert "key" not in first
+    stored = torch.load(cache, weights_only=True)
+    assert stored["key"] == latents_key(ae, common["data"], "val")
+    # The same weights read the cache (a marked cache comes back as stored).
+    torch.save(stored | {"latents": torch.zeros_like(stored["latents"])}, cache)
+    assert not encode_split(ae, common["data"], "val", cache)["latents"].any()
+    # Other weights encode afresh and replace it.
+    other = copy.deepcopy(ae)
+    with torch.no_grad():
+        for p in other.parameters():
+            p.mul_(1.5)
+    fresh = encode_split(other, common["data"], "val", None)["latents"]
+    assert not torch.equal(fresh, first["latents"])
+    assert torch.equal(encode_split(other, common["data"], "val", cache)["latents"], fresh)
+    assert torch.load(cache, weights_only=True)["key"] == latents_key(other, common["data"], "val")
 
 
 def test_training_writes_sample_sheets(trained):
@@ -303,6 +328,46 @@ def test_bundle_loads_into_the_engine(trained, tmp_path):
     engine.start(context, torch.zeros(1, 1, 2), torch.zeros(1, 1, 3), seeds=[0])
     out = engine.step_chunk(torch.zeros(1, 2))
     assert out.frames.shape == (1, *engine.frame_shape)
+
+
+def test_a_checkpoint_folder_is_a_source_for_every_stage(trained, tmp_path):
+    runs, common, _ = trained
+    shipped = assemble(BundleConfig(autoencoder=common["autoencoder"],
+                                    world_model=str(runs / "wm"), heads=str(runs / "heads"),
+                                    out=str(tmp_path / "shipped"), noise="fixed"))
+    source = load_bundle(shipped)
+    for name, module in (("ae", load_autoencoder(shipped, "cpu")), ("dit", load_dit(shipped))):
+        expected = (source.autoencoder if name == "ae" else source.dit).state_dict()
+        assert all(torch.equal(module.state_dict()[k], v) for k, v in expected.items()), name
+    # Fine-tune the checkpoint's DiT on its own autoencoder's latents (lr 0 keeps the weights).
+    cfg = WorldModelTrainConfig(data=common["data"], autoencoder=str(shipped),
+                                latents_dir=str(tmp_path / "latents"), run_dir=str(tmp_path / "wm"),
+                                preset="test", window=2, chunks=3, batch=2, steps=1, lr=0.0,
+                                init_from=str(shipped))
+    train_world_model(cfg, progress=False)
+    tuned = load_dit(tmp_path / "wm").state_dict()
+    assert all(torch.equal(tuned[k], v) for k, v in source.dit.state_dict().items())
+    # Bundled with the checkpoint's autoencoder and heads, which keep their records.
+    out = load_bundle(assemble(BundleConfig(autoencoder=str(shipped),
+                                            world_model=str(tmp_path / "wm"), heads=str(shipped),
+                                            out=str(tmp_path / "tuned"), noise="fixed")))
+    assert out.metadata["autoencoder"] == source.metadata["autoencoder"]
+    assert out.metadata["heads"] == source.metadata["heads"]
+    assert out.metadata["world_model"]["step"] == 1
+    assert out.metadata["world_model"]["init_from"] == str(shipped)
+    assert out.metadata["engine"] == source.metadata["engine"]
+    for prefix, module in out.modules().items():
+        expected = source.modules()[prefix].state_dict()
+        assert all(torch.equal(module.state_dict()[k], v) for k, v in expected.items()), prefix
+    # A checkpoint folder as the DiT's source: its weights, engine settings and record.
+    again = load_bundle(assemble(BundleConfig(autoencoder=str(shipped), world_model=str(shipped),
+                                              heads=str(shipped), out=str(tmp_path / "again"),
+                                              noise="fixed")))
+    assert again.metadata == source.metadata
+    with pytest.raises(CheckpointError, match="neither a world-model run folder"):
+        load_dit(tmp_path / "missing")
+    with pytest.raises(CheckpointError, match="neither an autoencoder run's autoencoder.pt nor a"):
+        load_autoencoder(tmp_path / "missing" / "autoencoder.pt", "cpu")
 
 
 def test_bundle_rejects_an_unknown_noise_mode():

@@ -191,6 +191,13 @@ def read_config(path: str | os.PathLike) -> dict[str, Any]:
     return raw
 
 
+def is_checkpoint(path: str | os.PathLike) -> bool:
+    """Whether ``path`` is a checkpoint directory (``config.json`` and ``model.safetensors``),
+    as opposed to, for example, a training run's folder (which has no weights file)."""
+    path = Path(path)
+    return (path / CONFIG_NAME).is_file() and (path / WEIGHTS_NAME).is_file()
+
+
 def load_bundle(path: str | os.PathLike, device: torch.device | str = "cpu") -> WorldModelBundle:
     """Loads a checkpoint directory written by :func:`save_bundle`.
 

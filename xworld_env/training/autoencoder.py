@@ -11,7 +11,13 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from xworld_env.model.autoencoder import Autoencoder, AutoencoderConfig
-from xworld_env.model.checkpoint import load_training_state, save_training_state
+from xworld_env.model.checkpoint import (
+    CheckpointError,
+    is_checkpoint,
+    load_bundle,
+    load_training_state,
+    save_training_state,
+)
 from xworld_env.training.common import (
     RunLog,
     evaluating,
@@ -44,7 +50,8 @@ class AutoencoderTrainConfig:
         device: ``auto``, ``cpu`` or ``cuda``.
         log_every, save_every: steps between log lines and between saved states.
         val_images: held-out images for the reconstruction PSNR.
-        finetune_decoder: a finished autoencoder (``autoencoder.pt``) whose decoder this run
+        finetune_decoder: a finished autoencoder (``autoencoder.pt``, or a checkpoint folder)
+            whose decoder this run
             trains on, with its encoder and latent calibration frozen, so that its latents (and
             the DiT and heads trained on them) stay valid; the architecture is that
             checkpoint's, and ``latent_channels`` and ``channels`` are not used.
@@ -73,7 +80,15 @@ class AutoencoderTrainConfig:
 
 
 def load_autoencoder(path: str | Path, device: torch.device | str) -> Autoencoder:
-    """The frozen autoencoder of a finished autoencoder stage (its ``autoencoder.pt``)."""
+    """The frozen autoencoder of a finished autoencoder stage (its ``autoencoder.pt``) or of a
+    checkpoint folder (``xworld_env/assets/default``, for one)."""
+    if is_checkpoint(path):
+        return load_bundle(path, device).autoencoder.requires_grad_(False)
+    if not Path(path).is_file():
+        raise CheckpointError(
+            f"{path}: neither an autoencoder run's autoencoder.pt nor a checkpoint folder "
+            "(config.json and model.safetensors)"
+        )
     state = load_training_state(path)
     config = dict(state["config"])
     config["channels"] = tuple(config["channels"])

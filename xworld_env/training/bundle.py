@@ -7,7 +7,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from xworld_env.engine import NOISE_MODES
-from xworld_env.model.checkpoint import WorldModelBundle, load_training_state, save_bundle
+from xworld_env.model.checkpoint import (
+    WorldModelBundle,
+    is_checkpoint,
+    load_bundle,
+    load_training_state,
+    read_config,
+    save_bundle,
+)
 from xworld_env.model.heads import Heads, HeadsConfig
 from xworld_env.training.world_model import load_autoencoder, load_dit
 
@@ -16,10 +23,14 @@ from xworld_env.training.world_model import load_autoencoder, load_dit
 class BundleConfig:
     """Where the stages are and where the checkpoint goes.
 
+    Every stage can also be taken from an existing checkpoint folder (the shipped
+    ``xworld_env/assets/default``, for one), with that checkpoint's record of its training: a
+    DiT fine-tuned from the shipped model is bundled with the shipped autoencoder and heads.
+
     Attributes:
-        autoencoder: ``autoencoder.pt`` of the autoencoder run.
-        world_model: world-model run folder.
-        heads: heads run folder.
+        autoencoder: ``autoencoder.pt`` of the autoencoder run, or a checkpoint folder.
+        world_model: world-model run folder, or a checkpoint folder.
+        heads: heads run folder, or a checkpoint folder.
         out: checkpoint folder to write (``xworld_env/assets/default`` ships with the package).
         storage_dtype: dtype of the stored weights (``float16`` keeps the shipped file small).
         noise: the engine's default noise per episode, ``fresh`` (new noise every chunk) or
@@ -49,23 +60,51 @@ def _last_log(run_dir: Path) -> dict:
     return merged
 
 
+def _record(source: str, stage: str, run_dir: Path) -> dict:
+    """A stage's training record: the checkpoint's own when ``source`` is a checkpoint folder,
+    else the last logged values of its run."""
+    if is_checkpoint(source):
+        return dict(read_config(source)["metadata"].get(stage, {}))
+    return _last_log(run_dir)
+
+
+def _heads(source: str) -> Heads:
+    if is_checkpoint(source):
+        return load_bundle(source).heads
+    state = load_training_state(Path(source) / "state.pt")
+    config = dict(state["config"])
+    config["ego_scale"] = tuple(config["ego_scale"])
+    heads = Heads(HeadsConfig(**config))
+    heads.load_state_dict(state["model"])
+    return heads
+
+
+def _engine_settings(world_model: str) -> dict:
+    """The sampler and cache the DiT was trained for; the engine defaults to them."""
+    keys = ("num_steps", "shift", "window")
+    if is_checkpoint(world_model):
+        engine = read_config(world_model)["metadata"].get("engine", {})
+    else:
+        engine = json.loads((Path(world_model) / "config.json").read_text())
+    return {key: engine[key] for key in keys}
+
+
 def assemble(cfg: BundleConfig) -> Path:
-    """Writes the checkpoint; its metadata records each stage's steps and last metrics."""
+    """Writes the checkpoint; its metadata records each stage's steps and last metrics (and,
+    for a DiT fine-tuned from another model, where it started: ``init_from``)."""
     ae = load_autoencoder(cfg.autoencoder, "cpu")
     dit = load_dit(cfg.world_model, "cpu")
-    heads_state = load_training_state(Path(cfg.heads) / "state.pt")
-    heads_cfg = dict(heads_state["config"])
-    heads_cfg["ego_scale"] = tuple(heads_cfg["ego_scale"])
-    heads = Heads(HeadsConfig(**heads_cfg))
-    heads.load_state_dict(heads_state["model"])
-    wm_config = json.loads((Path(cfg.world_model) / "config.json").read_text())
+    world_model = _record(cfg.world_model, "world_model", Path(cfg.world_model))
+    run_config = Path(cfg.world_model) / "config.json"
+    if not is_checkpoint(cfg.world_model) and run_config.is_file():
+        init_from = json.loads(run_config.read_text()).get("init_from", "")
+        if init_from:
+            world_model["init_from"] = init_from
     metadata = {
-        # The sampler and cache the DiT was trained for; the engine defaults to them.
-        "engine": {key: wm_config[key] for key in ("num_steps", "shift", "window")}
-        | {"noise": cfg.noise},
-        "autoencoder": _last_log(Path(cfg.autoencoder).parent),
-        "world_model": _last_log(Path(cfg.world_model)),
-        "heads": _last_log(Path(cfg.heads)),
+        "engine": _engine_settings(cfg.world_model) | {"noise": cfg.noise},
+        "autoencoder": _record(cfg.autoencoder, "autoencoder", Path(cfg.autoencoder).parent),
+        "world_model": world_model,
+        "heads": _record(cfg.heads, "heads", Path(cfg.heads)),
     }
-    bundle = WorldModelBundle(ae, dit, heads.eval(), metadata)
+    bundle = WorldModelBundle(ae, dit, _heads(cfg.heads).eval(), metadata)
     return save_bundle(cfg.out, bundle, storage_dtype=cfg.storage_dtype)

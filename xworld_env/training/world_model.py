@@ -7,6 +7,8 @@ and predicts its velocity while attending to the clean chunks before it.
 
 from __future__ import annotations
 
+import hashlib
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -14,9 +16,15 @@ import torch
 from einops import rearrange
 from tqdm import tqdm
 
+from xworld_env.data.shards import MANIFEST_NAME
 from xworld_env.engine import autocast_to
 from xworld_env.model.autoencoder import Autoencoder
-from xworld_env.model.checkpoint import load_training_state
+from xworld_env.model.checkpoint import (
+    CheckpointError,
+    is_checkpoint,
+    load_bundle,
+    load_training_state,
+)
 from xworld_env.model.dit import CausalDiT, dit_config
 from xworld_env.model.kv_cache import KVCacheConfig, RollingKVCache
 from xworld_env.model.sampler import FlowSampler, SamplerConfig, draw_noise
@@ -49,7 +57,8 @@ class WorldModelTrainConfig:
 
     Attributes:
         data: dataset folder written by ``xworld generate``.
-        autoencoder: the trained autoencoder (``autoencoder.pt`` of its run).
+        autoencoder: the trained autoencoder (``autoencoder.pt`` of its run, or a checkpoint
+            folder such as ``xworld_env/assets/default``).
         latents_dir: where the dataset's latents are cached (shared with the heads stage).
         run_dir: resumable state and log.
         preset: DiT preset (``tiny``, ``small``, ``base``; ``test`` for smoke runs).
@@ -64,8 +73,9 @@ class WorldModelTrainConfig:
         rollout_fraction: share of each batch's windows whose context is the model's own
             rollout (:func:`rollout_context`) rather than the data, against the drift of
             long rollouts; 0 trains with teacher forcing only.
-        init_from: a world-model run folder whose DiT starts this run (fine-tuning; the
-            preset must match). Ignored when ``run_dir`` already holds a state to resume.
+        init_from: a world-model run folder or a checkpoint folder whose DiT starts this run
+            (fine-tuning; the preset must match). Ignored when ``run_dir`` already holds a
+            state to resume.
         dtype: compute precision of the forward and backward passes, ``float32`` or
             ``bfloat16`` (autocast: weights, gradients and optimizer state stay float32;
             validation always runs in float32, so losses compare across runs).
@@ -113,9 +123,17 @@ class WorldModelTrainConfig:
 def encode_split(
     ae: Autoencoder, root: str, split: str, cache: Path | None
 ) -> dict[str, torch.Tensor]:
-    """Latents (episodes, T, v, f, h, w, c) and labels of one split, cached on disk."""
+    """Latents (episodes, T, v, f, h, w, c) and labels of one split, cached on disk.
+
+    The cache records which autoencoder weights and which dataset manifest it was encoded from
+    (:func:`latents_key`); a cache of other weights or another dataset is encoded afresh and
+    replaced, so a run never trains on another autoencoder's latents.
+    """
+    key = latents_key(ae, root, split)
     if cache is not None and cache.is_file():
-        return torch.load(cache, weights_only=True)
+        cached = torch.load(cache, weights_only=True)
+        if cached.pop("key", None) == key:
+            return cached
     arrays = load_split(root, split, ("frames", "actions", "ego", "collision", "off_road"))
     frames = arrays["frames"]
     device = next(ae.parameters()).device
@@ -133,8 +151,20 @@ def encode_split(
     }
     if cache is not None:
         cache.parent.mkdir(parents=True, exist_ok=True)
-        torch.save(out, cache)
+        tmp = cache.with_name(cache.name + ".tmp")
+        torch.save(out | {"key": key}, tmp)
+        os.replace(tmp, cache)
     return out
+
+
+def latents_key(ae: Autoencoder, root: str | Path, split: str) -> str:
+    """sha256 of the autoencoder's weights, the dataset's manifest and the split's name."""
+    digest = hashlib.sha256(split.encode())
+    digest.update((Path(root) / MANIFEST_NAME).read_bytes())
+    for name, tensor in sorted(ae.state_dict().items()):
+        digest.update(name.encode())
+        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()
 
 
 def window_starts(valid: torch.Tensor, length: int) -> torch.Tensor:
@@ -349,8 +379,16 @@ def write_generated(model, ae, val, starts, cfg, device, run_dir: Path, step: in
 
 
 def load_dit(run_dir: str | Path, device: torch.device | str = "cpu") -> CausalDiT:
-    """The DiT of a world-model run's latest state."""
+    """The DiT of a world-model run's latest state, or of a checkpoint folder."""
     from xworld_env.model.dit import DiTConfig
+
+    if is_checkpoint(run_dir):
+        return load_bundle(run_dir, device).dit
+    if not (Path(run_dir) / STATE_NAME).is_file():
+        raise CheckpointError(
+            f"{run_dir}: neither a world-model run folder (no {STATE_NAME}) nor a checkpoint "
+            "folder (config.json and model.safetensors)"
+        )
 
     state = load_training_state(Path(run_dir) / STATE_NAME)
     config = dict(state["config"])
