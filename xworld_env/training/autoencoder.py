@@ -51,10 +51,10 @@ class AutoencoderTrainConfig:
         log_every, save_every: steps between log lines and between saved states.
         val_images: held-out images for the reconstruction PSNR.
         finetune_decoder: a finished autoencoder (``autoencoder.pt``, or a checkpoint folder)
-            whose decoder this run
-            trains on, with its encoder and latent calibration frozen, so that its latents (and
-            the DiT and heads trained on them) stay valid; the architecture is that
-            checkpoint's, and ``latent_channels`` and ``channels`` are not used.
+            whose decoder this run trains on, with its encoder and latent calibration frozen, so
+            that its latents (and the DiT and heads trained on them) stay valid; the
+            architecture is that checkpoint's, and ``latent_channels`` and ``channels`` are not
+            used.
     """
 
     data: str = "data/xworld_sim"
