@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from xworld_env.bench.heldout import record_heldout
-from xworld_env.bench.quality import add_arguments, copy_baseline, run
+from xworld_env.bench.quality import add_arguments, copy_baseline, run, standard_error
 from xworld_env.types import FAMILIES
 
 CONTEXT, HORIZON = 2, 2
@@ -40,6 +40,9 @@ def test_result_layout_and_files(quality):
     assert set(fam["model_psnr"]) == set(fam["copy_psnr"]) == {"1", "2"}
     assert math.isfinite(fam["copy_psnr"]["1"]) and math.isfinite(fam["ae_psnr"])
     assert isinstance(fam["action_sensitivity_db"], float)
+    # One episode has no spread to estimate: null, and so is the overall one.
+    assert fam["action_sensitivity_se_db"] is None
+    assert result["overall"]["action_sensitivity_se_db"] is None
     stable = fam["stable"]
     assert stable["chunks"] == 3 and stable["finite"] is True
     assert isinstance(stable["collapsed"], bool) and stable["std_min"] <= stable["std_median"]
@@ -71,3 +74,9 @@ def test_arguments_defaults():
     assert tuple(args.families) == FAMILIES and args.json is None and args.device == "cpu"
     args = parser.parse_args(["--families", "merge", "--stable-chunks", "5", "--json", "q.json"])
     assert args.families == ["merge"] and args.stable_chunks == 5
+
+
+def test_standard_error_of_the_mean():
+    assert standard_error([1.0, 2.0, 3.0]) == pytest.approx(1.0 / math.sqrt(3.0))
+    assert standard_error([0.5, float("inf"), 0.5, float("nan")]) == 0.0  # non-finite left out
+    assert math.isnan(standard_error([1.0])) and math.isnan(standard_error([]))

@@ -9,7 +9,8 @@ recorded actions; the decoded views are compared with the simulator's frames, ne
   rollout;
 * ``action_sensitivity_db``: PSNR with the true actions minus PSNR with another episode's actions
   (same start, same noise seed), averaged over the horizons: positive when the actions steer the
-  world;
+  world; ``action_sensitivity_se_db`` is its standard error over the episodes (null with one
+  episode), to tell an effect from the noise of a few episodes;
 * ``stable``: whether a long rollout stays finite and keeps its contrast;
 * ``heads_sim`` / ``heads_model``: the heads on the autoencoder latents of the simulator chunks
   (their training input) and on the generated latents, both against the simulator's labels.
@@ -113,6 +114,14 @@ def roll_out(
         frames.append(out.frames.cpu().numpy())
         latents.append(out.latents.float().cpu())
     return Rollout(np.stack(frames, axis=1), torch.stack(latents, dim=1))
+
+
+def standard_error(values: list[float]) -> float:
+    """Standard error of the mean of the finite ``values`` (sample std / sqrt n); nan below 2."""
+    finite = np.asarray([v for v in values if math.isfinite(v)], dtype=np.float64)
+    if len(finite) < 2:
+        return math.nan
+    return float(finite.std(ddof=1) / math.sqrt(len(finite)))
 
 
 def _mean(values: list[float]) -> float:
@@ -229,6 +238,9 @@ def evaluate_family(
         "copy_psnr": copy_h,
         "valid_episodes": counts,
         "action_sensitivity_db": _mean(sensitivity),
+        "action_sensitivity_se_db": standard_error(
+            [r["action_sensitivity_db"] for r in per_episode]
+        ),
         "per_episode": per_episode,
     }
     true_rollout = Rollout(rollout.frames[:n], rollout.latents[:n])
@@ -371,6 +383,10 @@ def _overall(families: dict, heads_sim: dict, heads_model: dict) -> dict:
         "model_psnr": {h: mean([f["model_psnr"][h] for f in fams]) for h in horizons},
         "copy_psnr": {h: mean([f["copy_psnr"][h] for f in fams]) for h in horizons},
         "action_sensitivity_db": mean([f["action_sensitivity_db"] for f in fams]),
+        # The mean of the families' means: their standard errors added in quadrature, over n.
+        "action_sensitivity_se_db": math.sqrt(
+            sum(f["action_sensitivity_se_db"] ** 2 for f in fams)
+        ) / len(fams),
         "stable_finite": all(f["stable"]["finite"] for f in fams),
         "stable_collapsed": any(f["stable"]["collapsed"] for f in fams),
         "heads_sim": heads_sim,
@@ -515,13 +531,15 @@ def print_table(result: dict) -> None:
     head = f"{'family':<13}{'AE':>7}" + "".join(f"{'m@' + h:>7}{'c@' + h:>7}" for h in horizons)
     print("PSNR dB vs the simulator (m = model, c = copy last frame, @ chunks ahead; episodes:\n"
           "held-out episodes still running at each horizon, '-': none)")
-    print(head + f"{'act dB':>8}{'episodes':>10}{'std last/sim':>14}")
+    print(head + f"{'act dB':>8}{'± se':>7}{'episodes':>10}{'std last/sim':>14}")
     rows = [*result["families"].items(), ("overall", result["overall"])]
     for name, r in rows:
         line = f"{name:<13}{_fmt(r['ae_psnr'])}"
         for h in horizons:
             line += _fmt(r["model_psnr"].get(h)) + _fmt(r["copy_psnr"].get(h))
         line += _fmt(r["action_sensitivity_db"], 8, 3)
+        se = r.get("action_sensitivity_se_db")
+        line += f"{'':>7}" if se is None else f" ±{se:<5.3f}"
         counts = "/".join(str(n) for n in r.get("valid_episodes", {}).values())
         line += f"{counts:>10}"
         if "stable" in r:
