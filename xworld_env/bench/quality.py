@@ -9,8 +9,9 @@ recorded actions; the decoded views are compared with the simulator's frames, ne
   rollout;
 * ``action_sensitivity_db``: PSNR with the true actions minus PSNR with another episode's actions
   (same start, same noise seed), averaged over the horizons: positive when the actions steer the
-  world; ``action_sensitivity_se_db`` is its standard error over the episodes (null with one
-  episode), to tell an effect from the noise of a few episodes;
+  world (pooled over the family's chunks); ``action_sensitivity_se_db`` is the standard error of
+  the mean of the episodes' own values (null with one episode), to tell an effect from the noise
+  of a few episodes;
 * ``stable``: whether a long rollout stays finite and keeps its contrast;
 * ``heads_sim`` / ``heads_model``: the heads on the autoencoder latents of the simulator chunks
   (their training input) and on the generated latents, both against the simulator's labels.
