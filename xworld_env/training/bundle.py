@@ -79,14 +79,20 @@ def _heads(source: str) -> Heads:
     return heads
 
 
-def _engine_settings(world_model: str) -> dict:
-    """The sampler and cache the DiT was trained for; the engine defaults to them."""
+def _world_model(source: str) -> tuple[dict, dict]:
+    """The sampler and cache the DiT was trained for (the engine defaults to them) and its
+    training record, which names the run's ``init_from`` when it was fine-tuned."""
     keys = ("num_steps", "shift", "window")
-    if is_checkpoint(world_model):
-        engine = read_config(world_model)["metadata"].get("engine", {})
-    else:
-        engine = json.loads((Path(world_model) / "config.json").read_text())
-    return {key: engine[key] for key in keys}
+    if is_checkpoint(source):
+        metadata = read_config(source)["metadata"]
+        return {key: metadata["engine"][key] for key in keys}, dict(
+            metadata.get("world_model", {})
+        )
+    run_config = json.loads((Path(source) / "config.json").read_text())
+    record = _last_log(Path(source))
+    if run_config.get("init_from"):
+        record["init_from"] = run_config["init_from"]
+    return {key: run_config[key] for key in keys}, record
 
 
 def assemble(cfg: BundleConfig) -> Path:
@@ -94,14 +100,9 @@ def assemble(cfg: BundleConfig) -> Path:
     for a DiT fine-tuned from another model, where it started: ``init_from``)."""
     ae = load_autoencoder(cfg.autoencoder, "cpu")
     dit = load_dit(cfg.world_model, "cpu")
-    world_model = _record(cfg.world_model, "world_model", Path(cfg.world_model))
-    run_config = Path(cfg.world_model) / "config.json"
-    if not is_checkpoint(cfg.world_model) and run_config.is_file():
-        init_from = json.loads(run_config.read_text()).get("init_from", "")
-        if init_from:
-            world_model["init_from"] = init_from
+    engine, world_model = _world_model(cfg.world_model)
     metadata = {
-        "engine": _engine_settings(cfg.world_model) | {"noise": cfg.noise},
+        "engine": engine | {"noise": cfg.noise},
         "autoencoder": _record(cfg.autoencoder, "autoencoder", Path(cfg.autoencoder).parent),
         "world_model": world_model,
         "heads": _record(cfg.heads, "heads", Path(cfg.heads)),

@@ -129,7 +129,7 @@ def encode_split(
     (:func:`latents_key`); a cache of other weights or another dataset is encoded afresh and
     replaced, so a run never trains on another autoencoder's latents.
     """
-    key = latents_key(ae, root, split)
+    key = None if cache is None else latents_key(ae, root, split)
     if cache is not None and cache.is_file():
         cached = torch.load(cache, weights_only=True)
         if cached.pop("key", None) == key:
