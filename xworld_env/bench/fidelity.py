@@ -1,6 +1,6 @@
 """``xworld bench xcache``: X-Cache against full compute and the baseline caches, side by side.
 
-Protocol (XCACHE.md, "What measured means"):
+Protocol:
 
 * Episodes are held-out simulator episodes (:mod:`xworld_env.bench.heldout`): the engine starts
   from each episode's first ``context`` chunks with a noise seed fixed per episode (the episode

@@ -34,7 +34,7 @@ only through block 0's attention to the past). Each cell fits, per world, the ga
 relative change to the relative error reuse would have made, on its own computations, and a
 world reuses only while ``gain * relative change`` stays below ``max_error``.
 
-Guardrails (XCACHE.md, "Guardrails"): passes that write the KV cache always compute every block;
+Guardrails (as published): passes that write the KV cache always compute every block;
 the first ``front_anchor`` (and last ``tail_anchor``) blocks always compute; the first
 ``warmup_chunks`` chunks after a reset compute everything; step-0 protection and a cap on
 consecutive reuses are optional.

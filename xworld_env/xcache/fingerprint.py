@@ -1,4 +1,4 @@
-"""The fingerprint of a DiT block input (XCACHE.md, "Fingerprint").
+"""The fingerprint of a DiT block input, as X-Cache (arXiv 2604.20289) defines it.
 
 A fingerprint is what X-Cache compares between consecutive chunks to decide whether a block's
 residual can be reused. It has three kinds of entries:

@@ -1,4 +1,4 @@
-"""The metrics of the X-Cache gate and its adaptive threshold (XCACHE.md, "Gate").
+"""The metrics of the X-Cache gate (arXiv 2604.20289) and its adaptive threshold.
 
 Cosine and maximum deviation are the published gate; the relative change is ours (a third
 metric that must also pass; off when its threshold is infinite), and so is the predicted error:

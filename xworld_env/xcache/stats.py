@@ -1,6 +1,6 @@
 """What a cache executor did: reuse counts per block, step, chunk and world, gate metrics, time.
 
-Two skip rates are kept (XCACHE.md, "What measured means"):
+Two skip rates are kept:
 
 * ``skip_rate``: reused / evaluated over the cells a policy may reuse, i.e. denoising passes
   after warmup, anchors left out;
