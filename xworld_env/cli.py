@@ -92,7 +92,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="compute precision of both runs (default float32)")
     p.add_argument("--decode-dtype", default="auto", choices=DECODE_PRECISIONS,
                    help="decoder precision of both runs (default auto: bfloat16 on CPUs with "
-                        "AMX or AVX512-BF16)")
+                        "AMX or AVX512-BF16 when --dtype is float32)")
     p.add_argument("--checkpoint", default=None, help="world model folder (default: shipped)")
     p.set_defaults(func=_demo)
 
@@ -115,7 +115,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "(default float32)")
     p.add_argument("--decode-dtype", nargs="+", default=["auto"], choices=DECODE_PRECISIONS,
                    help="decoder precisions, measured side by side with every --dtype "
-                        "(default auto: bfloat16 on CPUs with AMX or AVX512-BF16)")
+                        "(default auto: bfloat16 on CPUs with AMX or AVX512-BF16 when the DiT runs "
+                        "in float32)")
     p.add_argument("--baselines", nargs="*", default=[], choices=["fbcache", "static"],
                    help="baseline caches to time beside X-Cache, at their defaults (default none)")
     p.add_argument("--checkpoint", default=None, help="world model folder (default: shipped)")
@@ -133,13 +134,25 @@ def build_parser() -> argparse.ArgumentParser:
         p.set_defaults(func=_bench_module(module))
 
     p = sub.add_parser(
-        "generate", help="write a simulator dataset (hydra overrides, e.g. data.out_dir=DIR)"
+        "generate", help="write a simulator dataset (hydra overrides, e.g. data.out=DIR)",
+        description="Drives the teacher simulator and writes training shards "
+                    "(configs/generate.yaml).\nRerunning the same command after an interruption "
+                    "resumes at the first missing shard.",
+        epilog="examples:\n  xworld generate data=tiny data.out=/tmp/tiny\n"
+               "  xworld generate data.episodes_per_family=64 data.families=[highway,merge]\n"
+               "  xworld generate sim.rig.height=128 sim.rig.width=128",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("overrides", nargs="*", help="hydra overrides of configs/generate.yaml")
     p.set_defaults(func=_generate)
 
     p = sub.add_parser(
-        "scenario-bank", help="build the scenario bank of env starts from a dataset"
+        "scenario-bank", help="build the scenario bank of env starts from a dataset",
+        description="Cuts env starts from the validation episodes of a dataset "
+                    "(configs/scenario_bank.yaml).",
+        epilog="example:\n  xworld scenario-bank dataset=data/xworld_sim "
+               "out=xworld_env/assets/scenario_bank.npz",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("overrides", nargs="*", help="hydra overrides of configs/scenario_bank.yaml")
     p.set_defaults(func=_scenario_bank)

@@ -391,21 +391,8 @@ def _differences(old: Any, new: Any, prefix: str = "") -> list[str]:
     return []
 
 
-USAGE = """usage: xworld generate [OVERRIDE ...]
-
-Drives the teacher simulator and writes training shards (configs/generate.yaml).
-Overrides use hydra syntax, for example:
-  xworld generate data=tiny data.out=/tmp/tiny
-  xworld generate data.episodes_per_family=64 data.families=[highway,merge]
-  xworld generate sim.rig.height=128 sim.rig.width=128
-Rerunning the same command after an interruption resumes at the first missing shard."""
-
-
 def main(argv: list[str]) -> int:
     """Entry point of ``xworld generate``; returns the process exit status."""
-    if any(arg in ("-h", "--help") for arg in argv):
-        print(USAGE)
-        return 0
     try:
         cfg = compose("generate", argv)
         summary = generate(build(GenerateConfig, cfg.data), cfg.sim)

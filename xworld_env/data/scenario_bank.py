@@ -303,17 +303,8 @@ def build_scenario_bank(
     return ScenarioBank.load(out)
 
 
-USAGE = """usage: xworld scenario-bank [OVERRIDE ...]
-
-Cuts env starts from the validation episodes of a dataset (configs/scenario_bank.yaml), e.g.
-  xworld scenario-bank dataset=data/xworld_sim out=xworld_env/assets/scenario_bank.npz"""
-
-
 def main(argv: list[str]) -> int:
     """Entry point of ``xworld scenario-bank``; returns the process exit status."""
-    if any(arg in ("-h", "--help") for arg in argv):
-        print(USAGE)
-        return 0
     try:
         cfg = build(ScenarioBankConfig, compose("scenario_bank", argv))
         bank = build_scenario_bank(cfg.dataset, cfg.out, cfg.starts_per_family,
