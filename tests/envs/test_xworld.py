@@ -102,6 +102,9 @@ def test_lifecycle_errors(tiny_env_kwargs):
         ({"family": "moon"}, ValueError, "accepted"),
         ({"render_mode": "human"}, ValueError, "render_mode"),
         ({"checkpoint": "/nonexistent/ckpt"}, Exception, "/nonexistent/ckpt"),
+        ({"reward": {"sped": 1.0}}, ValueError, r"unknown RewardConfig setting\(s\) \['sped'\]; "
+                                               r"accepted: \['collision'"),
+        ({"reward": 0.5}, TypeError, "reward must be a RewardConfig, a dict"),
     ],
 )
 def test_bad_constructor_arguments(tiny_env_kwargs, kwargs, error, message):

@@ -128,6 +128,13 @@ def test_unknown_family_and_option():
         env.reset(seed=0, options={"weather": "rain"})
 
 
+def test_misspelled_settings_name_what_is_accepted():
+    with pytest.raises(ValueError, match=r"unknown RewardConfig setting\(s\) \['sped'\]"):
+        XWorldSimEnv(reward={"sped": 1.0})
+    with pytest.raises(TypeError, match="expected a RewardConfig or a dict"):
+        XWorldSimEnv(reward=1.0)
+
+
 def test_render_mosaic():
     env = XWorldSimEnv(render_mode="rgb_array")
     env.reset(seed=0, options={"family": "intersection"})

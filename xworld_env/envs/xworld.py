@@ -15,6 +15,7 @@ import gymnasium as gym
 import numpy as np
 import torch
 
+from xworld_env.config import build
 from xworld_env.data.scenario_bank import ScenarioBank
 from xworld_env.engine import EngineConfig, WorldModelEngine
 from xworld_env.envs.rewards import RewardConfig, is_terminal, reward_terms
@@ -63,7 +64,10 @@ def reward_config(reward: RewardConfig | dict | None) -> RewardConfig:
     """A reward config from None (defaults), a config, or a dict of its settings."""
     if reward is None or isinstance(reward, RewardConfig):
         return reward or RewardConfig()
-    return RewardConfig(**reward)
+    if not isinstance(reward, dict):
+        raise TypeError(f"reward must be a RewardConfig, a dict of its settings or None; got "
+                        f"{type(reward).__name__}")
+    return build(RewardConfig, reward)
 
 
 def check_env_arguments(family: str | None, render_mode: str | None) -> None:
@@ -136,8 +140,8 @@ class XWorldEnv(gym.Env):
     ``cache`` (``"xcache"``, ``"none"``, ``"fbcache"``, ``"static"``, a policy config or a dict),
     ``family``, ``checkpoint``, ``scenario_bank``, ``device``, ``dtype`` (compute precision:
     ``"float32"``, ``"bfloat16"``, ``"float16"``, see ``EngineConfig``), ``decode_dtype``
-    (the decoder's precision, default ``"auto"``: bfloat16 on CPUs with AMX or AVX512-BF16;
-    see ``EngineConfig``), ``num_steps``,
+    (the decoder's precision, default ``"auto"``: bfloat16 on CPUs with AMX or AVX512-BF16
+    when ``dtype`` is float32; see ``EngineConfig``), ``num_steps``,
     ``window``, ``noise`` (``"fresh"`` or ``"fixed"``, see ``EngineConfig``), ``reward``,
     ``include_ego``, ``render_mode``.
 

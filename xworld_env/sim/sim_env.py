@@ -7,6 +7,7 @@ from dataclasses import asdict
 import gymnasium as gym
 import numpy as np
 
+from xworld_env.config import build
 from xworld_env.envs.rewards import RewardConfig, is_terminal, reward_terms
 from xworld_env.envs.spaces import (
     EGO_LIMITS,
@@ -28,7 +29,7 @@ def _build(cls, value):
     if isinstance(value, cls):
         return value
     if isinstance(value, dict):
-        return cls.from_dict(value) if hasattr(cls, "from_dict") else cls(**value)
+        return build(cls, value)
     raise TypeError(f"expected a {cls.__name__} or a dict of its settings, got {type(value)}")
 
 
@@ -42,7 +43,7 @@ class XWorldSimEnv(gym.Env):
     frame is the observation and ``last_chunk`` holds them all.
 
     ## Action space
-    ``Box(-1, 1, (2,), float32)``: acceleration (±1 = ±5 m/s²) and steering (±1 = ±0.35 rad,
+    ``Box(-1, 1, (2,), float32)``: acceleration (±1 = ±5 m/s²) and steering (±1 = ±0.5 rad,
     positive to the left).
 
     ## Observation space
