@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from xworld_env.engine import COMPUTE_DTYPES, DECODE_DTYPES
+from xworld_env.xcache import make_executor
 
 
 @dataclass(frozen=True)
@@ -12,7 +13,10 @@ class WorldSettings:
     """The batched XWorld-v0 worlds a policy trains in (base of the SB3 and RLlib configs).
 
     Attributes:
-        cache: the world model's cache policy (``xcache``, ``none``, ``fbcache``, ``static``).
+        cache: the world model's cache policy: a name (``xcache``, ``none``, ``fbcache``,
+            ``static``) or a dict of a policy and its settings, e.g. a file of the ``xcache``
+            config group (``+xcache@agent.cache=fbcache``) or
+            ``agent.cache={policy:xcache,max_error:0.01}``.
         checkpoint: world model folder (None: the shipped one).
         scenario_bank: scenario bank file (None: the shipped one).
         family: scenario family of every episode (None: random).
@@ -23,7 +27,7 @@ class WorldSettings:
             the above; the envs' ``decode_dtype``).
     """
 
-    cache: str = "xcache"
+    cache: str | dict = "xcache"
     checkpoint: str | None = None
     scenario_bank: str | None = None
     family: str | None = None
@@ -32,6 +36,7 @@ class WorldSettings:
     world_decode_dtype: str = "auto"
 
     def __post_init__(self) -> None:
+        make_executor(self.cache)  # a bad policy or setting fails here, naming what is accepted
         if self.world_dtype not in COMPUTE_DTYPES:
             raise ValueError(f"world_dtype must be one of {sorted(COMPUTE_DTYPES)}, "
                              f"got {self.world_dtype!r}")

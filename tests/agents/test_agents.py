@@ -56,3 +56,19 @@ def test_train_rejects_an_unknown_world_dtype(tiny_env_kwargs, tmp_path):
     with pytest.raises(ValueError, match="dtype must be one of"):
         train_main(overrides)
     assert not (tmp_path / "ppo_final.zip").exists()
+
+
+def test_the_xcache_group_sets_the_trainers_cache_policy():
+    from agents.train import AgentTrainConfig
+    from xworld_env.config import build, compose
+
+    cfg = build(AgentTrainConfig, compose("train_agent", ["+xcache@agent.cache=fbcache"]).agent)
+    assert cfg.cache == {"policy": "fbcache", "threshold": 0.002, "warmup_chunks": 1}
+    assert cfg.world_kwargs("cpu")["cache"] == cfg.cache
+    cfg = build(AgentTrainConfig, compose(
+        "train_agent", ["+xcache@agent.cache=xcache", "agent.cache.max_error=0.01"]).agent)
+    assert cfg.cache["policy"] == "xcache" and cfg.cache["max_error"] == 0.01
+    cfg = build(AgentTrainConfig, compose("train_agent", ["agent.cache={policy:static}"]).agent)
+    assert cfg.cache == {"policy": "static"}
+    with pytest.raises(ValueError, match="bad xcache setting.*accepted: .*'max_error'"):
+        build(AgentTrainConfig, compose("train_agent", ["agent.cache={max_eror:0.01}"]).agent)
