@@ -6,6 +6,7 @@ X-Cache statistics and losses go to TensorBoard under ``run_dir``; checkpoints a
 
 from __future__ import annotations
 
+import math
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,6 +31,15 @@ class AgentTrainConfig(WorldSettings):
         total_timesteps: env steps in all (summed over worlds).
         world_device: device of the world model (``cpu``, ``cuda``).
         n_steps, batch_size, n_epochs, learning_rate, gamma: PPO settings.
+        use_sde: explore with generalized state-dependent exploration (gSDE, the default): the
+            policy's noise is a linear function of its features whose weights are drawn every
+            ``sde_sample_freq`` steps (-1: once per rollout), so actions change as smoothly as
+            the scene does and X-Cache keeps reusing. False: SB3's default, independent Gaussian
+            noise every step, whose abrupt action changes veto nearly all reuse
+            (``python -m agents.sampling`` measures both).
+        sde_sample_freq: steps between new gSDE noise weights (-1: once per rollout).
+        log_std_init: initial log standard deviation of the exploration noise (of every gSDE
+            weight with ``use_sde``; of the action noise itself without).
         features_dim: size of the seven-view features.
         run_dir: TensorBoard logs, checkpoints and the final policy.
         save_every: env steps between checkpoints.
@@ -45,12 +55,29 @@ class AgentTrainConfig(WorldSettings):
     n_epochs: int = 4
     learning_rate: float = 3e-4
     gamma: float = 0.98
+    use_sde: bool = True
+    sde_sample_freq: int = 8
+    log_std_init: float = -2.0
     features_dim: int = 256
     run_dir: str = "runs/agent"
     save_every: int = 10_000
     tensorboard: bool = True
     seed: int = 0
     device: str = "cpu"
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.sde_sample_freq == 0 or self.sde_sample_freq < -1:
+            raise ValueError(f"sde_sample_freq must be -1 (once per rollout) or a positive "
+                             f"number of steps, got {self.sde_sample_freq}")
+        if not math.isfinite(self.log_std_init):
+            raise ValueError(f"log_std_init must be finite, got {self.log_std_init}")
+
+    def policy_kwargs(self) -> dict:
+        """SB3 ``policy_kwargs``: the seven-view extractor and the exploration noise."""
+        return {"features_extractor_class": SevenViewExtractor,
+                "features_extractor_kwargs": {"features_dim": self.features_dim},
+                "log_std_init": self.log_std_init}
 
 
 def train(cfg: AgentTrainConfig) -> Path:
@@ -63,9 +90,8 @@ def train(cfg: AgentTrainConfig) -> Path:
     model = PPO(
         "MultiInputPolicy", venv, n_steps=cfg.n_steps, batch_size=cfg.batch_size,
         n_epochs=cfg.n_epochs, learning_rate=cfg.learning_rate, gamma=cfg.gamma, seed=cfg.seed,
-        device=cfg.device, tensorboard_log=tensorboard, verbose=1,
-        policy_kwargs={"features_extractor_class": SevenViewExtractor,
-                       "features_extractor_kwargs": {"features_dim": cfg.features_dim}},
+        use_sde=cfg.use_sde, sde_sample_freq=cfg.sde_sample_freq, device=cfg.device,
+        tensorboard_log=tensorboard, verbose=1, policy_kwargs=cfg.policy_kwargs(),
     )
     callbacks = [
         XCacheStatsCallback(),

@@ -33,6 +33,10 @@ def test_train_tiny_then_evaluate(tiny_env_kwargs, tmp_path):
     assert train_main(overrides) == 0
     policy = tmp_path / "ppo_final.zip"
     assert policy.is_file()
+    from stable_baselines3 import PPO
+
+    saved = PPO.load(policy, device="cpu")  # explores with gSDE unless told otherwise
+    assert saved.use_sde and saved.sde_sample_freq == 8
     result = evaluate(str(policy), episodes=1, max_steps=2, family="highway",
                       **tiny_env_kwargs)
     for name in ("XWorld-v0", "XWorldSim-v0"):
@@ -72,3 +76,16 @@ def test_the_xcache_group_sets_the_trainers_cache_policy():
     assert cfg.cache == {"policy": "static"}
     with pytest.raises(ValueError, match="bad xcache setting.*accepted: .*'max_error'"):
         build(AgentTrainConfig, compose("train_agent", ["agent.cache={max_eror:0.01}"]).agent)
+
+
+def test_exploration_settings_reach_ppo_and_bad_ones_are_rejected():
+    from agents.train import AgentTrainConfig
+    from xworld_env.config import build, compose
+
+    cfg = build(AgentTrainConfig, compose(
+        "train_agent", ["agent.use_sde=false", "agent.log_std_init=0"]).agent)
+    assert not cfg.use_sde and cfg.policy_kwargs()["log_std_init"] == 0.0
+    with pytest.raises(ValueError, match="sde_sample_freq must be -1 .* or a positive"):
+        AgentTrainConfig(sde_sample_freq=0)
+    with pytest.raises(ValueError, match="log_std_init must be finite"):
+        AgentTrainConfig(log_std_init=float("nan"))
