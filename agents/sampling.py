@@ -94,6 +94,7 @@ def run(explorations: tuple[str, ...] = tuple(EXPLORATIONS), worlds: int = 8, st
     if worlds < 1 or steps < 2 or repeats < 1:
         raise ValueError(f"worlds and repeats must be >= 1 and steps >= 2, got worlds={worlds}, "
                          f"steps={steps}, repeats={repeats}")
+    started = time.perf_counter()
     world = {"checkpoint": checkpoint, "scenario_bank": scenario_bank, "family": "highway"}
     cfgs = {name: AgentTrainConfig(num_envs=worlds, **world, **EXPLORATIONS[name])
             for name in explorations}
@@ -111,7 +112,8 @@ def run(explorations: tuple[str, ...] = tuple(EXPLORATIONS), worlds: int = 8, st
     for venv in venvs.values():
         venv.close()
     result: dict = {"worlds": worlds, "steps": steps, "repeats": repeats, "family": "highway",
-                    "explorations": {}, "machine": machine_info()}
+                    "explorations": {}, "machine": machine_info(),
+                    "wall_s": time.perf_counter() - started}
     for name in explorations:
         row = {"settings": EXPLORATIONS[name]}
         for cache in CACHES:
