@@ -3,13 +3,14 @@
 X-Cache reuses a block only while consecutive chunks are alike, and an abrupt change of action
 vetoes reuse. How a policy explores therefore sets how much X-Cache saves while it trains:
 SB3's default Gaussian exploration draws independent noise every step, gSDE (``use_sde``)
-draws noise weights once per rollout and applies them to the policy's features, so the actions
-change only as the scene does.
+draws noise weights every ``sde_sample_freq`` steps (or once per rollout) and applies them to
+the policy's features, so between draws the actions change only as the scene does.
 
 For each exploration setting, an untrained PPO policy of ``agents.train``'s architecture
 (seeded, so every setting starts from the same network) drives the same batched worlds from the
 same reset for ``steps`` steps, choosing actions as PPO's rollout collection does (a
-stochastic ``predict``, gSDE noise drawn at the start of the rollout). Every setting runs with
+stochastic ``predict``; gSDE noise weights drawn at the start and every ``sde_sample_freq``
+steps). Every setting runs with
 X-Cache and with full compute, in one process, the order rotating between repeats; rates are
 medians over repeats and include the policy's own forward passes, as a training run's
 collection does.
@@ -89,7 +90,9 @@ def run(explorations: tuple[str, ...] = tuple(EXPLORATIONS), worlds: int = 8, st
     compute side by side (see the module docstring); ``env_kwargs``: further
     ``XWorldVectorEnv`` arguments (e.g. ``reward``)."""
     unknown = sorted(set(explorations) - set(EXPLORATIONS))
-    if unknown or not explorations:
+    if not explorations:
+        raise ValueError(f"no exploration given; accepted: {list(EXPLORATIONS)}")
+    if unknown:
         raise ValueError(f"unknown exploration(s) {unknown}; accepted: {list(EXPLORATIONS)}")
     if worlds < 1 or steps < 2 or repeats < 1:
         raise ValueError(f"worlds and repeats must be >= 1 and steps >= 2, got worlds={worlds}, "
@@ -137,8 +140,9 @@ def format_table(result: dict) -> str:
              f"{'|da|':>6s} {'at ±1':>6s}"]
     for name, row in result["explorations"].items():
         x, n = row["xcache"], row["none"]
+        skip = "-" if x["skip_rate"] is None else f"{x['skip_rate']:.2f}"
         lines.append(f"{name:12s} {x['steps_per_s']:8.2f} {n['steps_per_s']:8.2f} "
-                     f"{row['speedup']:6.2f} {x['skip_rate']:6.2f} "
+                     f"{row['speedup']:6.2f} {skip:>6s} "
                      f"{x['mean_action_change']:6.3f} {x['saturated']:6.2f}")
     lines.append("(env steps/s summed over worlds; skip: X-Cache skip rate; |da|: mean change "
                  "of an action entry from one step to the next; at ±1: share of action entries "

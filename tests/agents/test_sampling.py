@@ -31,6 +31,8 @@ def test_sampling_compares_explorations_with_and_without_xcache(tiny_env_kwargs)
 def test_sampling_rejects_bad_arguments(capsys):
     with pytest.raises(ValueError, match="accepted: \\['gaussian', 'gsde', 'gsde_rollout'\\]"):
         run(explorations=("boltzmann",))
+    with pytest.raises(ValueError, match="no exploration given"):
+        run(explorations=())
     with pytest.raises(ValueError, match="steps >= 2"):
         run(steps=1)
     assert main(["--steps", "1"]) == 2
