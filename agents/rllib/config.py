@@ -10,6 +10,9 @@ from agents.world import WorldSettings
 #: runner process import ``xworld_env`` (and so register the env) before looking it up.
 ENV_ID = "xworld_env:XWorld-v0"
 
+#: Exploration noises of the policy module (``agents.rllib.module.XWorldPPOModule``).
+EXPLORATIONS = ("gsde", "gaussian")
+
 
 @dataclass(frozen=True)
 class RLlibTrainConfig(WorldSettings):
@@ -32,6 +35,12 @@ class RLlibTrainConfig(WorldSettings):
             ``train_batch_size`` split evenly over runners and worlds).
         train_batch_size, minibatch_size, num_epochs, lr, gamma, lambda_, clip_param,
             entropy_coeff: PPO settings.
+        exploration: ``gsde`` (default: noise weights on the policy's hidden layer, redrawn
+            every ``sde_sample_freq`` steps, so actions stay smooth and X-Cache keeps reusing)
+            or ``gaussian`` (independent noise every step); see ``agents.rllib.module``.
+        sde_sample_freq: exploration steps between gSDE noise draws.
+        initial_log_std: initial log standard deviation of the exploration noise (None: -2
+            per gSDE weight, -0.5 per action for Gaussian).
         features_dim, view_dim, hidden: sizes of the seven-view encoder and the heads.
         run_dir: checkpoints and the metrics log.
         checkpoint_every: iterations between checkpoints (the last one is always saved).
@@ -58,6 +67,9 @@ class RLlibTrainConfig(WorldSettings):
     lambda_: float = 0.95
     clip_param: float = 0.2
     entropy_coeff: float = 0.0
+    exploration: str = "gsde"
+    sde_sample_freq: int = 8
+    initial_log_std: float | None = None
     features_dim: int = 256
     view_dim: int = 64
     hidden: int = 256
@@ -82,15 +94,20 @@ class RLlibTrainConfig(WorldSettings):
             "checkpoint_every": self.checkpoint_every >= 1,
             "max_episode_steps": self.max_episode_steps >= 1,
             "cpus_per_runner": self.cpus_per_runner > 0,
+            "sde_sample_freq": self.sde_sample_freq >= 1,
         }
         bad = [name for name, ok in checks.items() if not ok]
         if bad:
             values = {name: getattr(self, name) for name in bad}
             raise ValueError(
                 f"invalid RLlib settings {values}: runners >= 0; worlds, iterations, fragment "
-                "(or None), batch, epochs, checkpoint_every and max_episode_steps >= 1; "
+                "(or None), batch, epochs, checkpoint_every, max_episode_steps and "
+                "sde_sample_freq >= 1; "
                 "1 <= minibatch_size <= train_batch_size; cpus_per_runner > 0"
             )
+        if self.exploration not in EXPLORATIONS:
+            raise ValueError(f"exploration must be one of {list(EXPLORATIONS)}, got "
+                             f"{self.exploration!r}")
         for name in ("runner_device", "learner_device"):
             if getattr(self, name) not in ("cpu", "cuda"):
                 raise ValueError(f"{name} must be 'cpu' or 'cuda', got {getattr(self, name)!r}")
@@ -139,7 +156,9 @@ def build_ppo_config(cfg: RLlibTrainConfig):
         .rl_module(rl_module_spec=RLModuleSpec(
             module_class=XWorldPPOModule,
             model_config={"features_dim": cfg.features_dim, "view_dim": cfg.view_dim,
-                          "hidden": cfg.hidden},
+                          "hidden": cfg.hidden, "exploration": cfg.exploration,
+                          "sde_sample_freq": cfg.sde_sample_freq,
+                          "initial_log_std": cfg.initial_log_std},
         ))
         .callbacks(XWorldMetricsCallback)
         .debugging(seed=cfg.seed)

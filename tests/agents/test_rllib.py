@@ -80,3 +80,44 @@ def test_invalid_settings_name_the_bad_values():
         RLlibTrainConfig(world_dtype="int8")
     with pytest.raises(ValueError, match="world_decode_dtype must be one of"):
         RLlibTrainConfig(world_decode_dtype="int8")
+
+
+def _module(**model_config):
+    import torch
+    from gymnasium import spaces
+
+    from agents.rllib.module import XWorldPPOModule
+
+    views = {n: spaces.Box(0, 255, (64, 64, 3), np.uint8) for n in CAMERA_NAMES}
+    obs_space = spaces.Dict({**views, "ego": spaces.Box(-np.inf, np.inf, (3,), np.float32)})
+    module = XWorldPPOModule(observation_space=obs_space,
+                             action_space=spaces.Box(-1, 1, (2,), np.float32),
+                             model_config={"features_dim": 32, "view_dim": 16, "hidden": 32,
+                                           **model_config})
+    torch.manual_seed(0)
+    obs = {n: torch.randint(0, 256, (3, 64, 64, 3), dtype=torch.uint8) for n in CAMERA_NAMES}
+    return module, {"obs": obs | {"ego": torch.zeros(3, 3)}}
+
+
+def test_gsde_exploration_holds_its_noise_between_draws():
+    import torch
+    from ray.rllib.core.columns import Columns
+
+    module, batch = _module(sde_sample_freq=3)
+    with torch.no_grad():
+        outs = [module.forward_exploration(batch) for _ in range(7)]
+    actions = [out[Columns.ACTIONS] for out in outs]
+    # The same observations: the action stays put until the noise is drawn again (every 3
+    # steps, per world), then moves.
+    assert torch.equal(actions[0], actions[1]) and torch.equal(actions[1], actions[2])
+    assert not torch.equal(actions[2], actions[3]) and torch.equal(actions[3], actions[5])
+    assert not torch.equal(actions[5], actions[6])
+    assert not torch.equal(actions[0][0], actions[0][1])  # every world has its own noise
+    # The log-probability stored for PPO is that of the distribution the loss sees.
+    dist = module.get_exploration_action_dist_cls().from_logits(outs[0][Columns.ACTION_DIST_INPUTS])
+    assert torch.allclose(dist.logp(actions[0]), outs[0][Columns.ACTION_LOGP], atol=1e-5)
+    # Gaussian exploration leaves the sampling to RLlib (independent noise every step).
+    gaussian, batch = _module(exploration="gaussian")
+    assert Columns.ACTIONS not in gaussian.forward_exploration(batch)
+    with pytest.raises(ValueError, match=r"exploration must be one of \['gsde', 'gaussian'\]"):
+        _module(exploration="boltzmann")

@@ -1,9 +1,11 @@
 """``xworld bench rllib``: env steps per second sampled by Ray RLlib env runners.
 
 Each env runner is a Ray process stepping one batched ``XWorldVectorEnv`` (``--worlds`` worlds
-in one world-model forward) with the PPO RLModule choosing the actions; the figure is env steps
-summed over runners and worlds per second of wall time, after a warm-up sample. Beside it, the
-same batched env stepped in this process with one torch thread, for the overhead of RLlib.
+in one world-model forward) with the PPO RLModule choosing the actions, once per exploration
+noise of the policy (gSDE, the default, and independent Gaussian noise: X-Cache reuses little
+under the latter); the figure is env steps summed over runners and worlds per second of wall
+time, after a warm-up sample. Beside it, the same batched env stepped in this process with one
+torch thread and a lane-keeping policy.
 Needs the ``distributed`` extra.
 """
 
@@ -28,13 +30,15 @@ def _sampled_steps(algo, timesteps: int) -> int:
 
 
 def rllib_throughput(runners: int, worlds: int, steps: int, repeats: int, cache: str,
-                     checkpoint: str | None, device: str, family: str) -> dict:
-    """Env-steps/s of ``runners`` RLlib env runners x ``worlds`` worlds (median of repeats)."""
+                     checkpoint: str | None, device: str, family: str,
+                     exploration: str = "gsde") -> dict:
+    """Env-steps/s of ``runners`` RLlib env runners x ``worlds`` worlds (median of repeats),
+    the policy exploring with ``exploration`` (``agents.rllib.config.EXPLORATIONS``)."""
     from agents.rllib.config import RLlibTrainConfig, build_ppo_config
 
     cfg = RLlibTrainConfig(
         num_env_runners=runners, worlds_per_runner=worlds, cache=cache, checkpoint=checkpoint,
-        family=family, runner_device=device,
+        family=family, runner_device=device, exploration=exploration,
         gpus_per_runner=(1.0 / runners) if device == "cuda" else 0.0,
         rollout_fragment_length=steps, train_batch_size=steps * worlds * runners,
         minibatch_size=1,
@@ -59,10 +63,12 @@ def rllib_throughput(runners: int, worlds: int, steps: int, repeats: int, cache:
 
 def in_process_throughput(worlds: int, steps: int, cache: str, checkpoint: str | None,
                           device: str, family: str) -> dict:
-    """Env-steps/s of the same batched env stepped here with one torch thread, random actions,
-    and X-Cache's skip rate."""
+    """Env-steps/s of the same batched env stepped here with one torch thread, actions from the
+    lane-keeping policy of ``xworld bench env`` (smooth, as the RLlib policy's gSDE actions), and
+    X-Cache's skip rate."""
     import torch
 
+    from xworld_env.envs.policies import LaneKeeper
     from xworld_env.envs.xworld_vector import XWorldVectorEnv
 
     threads = torch.get_num_threads()
@@ -70,13 +76,17 @@ def in_process_throughput(worlds: int, steps: int, cache: str, checkpoint: str |
     try:
         envs = XWorldVectorEnv(num_envs=worlds, cache=cache, family=family,
                                checkpoint=checkpoint, device=device)
-        envs.action_space.seed(0)
-        envs.reset(seed=0)
+        policy = LaneKeeper(seed=0)
+
+        def actions(obs):
+            return np.stack([policy({"ego": obs["ego"][i]}, family) for i in range(worlds)])
+
+        obs, _ = envs.reset(seed=0)
         for _ in range(2):
-            envs.step(envs.action_space.sample())
+            obs, *_ = envs.step(actions(obs))
         started = time.perf_counter()
         for _ in range(steps):
-            envs.step(envs.action_space.sample())
+            obs, *_ = envs.step(actions(obs))
         rate = worlds * steps / (time.perf_counter() - started)
         skip = engine_skip_rate(envs.engine) or 0.0
         envs.close()
@@ -87,18 +97,25 @@ def in_process_throughput(worlds: int, steps: int, cache: str, checkpoint: str |
 
 def run(runners: tuple[int, ...] = (1, 2), worlds: int = 4, steps: int = 16, repeats: int = 2,
         cache: str = "xcache", checkpoint: str | None = None, device: str = "cpu",
-        family: str = "highway", num_cpus: int | None = None) -> dict:
-    """Sampling throughput for each runner count, measured one after another in one run."""
+        family: str = "highway", num_cpus: int | None = None,
+        explorations: tuple[str, ...] = ("gsde", "gaussian")) -> dict:
+    """Sampling throughput for each exploration and runner count, measured one after another
+    in one run (``explorations[name]``: ``runners``, ``skip_rate`` and ``detail`` per runner
+    count)."""
+    from agents.rllib.config import EXPLORATIONS
     from agents.train_rllib import require_ray
 
     ray = require_ray()
     if any(n < 1 for n in runners) or worlds < 1 or steps < 1 or repeats < 1:
         raise ValueError("runners, worlds, steps and repeats must all be >= 1")
+    if not explorations or set(explorations) - set(EXPLORATIONS):
+        raise ValueError(f"explorations must be among {list(EXPLORATIONS)}, got "
+                         f"{list(explorations)}")
     result: dict = {
-        "runners": {}, "skip_rate": {}, "detail": {}, "worlds_per_runner": worlds,
-        "steps_per_world": steps, "cache": cache, "device": device, "family": family,
-        "machine": machine_info(),
+        "explorations": {}, "worlds_per_runner": worlds, "steps_per_world": steps,
+        "cache": cache, "device": device, "family": family, "machine": machine_info(),
     }
+    started = time.perf_counter()
     started_here = not ray.is_initialized()
     if started_here:
         ray.init(num_cpus=num_cpus, include_dashboard=False, configure_logging=False,
@@ -106,17 +123,20 @@ def run(runners: tuple[int, ...] = (1, 2), worlds: int = 4, steps: int = 16, rep
     try:
         result["ray"] = ray.__version__
         result["ray_cpus"] = ray.cluster_resources().get("CPU")
-        for n in runners:
-            measured = rllib_throughput(n, worlds, steps, repeats, cache, checkpoint, device,
-                                        family)
-            result["runners"][str(n)] = measured["steps_per_s"]
-            result["skip_rate"][str(n)] = measured["skip_rate"]
-            result["detail"][str(n)] = measured
+        for name in explorations:
+            row = result["explorations"][name] = {"runners": {}, "skip_rate": {}, "detail": {}}
+            for n in runners:
+                measured = rllib_throughput(n, worlds, steps, repeats, cache, checkpoint,
+                                            device, family, name)
+                row["runners"][str(n)] = measured["steps_per_s"]
+                row["skip_rate"][str(n)] = measured["skip_rate"]
+                row["detail"][str(n)] = measured
     finally:
         if started_here:
             ray.shutdown()
     result["in_process_1_thread"] = in_process_throughput(worlds, steps, cache, checkpoint,
                                                           device, family)
+    result["wall_s"] = time.perf_counter() - started
     return result
 
 
@@ -128,6 +148,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--steps", type=int, default=16,
                         help="env steps per world in each timed sample (default 16)")
     parser.add_argument("--repeats", type=int, default=2, help="timed samples (default 2)")
+    parser.add_argument("--explorations", nargs="+", default=["gsde", "gaussian"],
+                        choices=["gsde", "gaussian"],
+                        help="the policy's exploration noises, measured one after another "
+                             "(default gsde gaussian)")
     parser.add_argument("--cache", default="xcache", help="cache policy (default xcache)")
     parser.add_argument("--checkpoint", default=None, help="world model folder (default: shipped)")
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"],
@@ -141,14 +165,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def main(args: argparse.Namespace) -> dict:
     result = run(runners=tuple(args.runners), worlds=args.worlds, steps=args.steps,
                  repeats=args.repeats, cache=args.cache, checkpoint=args.checkpoint,
-                 device=args.device, family=args.family, num_cpus=args.num_cpus)
+                 device=args.device, family=args.family, num_cpus=args.num_cpus,
+                 explorations=tuple(args.explorations))
     print(f"RLlib sampling, {result['worlds_per_runner']} worlds per runner, cache "
           f"{result['cache']}, {result['device']} (env-steps/s)")
-    base = None
-    for n, rate in result["runners"].items():
-        base = base or rate
-        print(f"  {n} runner(s): {rate:8.2f}   x{rate / base:.2f}   "
-              f"skip rate {result['skip_rate'][n]:.2f}")
+    for name, row in result["explorations"].items():
+        base = None
+        for n, rate in row["runners"].items():
+            base = base or rate
+            print(f"  {name:8s} {n} runner(s): {rate:8.2f}   x{rate / base:.2f}   "
+                  f"skip rate {row['skip_rate'][n]:.2f}")
     here = result["in_process_1_thread"]
     print(f"  in process, 1 thread, same batch: {here['steps_per_s']:.2f}   "
           f"skip rate {here['skip_rate']:.2f}")
