@@ -85,7 +85,16 @@ def restore(algo, path: str | Path) -> None:
     """Loads an RLlib checkpoint folder into ``algo`` and pushes the restored weights to every
     env runner, so that sampling right after a restore uses the restored policy."""
     path = check_checkpoint(path)
-    algo.restore_from_path(str(path.resolve()))
+    try:
+        algo.restore_from_path(str(path.resolve()))
+    except RuntimeError as err:
+        if "size mismatch" not in str(err):
+            raise
+        raise ValueError(
+            f"{path} holds a policy built with other settings than this run's: resume with the "
+            "rllib.exploration, rllib.hidden, rllib.features_dim and rllib.view_dim it was "
+            f"trained with ({str(err).strip()})"
+        ) from None
     _push_weights(algo)
 
 

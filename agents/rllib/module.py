@@ -26,8 +26,10 @@ class XWorldPPOModule(TorchRLModule, ValueFunctionAPI):
     """Actor-critic over the seven camera views for PPO.
 
     ``model_config`` keys: ``features_dim`` (256), ``view_dim`` (64), ``hidden`` (256),
-    ``exploration`` (``"gsde"``), ``sde_sample_freq`` (8), ``initial_log_std`` (-2 for gSDE,
-    -0.5 for Gaussian). Actions follow a diagonal Gaussian whose mean comes from the policy head.
+    ``exploration`` (``RLlibTrainConfig`` passes ``"gsde"`` by default; a ``model_config``
+    without the key, as saved in checkpoints from before gSDE, means ``"gaussian"``),
+    ``sde_sample_freq`` (8), ``initial_log_std`` (-2 for gSDE, -0.5 for Gaussian). Actions
+    follow a diagonal Gaussian whose mean comes from the policy head.
 
     ``exploration="gsde"`` (generalized state-dependent exploration): the exploring action is
     ``mean + latent @ noise``, with ``latent`` the policy head's hidden layer and ``noise`` a
@@ -41,7 +43,7 @@ class XWorldPPOModule(TorchRLModule, ValueFunctionAPI):
     """
 
     def setup(self) -> None:
-        cfg = {"features_dim": 256, "view_dim": 64, "hidden": 256, "exploration": "gsde",
+        cfg = {"features_dim": 256, "view_dim": 64, "hidden": 256, "exploration": "gaussian",
                "sde_sample_freq": 8, **(self.model_config or {})}
         if cfg["exploration"] not in EXPLORATIONS:
             raise ValueError(f"exploration must be one of {list(EXPLORATIONS)}, got "

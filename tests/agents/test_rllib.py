@@ -103,7 +103,7 @@ def test_gsde_exploration_holds_its_noise_between_draws():
     import torch
     from ray.rllib.core.columns import Columns
 
-    module, batch = _module(sde_sample_freq=3)
+    module, batch = _module(exploration="gsde", sde_sample_freq=3)
     with torch.no_grad():
         outs = [module.forward_exploration(batch) for _ in range(7)]
     actions = [out[Columns.ACTIONS] for out in outs]
@@ -121,3 +121,16 @@ def test_gsde_exploration_holds_its_noise_between_draws():
     assert Columns.ACTIONS not in gaussian.forward_exploration(batch)
     with pytest.raises(ValueError, match=r"exploration must be one of \['gsde', 'gaussian'\]"):
         _module(exploration="boltzmann")
+
+
+def test_resuming_with_another_exploration_names_the_setting(local_ray, tiny_env_kwargs,
+                                                              tmp_path, capsys):
+    tiny = ["rllib=tiny", "rllib.iterations=1",
+            f"rllib.checkpoint={tiny_env_kwargs['checkpoint']}",
+            f"rllib.scenario_bank={tiny_env_kwargs['scenario_bank']}"]
+    assert train_main([*tiny, f"rllib.run_dir={tmp_path / 'gsde'}"]) == 0
+    resumed = [*tiny, f"rllib.run_dir={tmp_path / 'gaussian'}", "rllib.exploration=gaussian",
+               f"rllib.resume={tmp_path / 'gsde' / 'checkpoint_final'}"]
+    assert train_main(resumed) == 2
+    err = capsys.readouterr().err
+    assert "policy built with other settings" in err and "rllib.exploration" in err
