@@ -125,7 +125,8 @@ def build_parser() -> argparse.ArgumentParser:
     for name, module, text in (
         ("xcache", "fidelity", "X-Cache vs full compute and baselines: speed and fidelity"),
         ("quality", "quality", "world model vs the simulator: PSNR by horizon, heads"),
-        ("rllib", "rllib", "env steps/s sampled by Ray RLlib env runners (distributed extra)"),
+        ("rllib", "rllib", "env steps/s sampled by Ray RLlib env runners, gSDE and Gaussian "
+                            "exploration (distributed extra)"),
     ):
         import importlib
 
