@@ -42,6 +42,18 @@ def to_plain(node: Any) -> Any:
     return node
 
 
+def build_settings(cls: type[T], value: Any) -> T:
+    """``cls`` from None (its defaults), an instance (returned as is) or a dict of its settings
+    (unknown keys named in the error, as :func:`build`); anything else is a ``TypeError``."""
+    if value is None:
+        return cls()
+    if isinstance(value, cls):
+        return value
+    if isinstance(value, dict):
+        return build(cls, value)
+    raise TypeError(f"expected a {cls.__name__} or a dict of its settings, got {type(value)}")
+
+
 def build(cls: type[T], node: Any) -> T:
     """Builds dataclass ``cls`` from a config node, naming unknown keys in the error."""
     values = to_plain(node) or {}

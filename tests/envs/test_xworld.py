@@ -104,7 +104,7 @@ def test_lifecycle_errors(tiny_env_kwargs):
         ({"checkpoint": "/nonexistent/ckpt"}, Exception, "/nonexistent/ckpt"),
         ({"reward": {"sped": 1.0}}, ValueError, r"unknown RewardConfig setting\(s\) \['sped'\]; "
                                                r"accepted: \['collision'"),
-        ({"reward": 0.5}, TypeError, "reward must be a RewardConfig, a dict"),
+        ({"reward": 0.5}, TypeError, "expected a RewardConfig or a dict of its settings"),
     ],
 )
 def test_bad_constructor_arguments(tiny_env_kwargs, kwargs, error, message):

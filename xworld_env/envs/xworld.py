@@ -15,7 +15,7 @@ import gymnasium as gym
 import numpy as np
 import torch
 
-from xworld_env.config import build
+from xworld_env.config import build_settings
 from xworld_env.data.scenario_bank import ScenarioBank
 from xworld_env.engine import EngineConfig, WorldModelEngine
 from xworld_env.envs.rewards import RewardConfig, is_terminal, reward_terms
@@ -62,12 +62,7 @@ class WorldModelRuntime:
 
 def reward_config(reward: RewardConfig | dict | None) -> RewardConfig:
     """A reward config from None (defaults), a config, or a dict of its settings."""
-    if reward is None or isinstance(reward, RewardConfig):
-        return reward or RewardConfig()
-    if not isinstance(reward, dict):
-        raise TypeError(f"reward must be a RewardConfig, a dict of its settings or None; got "
-                        f"{type(reward).__name__}")
-    return build(RewardConfig, reward)
+    return build_settings(RewardConfig, reward)
 
 
 def check_env_arguments(family: str | None, render_mode: str | None) -> None:

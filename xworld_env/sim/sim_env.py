@@ -7,7 +7,7 @@ from dataclasses import asdict
 import gymnasium as gym
 import numpy as np
 
-from xworld_env.config import build
+from xworld_env.config import build_settings
 from xworld_env.envs.rewards import RewardConfig, is_terminal, reward_terms
 from xworld_env.envs.spaces import (
     EGO_LIMITS,
@@ -21,16 +21,6 @@ from xworld_env.sim.renderer import Renderer, RendererConfig
 from xworld_env.sim.rig import RigConfig
 from xworld_env.sim.scenarios import Scenario, ScenarioConfig, check_family
 from xworld_env.types import EGO_FIELDS, FAMILIES
-
-
-def _build(cls, value):
-    if value is None:
-        return cls()
-    if isinstance(value, cls):
-        return value
-    if isinstance(value, dict):
-        return build(cls, value)
-    raise TypeError(f"expected a {cls.__name__} or a dict of its settings, got {type(value)}")
 
 
 class XWorldSimEnv(gym.Env):
@@ -87,10 +77,10 @@ class XWorldSimEnv(gym.Env):
         if render_mode not in (None, "rgb_array"):
             raise ValueError(f"render_mode must be None or 'rgb_array', got {render_mode!r}")
         self.family = family
-        self.rig = _build(RigConfig, rig)
-        self.scenario_config = _build(ScenarioConfig, scenario)
-        self.reward_config = _build(RewardConfig, reward)
-        self.renderer = Renderer(self.rig, _build(RendererConfig, renderer))
+        self.rig = build_settings(RigConfig, rig)
+        self.scenario_config = build_settings(ScenarioConfig, scenario)
+        self.reward_config = build_settings(RewardConfig, reward)
+        self.renderer = Renderer(self.rig, build_settings(RendererConfig, renderer))
         self.include_ego = include_ego
         self.render_mode = render_mode
         self.observation_space = observation_space(self.rig, include_ego)
