@@ -36,3 +36,7 @@ class LaneKeeper:
         if self.noise:
             action += self.rng.normal(0.0, self.noise, 2)
         return np.clip(action, -1.0, 1.0).astype(np.float32)
+
+    def batch(self, obs: dict, family: str = "highway") -> np.ndarray:
+        """Actions (n, 2) for every world of a batched observation (``obs["ego"]`` (n, 3))."""
+        return np.stack([self({"ego": ego}, family) for ego in obs["ego"]])
