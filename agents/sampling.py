@@ -49,14 +49,13 @@ def _counts(venv: XWorldSB3VecEnv) -> tuple[int, int]:
     return summary["eligible_evaluations"], summary["reused_evaluations"]
 
 
-def _rollout(venv: XWorldSB3VecEnv, cfg: AgentTrainConfig, steps: int, seed: int) -> dict:
-    """One rollout of an untrained PPO policy with ``cfg``'s exploration; rate and skip rate."""
+def _rollout(venv: XWorldSB3VecEnv, cfg: AgentTrainConfig, steps: int) -> dict:
+    """One rollout of an untrained PPO policy of ``cfg`` (its exploration, seeded by its seed)
+    from a reset; rate and skip rate."""
     from stable_baselines3 import PPO
 
-    model = PPO("MultiInputPolicy", venv, n_steps=cfg.n_steps, batch_size=cfg.batch_size,
-                use_sde=cfg.use_sde, sde_sample_freq=cfg.sde_sample_freq, seed=seed,
-                device=cfg.device, policy_kwargs=cfg.policy_kwargs())
-    venv.seed(seed)
+    model = PPO("MultiInputPolicy", venv, **cfg.ppo_kwargs())
+    venv.seed(cfg.seed)
     obs = venv.reset()
     if model.use_sde:
         model.policy.reset_noise(venv.num_envs)
@@ -99,7 +98,7 @@ def run(explorations: tuple[str, ...] = tuple(EXPLORATIONS), worlds: int = 8, st
                          f"steps={steps}, repeats={repeats}")
     started = time.perf_counter()
     world = {"checkpoint": checkpoint, "scenario_bank": scenario_bank, "family": "highway"}
-    cfgs = {name: AgentTrainConfig(num_envs=worlds, **world, **EXPLORATIONS[name])
+    cfgs = {name: AgentTrainConfig(num_envs=worlds, seed=seed, **world, **EXPLORATIONS[name])
             for name in explorations}
     venvs = {cache: XWorldSB3VecEnv(
         num_envs=worlds, **AgentTrainConfig(cache=cache, **world).world_kwargs("cpu"),
@@ -109,7 +108,7 @@ def run(explorations: tuple[str, ...] = tuple(EXPLORATIONS), worlds: int = 8, st
     bar = tqdm(total=len(runs) * repeats, desc="rollouts", disable=not progress, leave=False)
     for r in range(repeats):
         for name, cache in runs[r % len(runs):] + runs[:r % len(runs)]:
-            samples[name, cache].append(_rollout(venvs[cache], cfgs[name], steps, seed))
+            samples[name, cache].append(_rollout(venvs[cache], cfgs[name], steps))
             bar.update()
     bar.close()
     for venv in venvs.values():

@@ -73,11 +73,18 @@ class AgentTrainConfig(WorldSettings):
         if not math.isfinite(self.log_std_init):
             raise ValueError(f"log_std_init must be finite, got {self.log_std_init}")
 
-    def policy_kwargs(self) -> dict:
-        """SB3 ``policy_kwargs``: the seven-view extractor and the exploration noise."""
-        return {"features_extractor_class": SevenViewExtractor,
-                "features_extractor_kwargs": {"features_dim": self.features_dim},
-                "log_std_init": self.log_std_init}
+    def ppo_kwargs(self) -> dict:
+        """SB3 ``PPO`` arguments of these settings: PPO's own, the exploration, and the policy's
+        seven-view extractor and initial noise."""
+        return {
+            "n_steps": self.n_steps, "batch_size": self.batch_size, "n_epochs": self.n_epochs,
+            "learning_rate": self.learning_rate, "gamma": self.gamma, "seed": self.seed,
+            "use_sde": self.use_sde, "sde_sample_freq": self.sde_sample_freq,
+            "device": self.device,
+            "policy_kwargs": {"features_extractor_class": SevenViewExtractor,
+                              "features_extractor_kwargs": {"features_dim": self.features_dim},
+                              "log_std_init": self.log_std_init},
+        }
 
 
 def train(cfg: AgentTrainConfig) -> Path:
@@ -87,12 +94,8 @@ def train(cfg: AgentTrainConfig) -> Path:
     venv.seed(cfg.seed)
     venv = VecMonitor(venv)
     tensorboard = str(run_dir / "tensorboard") if cfg.tensorboard else None
-    model = PPO(
-        "MultiInputPolicy", venv, n_steps=cfg.n_steps, batch_size=cfg.batch_size,
-        n_epochs=cfg.n_epochs, learning_rate=cfg.learning_rate, gamma=cfg.gamma, seed=cfg.seed,
-        use_sde=cfg.use_sde, sde_sample_freq=cfg.sde_sample_freq, device=cfg.device,
-        tensorboard_log=tensorboard, verbose=1, policy_kwargs=cfg.policy_kwargs(),
-    )
+    model = PPO("MultiInputPolicy", venv, tensorboard_log=tensorboard, verbose=1,
+                **cfg.ppo_kwargs())
     callbacks = [
         XCacheStatsCallback(),
         CheckpointCallback(max(1, cfg.save_every // cfg.num_envs), str(run_dir / "checkpoints"),

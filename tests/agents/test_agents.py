@@ -84,7 +84,7 @@ def test_exploration_settings_reach_ppo_and_bad_ones_are_rejected():
 
     cfg = build(AgentTrainConfig, compose(
         "train_agent", ["agent.use_sde=false", "agent.log_std_init=0"]).agent)
-    assert not cfg.use_sde and cfg.policy_kwargs()["log_std_init"] == 0.0
+    assert not cfg.use_sde and cfg.ppo_kwargs()["policy_kwargs"]["log_std_init"] == 0.0
     with pytest.raises(ValueError, match="sde_sample_freq must be -1 .* or a positive"):
         AgentTrainConfig(sde_sample_freq=0)
     with pytest.raises(ValueError, match="log_std_init must be finite"):
