@@ -14,6 +14,15 @@ ENV_ID = "xworld_env:XWorld-v0"
 EXPLORATIONS = ("gsde", "gaussian")
 
 
+def check_exploration(exploration: str, sde_sample_freq: int) -> None:
+    """Raises ``ValueError`` for an exploration or gSDE draw interval the module does not take."""
+    if exploration not in EXPLORATIONS:
+        raise ValueError(f"exploration must be one of {list(EXPLORATIONS)}, got {exploration!r}")
+    if int(sde_sample_freq) < 1:
+        raise ValueError(f"sde_sample_freq must be a positive number of steps, got "
+                         f"{sde_sample_freq}")
+
+
 @dataclass(frozen=True)
 class RLlibTrainConfig(WorldSettings):
     """PPO on XWorld-v0 with RLlib env runners (the ``rllib`` config group): the world settings
@@ -94,20 +103,16 @@ class RLlibTrainConfig(WorldSettings):
             "checkpoint_every": self.checkpoint_every >= 1,
             "max_episode_steps": self.max_episode_steps >= 1,
             "cpus_per_runner": self.cpus_per_runner > 0,
-            "sde_sample_freq": self.sde_sample_freq >= 1,
         }
         bad = [name for name, ok in checks.items() if not ok]
         if bad:
             values = {name: getattr(self, name) for name in bad}
             raise ValueError(
                 f"invalid RLlib settings {values}: runners >= 0; worlds, iterations, fragment "
-                "(or None), batch, epochs, checkpoint_every, max_episode_steps and "
-                "sde_sample_freq >= 1; "
+                "(or None), batch, epochs, checkpoint_every and max_episode_steps >= 1; "
                 "1 <= minibatch_size <= train_batch_size; cpus_per_runner > 0"
             )
-        if self.exploration not in EXPLORATIONS:
-            raise ValueError(f"exploration must be one of {list(EXPLORATIONS)}, got "
-                             f"{self.exploration!r}")
+        check_exploration(self.exploration, self.sde_sample_freq)
         for name in ("runner_device", "learner_device"):
             if getattr(self, name) not in ("cpu", "cuda"):
                 raise ValueError(f"{name} must be 'cpu' or 'cuda', got {getattr(self, name)!r}")

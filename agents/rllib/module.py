@@ -16,7 +16,7 @@ from ray.rllib.core.rl_module.torch import TorchRLModule
 from torch import nn
 
 from agents.extractors import SevenViewEncoder
-from agents.rllib.config import EXPLORATIONS
+from agents.rllib.config import check_exploration
 
 #: Default initial log standard deviation per exploration: of every gSDE weight; of the action.
 INITIAL_LOG_STD = {"gsde": -2.0, "gaussian": -0.5}
@@ -45,12 +45,7 @@ class XWorldPPOModule(TorchRLModule, ValueFunctionAPI):
     def setup(self) -> None:
         cfg = {"features_dim": 256, "view_dim": 64, "hidden": 256, "exploration": "gaussian",
                "sde_sample_freq": 8, **(self.model_config or {})}
-        if cfg["exploration"] not in EXPLORATIONS:
-            raise ValueError(f"exploration must be one of {list(EXPLORATIONS)}, got "
-                             f"{cfg['exploration']!r}")
-        if int(cfg["sde_sample_freq"]) < 1:
-            raise ValueError(f"sde_sample_freq must be a positive number of steps, got "
-                             f"{cfg['sde_sample_freq']}")
+        check_exploration(cfg["exploration"], cfg["sde_sample_freq"])
         self.gsde = cfg["exploration"] == "gsde"
         self.sde_sample_freq = int(cfg["sde_sample_freq"])
         log_std = cfg.get("initial_log_std")
