@@ -141,7 +141,8 @@ def build_parser() -> argparse.ArgumentParser:
                     "resumes at the first missing shard.",
         epilog="examples:\n  xworld generate data=tiny data.out=/tmp/tiny\n"
                "  xworld generate data.episodes_per_family=64 data.families=[highway,merge]\n"
-               "  xworld generate sim.rig.height=128 sim.rig.width=128",
+               "  xworld generate sim.rig.height=128 sim.rig.width=128\n"
+               "  xworld generate driver=explore driver.random=0.4 data.out=/tmp/explore",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("overrides", nargs="*", help="hydra overrides of configs/generate.yaml")

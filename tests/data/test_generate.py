@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import numpy as np
 import pytest
 
+from xworld_env.config import build, compose
 from xworld_env.data.generate import (
     GenerateConfig,
     generate,
@@ -21,6 +23,7 @@ from xworld_env.data.shards import (
     episode_seed,
     shard_name,
 )
+from xworld_env.sim.driver import DriverConfig
 from xworld_env.types import FAMILIES
 
 
@@ -151,6 +154,37 @@ def test_resume_with_another_config_is_refused(dataset_copy, make_config):
     data, _ = make_config(dataset_copy)
     with pytest.raises(DatasetError, match=r"sim\.rig\.height"):
         generate(data, sim, progress=False)
+
+
+def test_driver_mix_is_recorded_and_changes_the_actions(tiny_dataset, make_config, tmp_path):
+    out, data, sim = tiny_dataset
+    explore = build(DriverConfig, compose("generate", ["driver=explore"]).driver)
+    assert explore.random > DriverConfig().random and explore.follow < DriverConfig().follow
+    other, _ = make_config(tmp_path / "explore")
+    generate(other, sim, explore, progress=False)
+    manifest = _manifest(tmp_path / "explore")
+    assert manifest["config"]["driver"] == dataclasses.asdict(explore)
+    assert _manifest(out)["config"]["driver"] == dataclasses.asdict(DriverConfig())
+    env = make_sim_env(sim)
+    actions = [record_episode(env, "highway", 5, 12, d)["actions"] for d in (None, explore)]
+    env.close()
+    assert not np.array_equal(*actions)
+    # The same folder resumed with another driver is another dataset.
+    with pytest.raises(DatasetError, match=r"driver\.random"):
+        generate(other, sim, progress=False)
+
+
+def test_driver_config_validation():
+    with pytest.raises(ValueError, match="driver weight random must be a number >= 0"):
+        DriverConfig(random=-0.1)
+    with pytest.raises(ValueError, match="positive sum"):
+        DriverConfig(follow=0, lane_change=0, brake=0, noisy=0, random=0)
+    with pytest.raises(ValueError, match=r"max_segment \(2\) must be >= min_segment \(3\)"):
+        DriverConfig(max_segment=2)
+    with pytest.raises(ValueError, match="random_segment must be an integer >= 1"):
+        DriverConfig(random_segment=0)
+    with pytest.raises(ValueError, match=r"unknown DriverConfig setting.*accepted"):
+        build(DriverConfig, {"randomness": 0.5})
 
 
 def test_foreign_folder_is_refused(make_config, tmp_path):

@@ -2,7 +2,9 @@
 
 Every episode is ``env.reset(seed=episode_seed, options={"family": family})`` followed by up to
 ``chunks_per_episode`` steps of the :class:`~xworld_env.sim.driver.PerturbedDriver` seeded with the
-same episode seed, so a configuration always produces the same dataset. Shards are written to a
+same episode seed, its mix of behaviours from the ``driver`` config group
+(:class:`~xworld_env.sim.driver.DriverConfig`), so a configuration always produces the same
+dataset. Shards are written to a
 temporary name and renamed, and the manifest is rewritten atomically after each shard: an
 interrupted run leaves only whole shards, and rerunning the same command resumes at the first
 missing one. The format is described in :mod:`xworld_env.data.shards`.
@@ -183,6 +185,7 @@ def make_sim_env(sim: Any = None) -> XWorldSimEnv:
 def generate(
     cfg: GenerateConfig,
     sim: Any = None,
+    driver: DriverConfig | None = None,
     *,
     progress: bool = True,
     on_shard: Callable[[int, dict], None] | None = None,
@@ -192,6 +195,7 @@ def generate(
     Args:
         cfg: the dataset to make.
         sim: the ``sim`` config node (mapping or DictConfig); None for the default simulator.
+        driver: the data-collection driver's mix of behaviours; None for the default.
         progress: show a progress bar over episodes.
         on_shard: called as ``on_shard(index, manifest_entry)`` after each shard is committed.
 
@@ -203,11 +207,10 @@ def generate(
             non-empty folder that is not a dataset.
     """
     start = time.perf_counter()
+    driver = driver if driver is not None else DriverConfig()
     env = make_sim_env(sim)
     out = Path(cfg.out)
-    config = canonical(
-        {"data": cfg.content(), "sim": env.config_dict(), "driver": asdict(DriverConfig())}
-    )
+    config = canonical({"data": cfg.content(), "sim": env.config_dict(), "driver": asdict(driver)})
     layout = {
         "chunks_per_episode": cfg.chunks_per_episode,
         "frames_per_chunk": env.scenario_config.frames_per_chunk,
@@ -235,7 +238,9 @@ def generate(
                 continue
             rollouts = []
             for family, seed in batch:
-                rollouts.append(record_episode(env, family, seed, cfg.chunks_per_episode))
+                rollouts.append(
+                    record_episode(env, family, seed, cfg.chunks_per_episode, driver)
+                )
                 generated_chunks += int(rollouts[-1]["valid"].sum())
                 bar.update(1)
             entry = _write_shard(out, index, rollouts)
@@ -254,8 +259,11 @@ def generate(
     return summarize(manifest, out, resumed, generated_chunks, time.perf_counter() - start)
 
 
-def record_episode(env: XWorldSimEnv, family: str, seed: int, chunks: int) -> dict:
-    """Drives one episode with the perturbed driver and returns its padded arrays.
+def record_episode(
+    env: XWorldSimEnv, family: str, seed: int, chunks: int, driver: DriverConfig | None = None
+) -> dict:
+    """Drives one episode with the perturbed driver (of mix ``driver``; None: the default) and
+    returns its padded arrays.
 
     Returns:
         ``frames``, ``actions``, ``ego``, ``reward``, ``collision``, ``off_road``, ``valid``
@@ -263,7 +271,7 @@ def record_episode(env: XWorldSimEnv, family: str, seed: int, chunks: int) -> di
         ``END_REASONS``).
     """
     env.reset(seed=seed, options={"family": family})
-    driver = PerturbedDriver(seed)
+    driver = PerturbedDriver(seed, driver)
     driver.reset(env.scenario)
     f = env.scenario_config.frames_per_chunk
     v, h, w = len(env.rig.names), env.rig.height, env.rig.width
@@ -395,7 +403,8 @@ def main(argv: list[str]) -> int:
     """Entry point of ``xworld generate``; returns the process exit status."""
     try:
         cfg = compose("generate", argv)
-        summary = generate(build(GenerateConfig, cfg.data), cfg.sim)
+        summary = generate(build(GenerateConfig, cfg.data), cfg.sim,
+                           build(DriverConfig, cfg.get("driver")))
     except (ValueError, FileNotFoundError) as err:
         print(f"xworld generate: error: {err}", file=sys.stderr)
         return 2

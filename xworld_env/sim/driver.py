@@ -98,7 +98,15 @@ class Autopilot:
 
 @dataclass(frozen=True)
 class DriverConfig:
-    """Mix of behaviours of the data-collection driver (probabilities of each segment kind)."""
+    """Mix of behaviours of the data-collection driver (the ``driver`` config group).
+
+    Attributes:
+        follow, lane_change, brake, noisy, random: relative weights of the segment kinds
+            (``>= 0``, positive sum; normalised to probabilities).
+        min_segment, max_segment: a segment lasts a uniform number of steps in this range.
+        random_segment: the longest a ``random`` segment lasts (held uniform actions, each step
+            redrawn with probability 0.5).
+    """
 
     follow: float = 0.45
     lane_change: float = 0.15
@@ -107,6 +115,27 @@ class DriverConfig:
     random: float = 0.1
     min_segment: int = 3
     max_segment: int = 12
+    random_segment: int = 3
+
+    def __post_init__(self) -> None:
+        weights = {k: getattr(self, k) for k in PerturbedDriver.KINDS}
+        for name, value in weights.items():
+            if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
+                raise ValueError(f"driver weight {name} must be a number >= 0, got {value!r}")
+        if sum(weights.values()) <= 0:
+            raise ValueError(
+                f"driver weights {', '.join(PerturbedDriver.KINDS)} must have a positive sum, "
+                f"got {weights}"
+            )
+        for name in ("min_segment", "max_segment", "random_segment"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"driver {name} must be an integer >= 1, got {value!r}")
+        if self.max_segment < self.min_segment:
+            raise ValueError(
+                f"driver max_segment ({self.max_segment}) must be >= min_segment "
+                f"({self.min_segment})"
+            )
 
 
 class PerturbedDriver:
@@ -123,8 +152,6 @@ class PerturbedDriver:
         self.rng = np.random.default_rng([seed, 17])
         self.autopilot = Autopilot(self.rng)
         probs = np.array([getattr(self.config, k) for k in self.KINDS], dtype=np.float64)
-        if (probs < 0).any() or probs.sum() <= 0:
-            raise ValueError("driver segment probabilities must be >= 0 with a positive sum")
         self.probs = probs / probs.sum()
         self.kind, self.left = "follow", 0
         self._held = np.zeros(2, dtype=np.float32)
@@ -153,7 +180,7 @@ class PerturbedDriver:
         self.kind = self.KINDS[int(self.rng.choice(len(self.KINDS), p=self.probs))]
         self.left = int(self.rng.integers(cfg.min_segment, cfg.max_segment + 1))
         if self.kind == "random":
-            self.left = min(self.left, 3)
+            self.left = min(self.left, cfg.random_segment)
         if self.kind == "lane_change" and not self.autopilot.change_lane(scenario):
             self.kind = "follow"
         lo, hi = CRUISE_SPEEDS[scenario.family]
