@@ -6,9 +6,19 @@ import math
 
 import numpy as np
 import pytest
+import torch
 
 from xworld_env.bench.heldout import record_heldout
-from xworld_env.bench.quality import add_arguments, copy_baseline, run, standard_error
+from xworld_env.bench.quality import (
+    STEER_CHUNKS,
+    add_arguments,
+    copy_baseline,
+    run,
+    standard_error,
+    steer_in_sim,
+    steering_response,
+)
+from xworld_env.envs.xworld import load_runtime
 from xworld_env.types import FAMILIES
 
 CONTEXT, HORIZON = 2, 2
@@ -55,6 +65,57 @@ def test_result_layout_and_files(quality):
     assert all(type(v) is bool for v in result["bars"].values())
 
 
+def test_steering_probe_figures(quality):
+    result, _ = quality
+    fam, overall = result["families"]["highway"], result["overall"]
+    assert result["settings"]["steer_chunks"] == STEER_CHUNKS
+    assert 1 <= fam["steer_chunks_compared"] <= STEER_CHUNKS
+    # Full left and full right steering move the simulator's cameras apart.
+    assert fam["steer_gap_sim"] > 1.0
+    assert fam["steer_response"] == pytest.approx(fam["steer_gap_model"] / fam["steer_gap_sim"])
+    assert 0.0 <= fam["steer_direction"] <= 1.0
+    for key in ("steer_gap_sim", "steer_gap_model", "steer_response", "steer_direction"):
+        assert overall[key] == pytest.approx(fam[key])
+
+
+def test_steer_in_sim_replays_the_recorded_context():
+    (episode,) = record_heldout("merge", 1, 2, context=CONTEXT, min_valid=CONTEXT + 2)
+    # Steering with the recorded actions reproduces the recording chunk for chunk.
+    replay = steer_in_sim(episode, CONTEXT, episode.actions[CONTEXT], 1)
+    np.testing.assert_array_equal(replay[0], episode.frames[CONTEXT])
+    left = steer_in_sim(episode, CONTEXT, np.array([0.0, 1.0], np.float32), 2)
+    right = steer_in_sim(episode, CONTEXT, np.array([0.0, -1.0], np.float32), 2)
+    assert 1 <= len(left) <= 2 and not np.array_equal(left[0], right[0])
+
+
+def test_a_model_blind_to_its_actions_has_no_steering_response(tiny_checkpoint):
+    engine = load_runtime(tiny_checkpoint, None, "cpu", "float32").engine
+    # The tiny checkpoint is adaLN-Zero initialised, so nothing it is conditioned on reaches its
+    # output; random conditioning weights, large enough to move its random decoder's uint8
+    # images, stand in for a trained model's.
+    generator = torch.Generator().manual_seed(0)
+    dit = engine.dit
+    for linear in [b.adaLN_modulation[-1] for b in dit.blocks] + [
+        dit.final_layer.adaLN_modulation[-1], dit.final_layer.linear
+    ]:
+        linear.weight.data.normal_(0.0, 0.1, generator=generator)
+    for linear in (dit.cond_embedder.mlp[0], dit.cond_embedder.mlp[2]):
+        linear.weight.data.normal_(0.0, 1.0, generator=generator)
+    episodes = record_heldout("highway", 2, 2, context=CONTEXT, min_valid=CONTEXT + 1)
+    seeing = steering_response(engine, episodes, CONTEXT, 2, progress=False)
+    assert seeing["steer_gap_model"] > 0
+    # Zero the projection of the action (and speed) embedding: the conditioning no longer
+    # depends on the action, so left and right rollouts (same noise) are the same.
+    last = dit.cond_embedder.mlp[-1]
+    last.weight.data.zero_()
+    last.bias.data.zero_()
+    blind = steering_response(engine, episodes, CONTEXT, 2, progress=False)
+    assert blind["steer_gap_model"] == 0 and blind["steer_response"] == 0
+    assert blind["steer_gap_sim"] == seeing["steer_gap_sim"] > 0
+    # The same views under both steerings are closer to one side's: right once in two.
+    assert blind["steer_direction"] == 0.5
+
+
 def test_copy_baseline_is_last_context_frame(quality):
     result, _ = quality
     (episode,) = record_heldout("highway", 1, HORIZON, context=CONTEXT, min_valid=CONTEXT + 1)
@@ -72,8 +133,10 @@ def test_arguments_defaults():
     args = parser.parse_args([])
     assert (args.episodes, args.horizon, args.stable_chunks) == (3, 20, 200)
     assert tuple(args.families) == FAMILIES and args.json is None and args.device == "cpu"
-    args = parser.parse_args(["--families", "merge", "--stable-chunks", "5", "--json", "q.json"])
-    assert args.families == ["merge"] and args.stable_chunks == 5
+    assert args.steer_chunks == STEER_CHUNKS
+    args = parser.parse_args(["--families", "merge", "--stable-chunks", "5", "--json", "q.json",
+                              "--steer-chunks", "0"])
+    assert args.families == ["merge"] and args.stable_chunks == 5 and args.steer_chunks == 0
 
 
 def test_standard_error_of_the_mean():

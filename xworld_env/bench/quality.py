@@ -12,6 +12,10 @@ recorded actions; the decoded views are compared with the simulator's frames, ne
   world (pooled over the family's chunks); ``action_sensitivity_se_db`` is the standard error of
   the mean of the episodes' own values (null with one episode), to tell an effect from the noise
   of a few episodes;
+* ``steer_response`` and ``steer_direction`` (:func:`steering_response`): from the same
+  start, how much the views of full-left and full-right steering differ in the model against
+  the simulator, and whether the model's views move towards the simulator's of the same
+  steering: a direct test that the actions control the world;
 * ``stable``: whether a long rollout stays finite and keeps its contrast;
 * ``heads_sim`` / ``heads_model``: the heads on the autoencoder latents of the simulator chunks
   (their training input) and on the generated latents, both against the simulator's labels.
@@ -40,6 +44,7 @@ from xworld_env.bench.metrics import finite_mean, psnr
 from xworld_env.engine import WorldModelEngine
 from xworld_env.envs.xworld import DEFAULT_CHECKPOINT, load_runtime
 from xworld_env.model.autoencoder import to_uint8
+from xworld_env.sim.sim_env import XWorldSimEnv
 from xworld_env.training.heads import evaluate_heads
 from xworld_env.types import CAMERA_NAMES, FAMILIES
 
@@ -50,6 +55,12 @@ HORIZONS = (1, 5, 10, 20)
 STRIP_HORIZONS = (1, 2, 5, 10, 20)
 #: A long rollout has collapsed when its pixel std falls below this fraction of the simulator's.
 COLLAPSE_FRACTION = 0.2
+#: Chunks of the steering probe (``steering_response``) after the context.
+STEER_CHUNKS = 5
+#: The probe's steering inputs (positive steers left); throttle stays 0.
+STEER_ACTIONS = {"left": 1.0, "right": -1.0}
+#: The probe's figures that ``overall`` averages over the families.
+STEER_KEYS = ("steer_gap_sim", "steer_gap_model", "steer_response", "steer_direction")
 #: Autoencoder PSNR below which no rollout can look right (the ``ae_psnr_ge_30`` bar).
 AE_PSNR_BAR_DB = 30.0
 
@@ -248,6 +259,83 @@ def evaluate_family(
     return metrics, heads_sim, heads_model, true_rollout
 
 
+def _mean_abs(a: np.ndarray, b: np.ndarray) -> float:
+    """Mean absolute difference of two uint8 image arrays, in pixel levels (0-255)."""
+    return float(np.abs(a.astype(np.float32) - b.astype(np.float32)).mean())
+
+
+def steer_in_sim(episode: HeldoutEpisode, context: int, action: np.ndarray, chunks: int) -> list:
+    """The simulator's chunks after the episode's context under one constant ``action``.
+
+    The episode is replayed from its seed through its recorded context actions (the simulator is
+    deterministic, so this is the state the world model starts from), then stepped with
+    ``action``; the list stops after the chunk where the episode ends (collision, off-road or
+    road end).
+    """
+    env = XWorldSimEnv(family=episode.family)
+    try:
+        env.reset(seed=episode.seed, options={"family": episode.family})
+        for t in range(context):
+            env.step(episode.actions[t])
+        out = []
+        for _ in range(chunks):
+            _, _, terminated, truncated, _ = env.step(action)
+            out.append(env.last_chunk.copy())
+            if terminated or truncated:
+                break
+        return out
+    finally:
+        env.close()
+
+
+def steering_response(
+    engine: WorldModelEngine,
+    episodes: list[HeldoutEpisode],
+    context: int,
+    chunks: int = STEER_CHUNKS,
+    progress: bool = True,
+) -> dict:
+    """How strongly and in which direction the world model follows the steering input.
+
+    From each episode's context, the simulator and the model (same noise seed for both
+    directions) each run ``chunks`` chunks at full left and at full right steering, throttle 0.
+    Compared over the chunks both simulator runs still produce:
+
+    * ``steer_gap_sim`` / ``steer_gap_model``: mean absolute pixel difference (0-255) between
+      the left and the right run's views: how much steering changes what the cameras see;
+    * ``steer_response``: their ratio, 1 when the model's views move as much as the simulator's
+      under steering, 0 when the model ignores it;
+    * ``steer_direction``: the share of (episode, chunk, direction) where the model's views lie
+      closer to the simulator's under the same steering than under the opposite one (0.5:
+      chance).
+    """
+    n = len(episodes)
+    steer = {name: np.array([0.0, value], np.float32) for name, value in STEER_ACTIONS.items()}
+    sim = {name: [steer_in_sim(ep, context, a, chunks) for ep in episodes]
+           for name, a in steer.items()}
+    actions = np.concatenate([np.broadcast_to(a, (n, chunks, 2)) for a in steer.values()])
+    seeds = [ep.seed for ep in episodes]
+    rollout = roll_out(engine, episodes + episodes, context, actions, seeds + seeds,
+                       desc=f"steering {episodes[0].family}", progress=progress)
+    model = {"left": rollout.frames[:n], "right": rollout.frames[n:]}
+    gap_sim, gap_model, closer = [], [], []
+    for i in range(n):
+        for k in range(min(len(sim["left"][i]), len(sim["right"][i]))):
+            gap_sim.append(_mean_abs(sim["left"][i][k], sim["right"][i][k]))
+            gap_model.append(_mean_abs(model["left"][i, k], model["right"][i, k]))
+            for name, other in (("left", "right"), ("right", "left")):
+                closer.append(_mean_abs(model[name][i, k], sim[name][i][k])
+                              < _mean_abs(model[name][i, k], sim[other][i][k]))
+    gap_s, gap_m = _mean(gap_sim), _mean(gap_model)
+    return {
+        "steer_gap_sim": gap_s,
+        "steer_gap_model": gap_m,
+        "steer_response": gap_m / gap_s if gap_s > 0 else math.nan,
+        "steer_direction": _mean([float(c) for c in closer]),
+        "steer_chunks_compared": len(gap_sim),
+    }
+
+
 def _frame_std(frames: np.ndarray) -> np.ndarray:
     """Pixel std of each frame over all views: (..., f, v, H, W, 3) -> (..., f)."""
     return frames.reshape(*frames.shape[:-4], -1).astype(np.float32).std(axis=-1)
@@ -388,6 +476,7 @@ def _overall(families: dict, heads_sim: dict, heads_model: dict) -> dict:
         "action_sensitivity_se_db": math.sqrt(
             sum(f["action_sensitivity_se_db"] ** 2 for f in fams)
         ) / len(fams),
+        **{key: mean([f[key] for f in fams]) for key in STEER_KEYS if key in fams[0]},
         "stable_finite": all(f["stable"]["finite"] for f in fams),
         "stable_collapsed": any(f["stable"]["collapsed"] for f in fams),
         "heads_sim": heads_sim,
@@ -418,6 +507,7 @@ def run(
     stable_chunks: int = 200,
     device: str = "cpu",
     context: int = 2,
+    steer_chunks: int = STEER_CHUNKS,
     base_seed: int = HELDOUT_BASE_SEED,
     json_path: str | Path | None = None,
     progress: bool = True,
@@ -433,6 +523,7 @@ def run(
             episode, which the PNG strip shows too).
         device: torch device of the engine.
         context: simulator chunks that start each rollout.
+        steer_chunks: chunks of the steering probe (``steering_response``); 0 skips it.
         base_seed: first held-out seed (see :mod:`xworld_env.bench.heldout`).
         json_path: where to write the JSON; the PNG strip goes beside it (same stem, ``.png``).
         progress: show tqdm bars.
@@ -446,6 +537,9 @@ def run(
             "episodes, horizon, context and stable_chunks must be >= 1, got "
             f"{episodes}, {horizon}, {context}, {stable_chunks}"
         )
+    if steer_chunks < 0:
+        raise ValueError(f"steer_chunks must be >= 0 (0 skips the steering probe), got "
+                         f"{steer_chunks}")
     if not families:
         raise ValueError("families must name at least one family")
     started = time.perf_counter()
@@ -467,6 +561,9 @@ def run(
         metrics, heads_sim, heads_model, rollout = evaluate_family(
             engine, held[family], context, horizon, progress
         )
+        if steer_chunks:
+            metrics.update(steering_response(engine, held[family], context, steer_chunks,
+                                             progress))
         metrics["heads_sim"] = evaluate_heads(engine.heads, heads_sim)
         metrics["heads_model"] = evaluate_heads(engine.heads, heads_model) if heads_model else {}
         sim_parts.append(heads_sim)
@@ -500,6 +597,8 @@ def run(
             "horizons": list(report_horizons(horizon)),
             "families": list(families),
             "stable_chunks": stable_chunks,
+            "steer_chunks": steer_chunks,
+            "steer_actions": {k: [0.0, v] for k, v in STEER_ACTIONS.items()},
             "device": device,
             "base_seed": base_seed,
             "num_steps": engine.sampler.num_steps,
@@ -557,6 +656,13 @@ def print_table(result: dict) -> None:
         for which in ("sim", "model"):
             m = r[f"heads_{which}"]
             print(f"{name:<13}{which:<7}" + "".join(_fmt(m.get(k), 9, 3) for k in keys))
+    if "steer_response" in result["overall"]:
+        print(f"\nsteering probe ({result['settings']['steer_chunks']} chunks at full left and "
+              "full right steering from each context; pixel levels 0-255)")
+        print(f"{'family':<13}{'sim L-R':>9}{'model L-R':>11}{'response':>10}{'direction':>11}")
+        for name, r in rows:
+            print(f"{name:<13}{_fmt(r['steer_gap_sim'], 9)}{_fmt(r['steer_gap_model'], 11)}"
+                  f"{_fmt(r['steer_response'], 10, 3)}{_fmt(r['steer_direction'], 11, 2)}")
     bars = ", ".join(f"{k}: {'yes' if v else 'no'}" for k, v in result["bars"].items())
     print(f"\nbars: {bars}")
     s, machine = result["settings"], result["machine"]
@@ -579,6 +685,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="scenario families (default: all)")
     parser.add_argument("--stable-chunks", type=int, default=200,
                         help="length of the stability rollout (default 200)")
+    parser.add_argument("--steer-chunks", type=int, default=STEER_CHUNKS,
+                        help="chunks of the steering probe, full left against full right "
+                             f"steering in model and simulator (default {STEER_CHUNKS}; 0 skips)")
     parser.add_argument("--device", default="cpu", help="torch device (default cpu)")
     parser.add_argument("--json", default=None,
                         help="write the results here, and the PNG strip beside it")
@@ -592,6 +701,7 @@ def main(args: argparse.Namespace) -> dict:
         horizon=args.horizon,
         families=tuple(args.families),
         stable_chunks=args.stable_chunks,
+        steer_chunks=args.steer_chunks,
         device=args.device,
         json_path=args.json,
     )
