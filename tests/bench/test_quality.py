@@ -16,6 +16,7 @@ from xworld_env.bench.quality import (
     run,
     standard_error,
     steer_in_sim,
+    steer_pair,
     steering_response,
 )
 from xworld_env.envs.xworld import load_runtime
@@ -73,9 +74,23 @@ def test_steering_probe_figures(quality):
     # Full left and full right steering move the simulator's cameras apart.
     assert fam["steer_gap_sim"] > 1.0
     assert fam["steer_response"] == pytest.approx(fam["steer_gap_model"] / fam["steer_gap_sim"])
-    assert 0.0 <= fam["steer_direction"] <= 1.0
-    for key in ("steer_gap_sim", "steer_gap_model", "steer_response", "steer_direction"):
+    assert -1.0 <= fam["steer_alignment"] <= 1.0
+    for key in ("steer_gap_sim", "steer_gap_model", "steer_response", "steer_alignment"):
         assert overall[key] == pytest.approx(fam[key])
+
+
+def test_steer_pair_against_hand_values():
+    left = np.zeros((2, 2, 3), np.uint8)
+    right = left.copy()
+    left[0, 0] = 40  # the simulator's views differ in one pixel by 40 levels
+    gap_sim, gap_model, cosine = steer_pair(left, right, left // 2, right)
+    assert (gap_sim, gap_model) == (pytest.approx(40 * 3 / 12), pytest.approx(20 * 3 / 12))
+    assert cosine == pytest.approx(1.0)  # half as large, the same way
+    assert steer_pair(left, right, right, left)[2] == pytest.approx(-1.0)  # reversed
+    other = np.zeros_like(left)
+    other[1, 1] = 200
+    assert steer_pair(left, right, other, right)[2] == 0.0  # a change elsewhere
+    assert steer_pair(left, right, right, right) == (pytest.approx(10.0), 0.0, 0.0)  # blind
 
 
 def test_steer_in_sim_replays_the_recorded_context():
@@ -103,7 +118,7 @@ def test_a_model_blind_to_its_actions_has_no_steering_response(tiny_checkpoint):
         linear.weight.data.normal_(0.0, 1.0, generator=generator)
     episodes = record_heldout("highway", 2, 2, context=CONTEXT, min_valid=CONTEXT + 1)
     seeing = steering_response(engine, episodes, CONTEXT, 2, progress=False)
-    assert seeing["steer_gap_model"] > 0
+    assert seeing["steer_gap_model"] > 0 and seeing["steer_alignment"] != 0
     # Zero the projection of the action (and speed) embedding: the conditioning no longer
     # depends on the action, so left and right rollouts (same noise) are the same.
     last = dit.cond_embedder.mlp[-1]
@@ -112,8 +127,7 @@ def test_a_model_blind_to_its_actions_has_no_steering_response(tiny_checkpoint):
     blind = steering_response(engine, episodes, CONTEXT, 2, progress=False)
     assert blind["steer_gap_model"] == 0 and blind["steer_response"] == 0
     assert blind["steer_gap_sim"] == seeing["steer_gap_sim"] > 0
-    # The same views under both steerings are closer to one side's: right once in two.
-    assert blind["steer_direction"] == 0.5
+    assert blind["steer_alignment"] == 0
 
 
 def test_copy_baseline_is_last_context_frame(quality):

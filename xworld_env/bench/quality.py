@@ -12,10 +12,10 @@ recorded actions; the decoded views are compared with the simulator's frames, ne
   world (pooled over the family's chunks); ``action_sensitivity_se_db`` is the standard error of
   the mean of the episodes' own values (null with one episode), to tell an effect from the noise
   of a few episodes;
-* ``steer_response`` and ``steer_direction`` (:func:`steering_response`): from the same
+* ``steer_response`` and ``steer_alignment`` (:func:`steering_response`): from the same
   start, how much the views of full-left and full-right steering differ in the model against
-  the simulator, and whether the model's views move towards the simulator's of the same
-  steering: a direct test that the actions control the world;
+  the simulator, and whether they differ the same way: a direct test that the actions control
+  the world;
 * ``stable``: whether a long rollout stays finite and keeps its contrast;
 * ``heads_sim`` / ``heads_model``: the heads on the autoencoder latents of the simulator chunks
   (their training input) and on the generated latents, both against the simulator's labels.
@@ -60,7 +60,7 @@ STEER_CHUNKS = 5
 #: The probe's steering inputs (positive steers left); throttle stays 0.
 STEER_ACTIONS = {"left": 1.0, "right": -1.0}
 #: The probe's figures that ``overall`` averages over the families.
-STEER_KEYS = ("steer_gap_sim", "steer_gap_model", "steer_response", "steer_direction")
+STEER_KEYS = ("steer_gap_sim", "steer_gap_model", "steer_response", "steer_alignment")
 #: Autoencoder PSNR below which no rollout can look right (the ``ae_psnr_ge_30`` bar).
 AE_PSNR_BAR_DB = 30.0
 
@@ -259,11 +259,6 @@ def evaluate_family(
     return metrics, heads_sim, heads_model, true_rollout
 
 
-def _mean_abs(a: np.ndarray, b: np.ndarray) -> float:
-    """Mean absolute difference of two uint8 image arrays, in pixel levels (0-255)."""
-    return float(np.abs(a.astype(np.float32) - b.astype(np.float32)).mean())
-
-
 def steer_in_sim(episode: HeldoutEpisode, context: int, action: np.ndarray, chunks: int) -> list:
     """The simulator's chunks after the episode's context under one constant ``action``.
 
@@ -288,6 +283,19 @@ def steer_in_sim(episode: HeldoutEpisode, context: int, action: np.ndarray, chun
         env.close()
 
 
+def steer_pair(
+    sim_left: np.ndarray, sim_right: np.ndarray, model_left: np.ndarray, model_right: np.ndarray
+) -> tuple[float, float, float]:
+    """One chunk of the steering probe: the mean absolute left-minus-right difference of the
+    simulator's and of the model's uint8 views (pixel levels), and the cosine between the two
+    difference images (0 when either is zero)."""
+    d_sim = sim_left.astype(np.float32) - sim_right.astype(np.float32)
+    d_model = model_left.astype(np.float32) - model_right.astype(np.float32)
+    norms = float(np.linalg.norm(d_sim) * np.linalg.norm(d_model))
+    cosine = float((d_sim * d_model).sum()) / norms if norms > 0 else 0.0
+    return float(np.abs(d_sim).mean()), float(np.abs(d_model).mean()), cosine
+
+
 def steering_response(
     engine: WorldModelEngine,
     episodes: list[HeldoutEpisode],
@@ -305,9 +313,9 @@ def steering_response(
       the left and the right run's views: how much steering changes what the cameras see;
     * ``steer_response``: their ratio, 1 when the model's views move as much as the simulator's
       under steering, 0 when the model ignores it;
-    * ``steer_direction``: the share of (episode, chunk, direction) where the model's views lie
-      closer to the simulator's under the same steering than under the opposite one (0.5:
-      chance).
+    * ``steer_alignment``: the cosine between the model's and the simulator's left-minus-right
+      difference images, averaged over the chunks: 1 when the model's views change the way the
+      simulator's do, 0 when unrelated (or when the model ignores steering), -1 when reversed.
     """
     n = len(episodes)
     steer = {name: np.array([0.0, value], np.float32) for name, value in STEER_ACTIONS.items()}
@@ -318,20 +326,19 @@ def steering_response(
     rollout = roll_out(engine, episodes + episodes, context, actions, seeds + seeds,
                        desc=f"steering {episodes[0].family}", progress=progress)
     model = {"left": rollout.frames[:n], "right": rollout.frames[n:]}
-    gap_sim, gap_model, closer = [], [], []
+    gap_sim, gap_model, alignment = [], [], []
     for i in range(n):
         for k in range(min(len(sim["left"][i]), len(sim["right"][i]))):
-            gap_sim.append(_mean_abs(sim["left"][i][k], sim["right"][i][k]))
-            gap_model.append(_mean_abs(model["left"][i, k], model["right"][i, k]))
-            for name, other in (("left", "right"), ("right", "left")):
-                closer.append(_mean_abs(model[name][i, k], sim[name][i][k])
-                              < _mean_abs(model[name][i, k], sim[other][i][k]))
+            pair = steer_pair(sim["left"][i][k], sim["right"][i][k], model["left"][i, k],
+                              model["right"][i, k])
+            for values, value in zip((gap_sim, gap_model, alignment), pair, strict=True):
+                values.append(value)
     gap_s, gap_m = _mean(gap_sim), _mean(gap_model)
     return {
         "steer_gap_sim": gap_s,
         "steer_gap_model": gap_m,
         "steer_response": gap_m / gap_s if gap_s > 0 else math.nan,
-        "steer_direction": _mean([float(c) for c in closer]),
+        "steer_alignment": _mean(alignment),
         "steer_chunks_compared": len(gap_sim),
     }
 
@@ -659,10 +666,10 @@ def print_table(result: dict) -> None:
     if "steer_response" in result["overall"]:
         print(f"\nsteering probe ({result['settings']['steer_chunks']} chunks at full left and "
               "full right steering from each context; pixel levels 0-255)")
-        print(f"{'family':<13}{'sim L-R':>9}{'model L-R':>11}{'response':>10}{'direction':>11}")
+        print(f"{'family':<13}{'sim L-R':>9}{'model L-R':>11}{'response':>10}{'alignment':>11}")
         for name, r in rows:
             print(f"{name:<13}{_fmt(r['steer_gap_sim'], 9)}{_fmt(r['steer_gap_model'], 11)}"
-                  f"{_fmt(r['steer_response'], 10, 3)}{_fmt(r['steer_direction'], 11, 2)}")
+                  f"{_fmt(r['steer_response'], 10, 3)}{_fmt(r['steer_alignment'], 11, 3)}")
     bars = ", ".join(f"{k}: {'yes' if v else 'no'}" for k, v in result["bars"].items())
     print(f"\nbars: {bars}")
     s, machine = result["settings"], result["machine"]
