@@ -174,6 +174,18 @@ def test_driver_mix_is_recorded_and_changes_the_actions(tiny_dataset, make_confi
         generate(other, sim, progress=False)
 
 
+def test_manifest_without_the_newer_driver_settings_still_resumes(dataset_copy, make_config):
+    manifest = _manifest(dataset_copy)
+    del manifest["config"]["driver"]["random_segment"]  # as written before it existed
+    (dataset_copy / MANIFEST_NAME).write_text(json.dumps(manifest))
+    data, sim = make_config(dataset_copy)
+    assert generate(data, sim, progress=False).resumed_shards == data.num_shards
+    manifest["config"]["driver"]["random"] = 0.3
+    (dataset_copy / MANIFEST_NAME).write_text(json.dumps(manifest))
+    with pytest.raises(DatasetError, match=r"driver\.random is 0\.3 there"):
+        generate(data, sim, progress=False)
+
+
 def test_driver_config_validation():
     with pytest.raises(ValueError, match="driver weight random must be a number >= 0"):
         DriverConfig(random=-0.1)

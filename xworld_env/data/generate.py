@@ -4,10 +4,9 @@ Every episode is ``env.reset(seed=episode_seed, options={"family": family})`` fo
 ``chunks_per_episode`` steps of the :class:`~xworld_env.sim.driver.PerturbedDriver` seeded with the
 same episode seed, its mix of behaviours from the ``driver`` config group
 (:class:`~xworld_env.sim.driver.DriverConfig`), so a configuration always produces the same
-dataset. Shards are written to a
-temporary name and renamed, and the manifest is rewritten atomically after each shard: an
-interrupted run leaves only whole shards, and rerunning the same command resumes at the first
-missing one. The format is described in :mod:`xworld_env.data.shards`.
+dataset. Shards are written to a temporary name and renamed, and the manifest is rewritten
+atomically after each shard: an interrupted run leaves only whole shards, and rerunning the same
+command resumes at the first missing one. The format is described in :mod:`xworld_env.data.shards`.
 """
 
 from __future__ import annotations
@@ -54,6 +53,9 @@ SIM_SECTIONS: dict[str, type] = {
     "renderer": RendererConfig,
     "reward": RewardConfig,
 }
+
+#: The driver settings a dataset's manifest records when it leaves one out.
+_DRIVER_DEFAULTS = asdict(DriverConfig())
 
 #: How an episode can end, in the order used when several happen in the same chunk.
 END_REASONS = ("collision", "off_road", "road_end", "horizon")
@@ -328,8 +330,13 @@ def _open_manifest(out: Path, config: dict, layout: dict, val_every: int) -> dic
             manifest = read_manifest(out)
         except DatasetError as err:
             raise DatasetError(f"cannot resume into {out}: {err}") from None
-        if manifest["config"] != config:
-            diffs = "; ".join(_differences(manifest["config"], config))
+        recorded = manifest["config"]
+        if isinstance(recorded.get("driver"), dict):
+            # Datasets made before the driver was configurable record it without the settings
+            # added since; those datasets were driven with their defaults.
+            recorded = {**recorded, "driver": {**_DRIVER_DEFAULTS, **recorded["driver"]}}
+        if recorded != config:
+            diffs = "; ".join(_differences(recorded, config))
             raise DatasetError(
                 f"cannot resume into {out}: it holds a dataset of another configuration "
                 f"({diffs}). Rerun with the same settings, or choose a new data.out folder"
