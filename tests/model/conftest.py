@@ -45,7 +45,8 @@ def make_heads(seed: int = 0) -> Heads:
     return Heads(HeadsConfig()).eval()
 
 
-@pytest.fixture
-def dit64() -> CausalDiT:
-    """The test-preset DiT in float64, for tight equivalence checks."""
-    return make_dit().double()
+@pytest.fixture(params=[False, True], ids=["adaln", "action_field"])
+def dit64(request: pytest.FixtureRequest) -> CausalDiT:
+    """The test-preset DiT in float64, for tight equivalence checks; with and without the
+    per-token action input."""
+    return make_dit(action_field=request.param).double()

@@ -111,6 +111,22 @@ def test_config_with_unknown_or_missing_fields(saved):
         load_bundle(path)
 
 
+def test_a_config_from_before_the_action_field_loads_without_one(saved):
+    path, bundle = saved
+    edit_config(path, lambda c: c["dit"].pop("action_field"))
+    loaded = load_bundle(path)
+    assert loaded.dit.config == bundle.dit.config and not loaded.dit.config.action_field
+    assert loaded.dit.action_field is None
+
+
+def test_round_trip_with_an_action_field(tmp_path):
+    bundle = WorldModelBundle(make_autoencoder(), make_dit(action_field=True), make_heads(), {})
+    loaded = load_bundle(save_bundle(tmp_path / "ckpt", bundle))
+    assert loaded.dit.config.action_field
+    assert loaded.dit.action_field.weight.any()
+    assert torch.equal(loaded.dit.action_field.weight, bundle.dit.action_field.weight)
+
+
 def test_config_that_is_not_json(saved):
     path, _ = saved
     (path / CONFIG_NAME).write_text("{not json")

@@ -15,7 +15,7 @@ from xworld_env.model.dit import (
 )
 from xworld_env.model.kv_cache import KVCacheConfig, RollingKVCache
 
-from .conftest import randomize_zero_init
+from .conftest import make_dit, randomize_zero_init
 
 TOL = {"rtol": 1e-9, "atol": 1e-9}
 
@@ -208,6 +208,32 @@ def test_zero_init_starts_as_identity_blocks_and_zero_output():
     with torch.no_grad():
         out = model(x, torch.rand(2), torch.zeros(2, 2), torch.ones(2))
     assert torch.equal(out, torch.zeros_like(out))
+
+
+@torch.no_grad()
+def test_action_field_starts_at_zero_and_reaches_every_token_with_the_action():
+    """A new action field adds nothing; trained, it alone makes the output depend on the
+    action (the adaLN action path zeroed here) and differently at different tokens."""
+    plain, with_field = make_dit(), make_dit(action_field=True)
+    clean, noisy, action, speed, t = sequence(plain, 2, 2)
+    fresh = CausalDiT(with_field.config)
+    assert not fresh.action_field.weight.any()
+    fresh.load_state_dict(plain.state_dict(), strict=False)
+    torch.testing.assert_close(
+        fresh.forward_sequence(clean, action, speed, noisy=noisy, t=t),
+        plain.forward_sequence(clean, action, speed, noisy=noisy, t=t), rtol=0, atol=0,
+    )
+    for model in (plain, with_field):
+        model.cond_embedder.mlp[2].weight.zero_()
+        model.cond_embedder.mlp[2].bias.zero_()
+    flipped = -action
+    for model, reacts in ((plain, False), (with_field, True)):
+        a = model.forward_sequence(clean, action, speed, noisy=noisy, t=t)
+        b = model.forward_sequence(clean, flipped, speed, noisy=noisy, t=t)
+        assert (not torch.equal(a, b)) == reacts
+    offsets = with_field.action_field(action[:, 0], speed[:, 0])
+    assert offsets.shape == (2, *with_field.config.chunk_shape[:2], 4, 4, 64)
+    assert not torch.allclose(offsets[:, 0, 0, 0, 0], offsets[:, 1, 0, 2, 3])
 
 
 def test_presets_and_token_count():

@@ -237,6 +237,23 @@ def test_world_model_fine_tunes_from_a_run_with_rollout_context(trained, tmp_pat
                                               preset="tiny"), progress=False)
 
 
+def test_world_model_fine_tune_adds_a_zero_action_field(trained, tmp_path):
+    runs, common, _ = trained
+    cfg = WorldModelTrainConfig(**common, run_dir=str(tmp_path / "field"), preset="test",
+                                window=2, chunks=3, batch=2, steps=1, lr=0.0,
+                                init_from=str(runs / "wm"), action_field=True)
+    train_world_model(cfg, progress=False)
+    start, tuned = load_dit(runs / "wm"), load_dit(tmp_path / "field")
+    assert not start.config.action_field and tuned.config.action_field
+    assert not tuned.action_field.weight.any()
+    assert all(torch.equal(v, tuned.state_dict()[k]) for k, v in start.state_dict().items())
+    # A DiT with a field cannot lose it by fine-tuning.
+    with pytest.raises(ValueError, match="fine-tune it with action_field=true"):
+        train_world_model(dataclasses.replace(cfg, run_dir=str(tmp_path / "lose"),
+                                              init_from=str(tmp_path / "field"),
+                                              action_field=False), progress=False)
+
+
 def test_world_model_rejects_bad_rollout_settings():
     with pytest.raises(ValueError, match=r"rollout_fraction must be in \[0, 1\], got 1.5"):
         WorldModelTrainConfig(rollout_fraction=1.5)

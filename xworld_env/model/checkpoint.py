@@ -135,10 +135,16 @@ def save_bundle(
     return directory
 
 
+# Config fields added after format version 1 was fixed, with the value that gives the behaviour
+# of checkpoints written before they existed.
+_ADDED_FIELDS: dict[type, dict[str, Any]] = {DiTConfig: {"action_field": False}}
+
+
 def _build_config(cls: type[_Config], values: Any, path: Path, section: str) -> _Config:
     names = {f.name for f in dataclasses.fields(cls)}
     if not isinstance(values, dict):
         raise CheckpointError(f"{path}: section {section!r} must be an object of {cls.__name__}")
+    values = {**_ADDED_FIELDS.get(cls, {}), **values}
     unknown, missing = set(values) - names, names - set(values)
     if unknown or missing:
         raise CheckpointError(

@@ -97,6 +97,35 @@ class ConditionEmbedder(nn.Module):
         return self.mlp(features.to(self.mlp[0].weight.dtype))
 
 
+class ActionField(nn.Module):
+    """Per-token action input: every token of a chunk gets its own linear function of the action.
+
+    adaLN conditions every token of a chunk with the same channel-wise scale and shift; steering
+    shifts and turns the seven views differently at every camera, frame and place, so this adds
+    to each token's embedding a vector learned for its camera, frame and grid position, as a
+    linear function of the action, the ego speed and their products. Zero-initialised: a model
+    fine-tuned with it starts out computing exactly what it did without it.
+
+    Args:
+        config: the DiT's architecture (cameras, frames, grid, width, action size).
+    """
+
+    def __init__(self, config: DiTConfig) -> None:
+        super().__init__()
+        self.speed_scale = config.speed_scale
+        g = config.grid_size
+        features = 2 * config.action_dim + 1
+        self.weight = nn.Parameter(
+            torch.empty(config.num_cameras, config.frames_per_chunk, g, g, features, config.width)
+        )
+
+    def forward(self, action: Tensor, ego_speed: Tensor) -> Tensor:
+        """action (..., 2), ego_speed (...) -> (..., v, f, h, w, d) token offsets."""
+        speed = (ego_speed / self.speed_scale)[..., None].to(action.dtype)
+        features = torch.cat([action, speed, action * speed], dim=-1)
+        return torch.einsum("...k,vfhwkd->...vfhwd", features.to(self.weight.dtype), self.weight)
+
+
 class PatchEmbed(nn.Module):
     """Cuts each camera-frame latent into ``p x p`` patches and projects them to width ``d``.
 
@@ -382,6 +411,8 @@ class DiTConfig:
             position-free content, so that matching the same place across time does not depend
             on how long ago it was seen.
         rope_theta: base of the RoPE frequency ladder.
+        action_field: add an :class:`ActionField` (per-token action input) to the token
+            embeddings, besides the adaLN conditioning every block gets.
     """
 
     width: int = 256
@@ -397,6 +428,7 @@ class DiTConfig:
     speed_scale: float = 30.0
     rope_fraction: float = 0.5
     rope_theta: float = 100.0
+    action_field: bool = False
 
     def __post_init__(self) -> None:
         if self.width % self.num_heads:
@@ -448,6 +480,7 @@ class CausalDiT(nn.Module):
         self.camera_embed = nn.Parameter(torch.zeros(config.num_cameras, d))
         self.frame_embed = nn.Parameter(torch.zeros(config.frames_per_chunk, d))
         self.spatial_embed = nn.Parameter(torch.zeros(g, g, d))
+        self.action_field = ActionField(config) if config.action_field else None
         self.rope = RotaryEmbedding(config.rope_dims, config.rope_theta)
         self.blocks = nn.ModuleList(
             DiTBlock(d, config.num_heads, config.mlp_ratio) for _ in range(config.depth)
@@ -482,6 +515,8 @@ class CausalDiT(nn.Module):
         nn.init.zeros_(self.final_layer.adaLN_modulation[-1].bias)
         nn.init.zeros_(self.final_layer.linear.weight)
         nn.init.zeros_(self.final_layer.linear.bias)
+        if self.action_field is not None:
+            nn.init.zeros_(self.action_field.weight)
 
     # ------------------------------------------------------------------ pieces
 
@@ -499,14 +534,19 @@ class CausalDiT(nn.Module):
         a = self.cond_embedder(action, ego_speed)
         return self.t_embedder(t) + a, a
 
-    def embed(self, x: Tensor) -> Tensor:
-        """Latents (..., v, f, H, W, c) -> tokens (..., v, f, h, w, d) with position embeddings."""
+    def embed(self, x: Tensor, action: Tensor, ego_speed: Tensor) -> Tensor:
+        """Latents (..., v, f, H, W, c) -> tokens (..., v, f, h, w, d) with position embeddings
+        (and the action field's offsets, where the model has one; ``action`` (..., 2) and
+        ``ego_speed`` (...) share the latents' leading dimensions)."""
         pos = (
             self.camera_embed[:, None, None, None]
             + self.frame_embed[None, :, None, None]
             + self.spatial_embed[None, None]
         )
-        return self.patch_embed(x) + pos
+        h = self.patch_embed(x) + pos
+        if self.action_field is not None:
+            h = h + self.action_field(action, ego_speed).to(h.dtype)
+        return h
 
     def unpatchify(self, out: Tensor) -> Tensor:
         """(..., v, f, h, w, p*p*c) -> (..., v, f, H, W, c)."""
@@ -638,7 +678,7 @@ class CausalDiT(nn.Module):
         if kv is not None and kv.batch_size != x.shape[0]:
             raise ValueError(f"kv cache holds {kv.batch_size} worlds, latents {x.shape[0]}")
         c, _ = self.condition(t, action, ego_speed)
-        h = self.embed(x)
+        h = self.embed(x, action, ego_speed)
         _, attn_mask = self._past_inputs(kv, h.device)
         base = BlockContext(c=c, action=action, step=step, writes_kv=writes_kv, past=None,
                             rope=RotaryTables(self.rope(self.token_frame)), attn_mask=attn_mask)
@@ -738,7 +778,7 @@ class CausalDiT(nn.Module):
         positions = (chunk[:, None] * self.config.frames_per_chunk + self.token_frame).flatten()
         rope = RotaryTables(self.rope(positions))
 
-        h = self.embed(clean)
+        h = self.embed(clean, action, ego_speed)
         for block in self.blocks:
             ctx = BlockContext(
                 c=c, action=action, step=0, writes_kv=False, past=None, rope=rope, attn_mask=mask

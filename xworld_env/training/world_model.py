@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
@@ -76,6 +76,9 @@ class WorldModelTrainConfig:
         init_from: a world-model run folder or a checkpoint folder whose DiT starts this run
             (fine-tuning; the preset must match). Ignored when ``run_dir`` already holds a
             state to resume.
+        action_field: give the DiT a per-token action input (:class:`ActionField`) besides its
+            adaLN conditioning. Fine-tuning a DiT without one from ``init_from`` adds it
+            zero-initialised, so training starts from exactly the model it was.
         dtype: compute precision of the forward and backward passes, ``float32`` or
             ``bfloat16`` (autocast: weights, gradients and optimizer state stay float32;
             validation always runs in float32, so losses compare across runs).
@@ -101,6 +104,7 @@ class WorldModelTrainConfig:
     context_noise: float = 0.02
     rollout_fraction: float = 0.0
     init_from: str = ""
+    action_field: bool = False
     dtype: str = "float32"
 
     def __post_init__(self) -> None:
@@ -194,6 +198,10 @@ def batch_of(data: dict, starts: torch.Tensor, length: int) -> dict[str, torch.T
     return {"latents": latents, "actions": actions, "speed": speed}
 
 
+# Parameters a DiT gains with ``action_field``.
+ACTION_FIELD_KEYS = ["action_field.weight"]
+
+
 def train_world_model(cfg: WorldModelTrainConfig, progress: bool = True) -> dict:
     """Trains (or resumes) the DiT; returns the last losses and paths."""
     device = resolve_device(cfg.device)
@@ -202,17 +210,27 @@ def train_world_model(cfg: WorldModelTrainConfig, progress: bool = True) -> dict
     ae = load_autoencoder(cfg.autoencoder, device)
     train = encode_split(ae, cfg.data, "train", Path(cfg.latents_dir) / "train.pt")
     val = encode_split(ae, cfg.data, "val", Path(cfg.latents_dir) / "val.pt")
-    model = CausalDiT(dit_config(cfg.preset, latent_channels=ae.config.latent_channels)).to(device)
+    model = CausalDiT(dit_config(cfg.preset, latent_channels=ae.config.latent_channels,
+                                 action_field=cfg.action_field)).to(device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=0.01)
     state_path = run_dir / STATE_NAME
     if cfg.init_from and not state_path.is_file():
         start = load_dit(cfg.init_from)
-        if start.config != model.config:
+        adds_field = cfg.action_field and not start.config.action_field
+        if replace(start.config, action_field=cfg.action_field) != model.config:
             raise ValueError(
                 f"init_from {cfg.init_from!r} holds a DiT of another architecture "
                 f"({start.config}) than preset {cfg.preset!r} ({model.config})"
             )
-        model.load_state_dict(start.state_dict())
+        if start.config.action_field and not cfg.action_field:
+            raise ValueError(
+                f"init_from {cfg.init_from!r} holds a DiT with an action field; "
+                "fine-tune it with action_field=true"
+            )
+        # Adding the action field: it alone is missing and keeps its zero initialisation.
+        result = model.load_state_dict(start.state_dict(), strict=not adds_field)
+        if adds_field and (result.unexpected_keys or result.missing_keys != ACTION_FIELD_KEYS):
+            raise RuntimeError(f"unexpected state_dict mismatch adding the action field: {result}")
     step = resume(state_path, model, optimizer, generator)
     train_starts = window_starts(train["valid"], cfg.chunks)
     val_starts = window_starts(val["valid"], cfg.chunks)
