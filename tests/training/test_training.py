@@ -247,6 +247,10 @@ def test_world_model_fine_tune_adds_a_zero_action_field(trained, tmp_path):
     assert not start.config.action_field and tuned.config.action_field
     assert not tuned.action_field.weight.any()
     assert all(torch.equal(v, tuned.state_dict()[k]) for k, v in start.state_dict().items())
+    # A run resumes only with the architecture it was started with.
+    with pytest.raises(ValueError, match="another architecture than this run's settings"):
+        train_world_model(dataclasses.replace(cfg, init_from="", action_field=False, steps=2),
+                          progress=False)
     # A DiT with a field cannot lose it by fine-tuning.
     with pytest.raises(ValueError, match="fine-tune it with action_field=true"):
         train_world_model(dataclasses.replace(cfg, run_dir=str(tmp_path / "lose"),

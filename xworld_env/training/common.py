@@ -128,7 +128,14 @@ def resume(state_path: Path, model, optimizer, generator: torch.Generator) -> in
     if not Path(state_path).is_file():
         return 0
     state = load_training_state(state_path)
-    model.load_state_dict(state["model"])
+    try:
+        model.load_state_dict(state["model"])
+    except RuntimeError as err:
+        raise ValueError(
+            f"{state_path} holds a model of another architecture than this run's settings make; "
+            f"resume it with the settings it was started with (its config.json records them), or "
+            f"give another run_dir: {err}"
+        ) from err
     optimizer.load_state_dict(state["optimizer"])
     generator.set_state(state["generator"])
     return int(state["step"])
