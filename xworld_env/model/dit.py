@@ -116,7 +116,7 @@ class ActionField(nn.Module):
         g = config.grid_size
         features = 2 * config.action_dim + 1
         self.weight = nn.Parameter(
-            torch.empty(config.num_cameras, config.frames_per_chunk, g, g, features, config.width)
+            torch.zeros(config.num_cameras, config.frames_per_chunk, g, g, features, config.width)
         )
 
     def forward(self, action: Tensor, ego_speed: Tensor) -> Tensor:
