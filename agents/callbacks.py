@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from stable_baselines3.common.callbacks import BaseCallback
 
+from xworld_env.xcache.stats import skip_rate_between
+
 
 class XCacheStatsCallback(BaseCallback):
     """Logs the cache policy's skip rates and the engine's stage timings after every rollout.
@@ -32,11 +34,11 @@ class XCacheStatsCallback(BaseCallback):
             summary = stats.summary()
             self.logger.record("xcache/skip_rate", summary["skip_rate"])
             self.logger.record("xcache/skip_rate_all", summary["skip_rate_all"])
-            eligible, reused = summary["eligible_evaluations"], summary["reused_evaluations"]
-            d_eligible, d_reused = eligible - self._last[0], reused - self._last[1]
-            if d_eligible:
-                self.logger.record("xcache/rollout_skip_rate", d_reused / d_eligible)
-            self._last = (eligible, reused)
+            counts = stats.counts()
+            rollout_rate = skip_rate_between(self._last, counts)
+            if rollout_rate is not None:
+                self.logger.record("xcache/rollout_skip_rate", rollout_rate)
+            self._last = counts
         chunks = max(1, engine.stats["chunks"])
         for key in ("dit_s", "kv_update_s", "decode_s", "heads_s"):
             self.logger.record(f"engine/{key}_per_chunk", engine.stats[key] / chunks)

@@ -29,6 +29,7 @@ from tqdm.auto import tqdm
 from agents.train import AgentTrainConfig
 from agents.vec_env import XWorldSB3VecEnv
 from xworld_env.bench.machine import machine_info, write_json
+from xworld_env.xcache.stats import skip_rate_between
 
 #: Exploration settings compared, as ``AgentTrainConfig`` fields: SB3's default (independent
 #: Gaussian noise every step), gSDE as ``agents.train`` runs it by default (new noise weights
@@ -45,8 +46,7 @@ def _counts(venv: XWorldSB3VecEnv) -> tuple[int, int]:
     stats = getattr(venv.venv.engine.executor, "stats", None)
     if stats is None:
         return 0, 0
-    summary = stats.summary()
-    return summary["eligible_evaluations"], summary["reused_evaluations"]
+    return stats.counts()
 
 
 def _rollout(venv: XWorldSB3VecEnv, cfg: AgentTrainConfig, steps: int) -> dict:
@@ -59,7 +59,7 @@ def _rollout(venv: XWorldSB3VecEnv, cfg: AgentTrainConfig, steps: int) -> dict:
     obs = venv.reset()
     if model.use_sde:
         model.policy.reset_noise(venv.num_envs)
-    eligible, reused = _counts(venv)
+    before = _counts(venv)
     actions = []
     started = time.perf_counter()
     for step in range(steps):
@@ -70,12 +70,10 @@ def _rollout(venv: XWorldSB3VecEnv, cfg: AgentTrainConfig, steps: int) -> dict:
         obs, _, _, _ = venv.step(action)
         actions.append(action)
     elapsed = time.perf_counter() - started
-    eligible_after, reused_after = _counts(venv)
     steps_taken = np.stack(actions)
     return {
         "steps_per_s": venv.num_envs * steps / elapsed,
-        "skip_rate": ((reused_after - reused) / (eligible_after - eligible)
-                      if eligible_after > eligible else None),
+        "skip_rate": skip_rate_between(before, _counts(venv)),
         "mean_action_change": float(np.abs(np.diff(steps_taken, axis=0)).mean()),
         "saturated": float((np.abs(steps_taken) >= 0.999).mean()),
     }

@@ -20,7 +20,7 @@ from xworld_env.xcache import (
     XCacheConfig,
     make_executor,
 )
-from xworld_env.xcache.stats import CacheStats
+from xworld_env.xcache.stats import CacheStats, skip_rate_between
 
 CONFIG = EngineConfig(sampler=SamplerConfig(num_steps=3), kv_cache=KVCacheConfig(window=2))
 #: Gate that passes unless an entry points the other way (cosine below -0.5).
@@ -158,6 +158,19 @@ def test_stats_counts_and_rates():
     assert s["reused_evaluations"] == 2 * steps * (depth - 1)
     assert s["skip_rate_all"] == pytest.approx(s["reused_evaluations"] / s["all_evaluations"])
     assert set(s["per_block"]) == set(range(1, depth)) and s["per_chunk"][0] == 0.0
+    assert engine.executor.stats.counts() == (s["eligible_evaluations"], s["reused_evaluations"])
+
+
+def test_skip_rate_between_two_counts():
+    stats = CacheStats()
+    stats.begin_chunk(2, 4)
+    stats.decided(0, 1, np.array([True, True]), np.array([True, False]))
+    before = stats.counts()
+    assert before == (2, 1)
+    assert skip_rate_between(before, stats.counts()) is None  # nothing eligible in between
+    stats.decided(1, 1, np.array([True, True]), np.array([True, True]))
+    stats.decided(2, 1, np.array([True, False]), np.array([False, False]))
+    assert skip_rate_between(before, stats.counts()) == pytest.approx(2 / 3)
 
 
 def test_spans_cut_the_non_anchor_blocks():

@@ -135,11 +135,15 @@ class CacheStats:
         counts = self.chunk_world_reused[:batch_size].tolist()
         return counts + [0] * (batch_size - len(counts))
 
+    def counts(self) -> tuple[int, int]:
+        """Eligible and reused block evaluations so far; ``skip_rate_between`` two of them
+        gives the skip rate of the evaluations in between (one rollout, one measurement)."""
+        return sum(self.eligible.values()), sum(self.reused.values())
+
     def summary(self) -> dict:
         """Skip rates per block, step, chunk (the latest ones) and world, and gate-metric
         percentiles (over the latest decisions)."""
-        eligible = sum(self.eligible.values())
-        reused = sum(self.reused.values())
+        eligible, reused = self.counts()
         blocks = sorted({blk for _, blk in self.eligible})
         steps = sorted({s for s, _ in self.eligible})
 
@@ -168,6 +172,13 @@ class CacheStats:
             "gated_passes": gated,
             "pass_agreement": 1.0 - mixed / gated if gated else 1.0,
         }
+
+
+def skip_rate_between(before: tuple[int, int], after: tuple[int, int]) -> float | None:
+    """Skip rate of the evaluations between two ``CacheStats.counts()``; None if none were
+    eligible."""
+    eligible = after[0] - before[0]
+    return (after[1] - before[1]) / eligible if eligible else None
 
 
 def _percentiles(values) -> dict[str, float]:
