@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from ray.rllib.callbacks.callbacks import RLlibCallback
 
+from xworld_env.xcache.stats import skip_rate_between
+
 #: Window (in samples or episodes) of the running means reported to RLlib.
 WINDOW = 100
 
@@ -38,16 +40,15 @@ class XWorldMetricsCallback(RLlibCallback):
             return
         stats = getattr(engine.executor, "stats", None)
         if stats is not None:
-            summary = stats.summary()
-            eligible, reused = summary["eligible_evaluations"], summary["reused_evaluations"]
-            if eligible < self._last_counts[0]:  # the stats were reset since the last sample
+            counts = stats.counts()
+            if counts[0] < self._last_counts[0]:  # the stats were reset since the last sample
                 self._last_counts = (0, 0)
-            d_eligible = eligible - self._last_counts[0]
-            d_reused = reused - self._last_counts[1]
-            self._last_counts = (eligible, reused)
-            if d_eligible > 0:
-                metrics_logger.log_value("xcache/skip_rate", d_reused / d_eligible,
-                                         window=WINDOW)
+            rate = skip_rate_between(self._last_counts, counts)
+            d_eligible = counts[0] - self._last_counts[0]
+            d_reused = counts[1] - self._last_counts[1]
+            self._last_counts = counts
+            if rate is not None:
+                metrics_logger.log_value("xcache/skip_rate", rate, window=WINDOW)
             metrics_logger.log_value("xcache/eligible_evaluations", d_eligible,
                                      reduce="lifetime_sum")
             metrics_logger.log_value("xcache/reused_evaluations", d_reused,
