@@ -376,6 +376,8 @@ def test_a_checkpoint_folder_is_a_source_for_every_stage(trained, tmp_path):
     assert out.metadata["heads"] == source.metadata["heads"]
     assert out.metadata["world_model"]["step"] == 1
     assert out.metadata["world_model"]["init_from"] == str(shipped)
+    # The record of the DiT it started from travels with it, as that checkpoint recorded it.
+    assert out.metadata["world_model"]["init_record"] == source.metadata["world_model"]
     assert out.metadata["engine"] == source.metadata["engine"]
     for prefix, module in out.modules().items():
         expected = source.modules()[prefix].state_dict()

@@ -79,9 +79,12 @@ def _heads(source: str) -> Heads:
     return heads
 
 
-def _world_model(source: str) -> tuple[dict, dict]:
+def _world_model(source: str, _seen: frozenset[Path] = frozenset()) -> tuple[dict, dict]:
     """The sampler and cache the DiT was trained for (the engine defaults to them) and its
-    training record, which names the run's ``init_from`` when it was fine-tuned."""
+    training record. A fine-tuned DiT's record names the run's ``init_from`` and, in
+    ``init_record``, the record of the DiT it started from (with that one's own
+    ``init_record``, and so on): the path alone would not say which model it was once the
+    folder is overwritten, as a shipped checkpoint is by its successor."""
     keys = ("num_steps", "shift", "window")
     if is_checkpoint(source):
         metadata = read_config(source)["metadata"]
@@ -90,8 +93,12 @@ def _world_model(source: str) -> tuple[dict, dict]:
         )
     run_config = json.loads((Path(source) / "config.json").read_text())
     record = _last_log(Path(source))
-    if run_config.get("init_from"):
-        record["init_from"] = run_config["init_from"]
+    init = run_config.get("init_from")
+    if init:
+        record["init_from"] = init
+        seen = _seen | {Path(source).resolve()}
+        if (Path(init) / "config.json").is_file() and Path(init).resolve() not in seen:
+            record["init_record"] = _world_model(init, seen)[1]
     return {key: run_config[key] for key in keys}, record
 
 
