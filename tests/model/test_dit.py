@@ -194,51 +194,6 @@ def test_block_on_a_subset_of_worlds(dit64):
     torch.testing.assert_close(block(x[worlds], ctx.select(worlds)), block(x, ctx)[worlds], **TOL)
 
 
-def test_passes_without_autograd_attend_through_preallocated_buffers(dit64):
-    """Without autograd each block's past sits in buffers with room for the chunk, which every
-    pass writes there instead of concatenating: outputs and cache bit for bit as with the
-    concatenation autograd passes use, chunk after chunk, with a reset world's slots masked."""
-    b, n = 3, 4
-    clean, noisy, action, speed, t = sequence(dit64, b, n)
-    caches = {grad: RollingKVCache(KVCacheConfig(window=2), dit64.config.depth, b)
-              for grad in (False, True)}
-    contexts: dict[bool, list[BlockContext]] = {False: [], True: []}
-
-    class Capture:
-        def __init__(self, grad: bool) -> None:
-            self.grad = grad
-
-        def run(self, s, l, block, x, ctx):  # noqa: E741
-            contexts[self.grad].append(ctx)
-            return block(x, ctx)
-
-    for i in range(n):
-        if i == 2:
-            for kv in caches.values():
-                kv.reset([1])
-        outs = {}
-        for grad, kv in caches.items():
-            with torch.set_grad_enabled(grad):
-                args = (noisy[:, i], t[:, i], action[:, i], speed[:, i])
-                outs[grad] = [dit64(*args, kv=kv, step=s, executor=Capture(grad))
-                              for s in range(2)]
-                dit64.commit_kv(clean[:, i], action[:, i], speed[:, i], kv)
-        for with_buffers, concatenated in zip(outs[False], outs[True]):
-            torch.testing.assert_close(with_buffers, concatenated.detach(), rtol=0, atol=0)
-        for layer in range(dit64.config.depth):
-            torch.testing.assert_close(caches[False].view(layer).k,
-                                       caches[True].view(layer).k.detach(), rtol=0, atol=0)
-    with_past = [ctx for ctx in contexts[False] if ctx.past is not None]
-    assert with_past and all(ctx.past_room is not None for ctx in with_past)
-    assert all(ctx.past_room is None for ctx in contexts[True])
-    ctx = with_past[-1]
-    keys, values = ctx.past_room
-    past = ctx.past.k.shape[2]
-    assert keys.shape[2] == values.shape[2] == past + dit64.config.tokens_per_chunk
-    assert torch.equal(keys[:, :, :past], ctx.past.k)
-    assert ctx.select(torch.tensor([0, 2])).past_room is None
-
-
 def test_zero_init_starts_as_identity_blocks_and_zero_output():
     model = CausalDiT(PRESETS["test"]).eval()
     cfg = model.config

@@ -212,11 +212,6 @@ class BlockContext:
             (b, heads, queries, keys), or None to attend everywhere.
         new_kv: output slot: the block puts its (un-rotated) keys and values here, each
             (b, heads, tokens, e), when ``writes_kv`` is True.
-        past_room: key and value buffers (b, heads, past + tokens, e) whose first rows hold
-            ``past`` (keys rotated), or None. Attention writes the pass's keys (rotated) and
-            values into the rows after the past and attends to the whole buffers, instead of
-            concatenating past and present in every pass; the same keys and values in the same
-            layout, so the same output. The model gives them to passes without autograd only.
     """
 
     c: Tensor
@@ -227,7 +222,6 @@ class BlockContext:
     rope: RotaryTables
     attn_mask: Tensor | None = None
     new_kv: tuple[Tensor, Tensor] | None = None
-    past_room: tuple[Tensor, Tensor] | None = None
 
     def select(self, worlds: Tensor) -> BlockContext:
         """The context restricted to a subset of worlds, for computing a block on part of a batch.
@@ -251,7 +245,6 @@ class BlockContext:
             past=past,
             attn_mask=pick(self.attn_mask),
             new_kv=None,
-            past_room=None,
         )
 
 
@@ -279,28 +272,21 @@ class Attention(nn.Module):
         self.qkv = nn.Linear(width, 3 * width)
         self.proj = nn.Linear(width, width)
 
-    def split_heads(self, x: Tensor) -> Tensor:
-        """(b, n, d) tokens -> un-rotated queries, keys and values, (3, b, heads, n, e)."""
-        return rearrange(
+    def split_heads(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """(b, n, d) tokens -> un-rotated queries, keys and values, each (b, heads, n, e)."""
+        q, k, v = rearrange(
             self.qkv(x), "b n (qkv heads e) -> qkv b heads n e", qkv=3, heads=self.num_heads
         )
+        return q, k, v
 
     def forward(self, x: Tensor, ctx: BlockContext) -> Tensor:
         """(b, n, d) tokens -> (b, n, d)."""
-        qkv = self.split_heads(x)
-        v = qkv[2]
+        q, k, v = self.split_heads(x)
         if ctx.writes_kv:
-            ctx.new_kv = (qkv[1], v)
-        # Queries and keys rotate in one go: the same arithmetic element by element.
-        q, k = apply_rotary(qkv[:2], *ctx.rope.current).unbind(0)
-        room = ctx.past_room
-        if room is not None and (k.dtype, v.dtype) == (room[0].dtype, room[1].dtype) \
-                and room[0].shape[2] == ctx.past.k.shape[2] + k.shape[2]:
-            past = ctx.past.k.shape[2]
-            room[0][:, :, past:] = k
-            room[1][:, :, past:] = v
-            k, v = room
-        elif ctx.past is not None:
+            ctx.new_kv = (k, v)
+        cos, sin = ctx.rope.current
+        q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
+        if ctx.past is not None:
             k = torch.cat([ctx.past.k, k], dim=2)
             v = torch.cat([ctx.past.v, v], dim=2)
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=ctx.attn_mask)
@@ -604,36 +590,23 @@ class CausalDiT(nn.Module):
 
     def _past_view(
         self, kv: RollingKVCache | None, layer: int, device: torch.device
-    ) -> tuple[KVView | None, tuple[Tensor, Tensor] | None]:
-        """Block ``layer``'s cached past with its keys rotated to their positions, and the
-        buffers it sits in (``BlockContext.past_room``); ``(None, None)`` without a past.
+    ) -> KVView | None:
+        """Block ``layer``'s cached past with its keys rotated to their positions, or None.
 
         The rotation depends only on the cache's state, so it runs once per chunk and block
         rather than in every pass (the same values; a chunk's passes all read the same past).
-        Without autograd the past is copied once per chunk into buffers with room for the
-        chunk's own keys and values, which every pass writes there rather than concatenating;
-        with autograd it stays a view and each pass concatenates.
         """
         if kv is None:
-            return None, None
-        room = not torch.is_grad_enabled()
+            return None
 
-        def make() -> tuple[KVView | None, tuple[Tensor, Tensor] | None]:
+        def make() -> KVView | None:
             view = kv.view(layer)
             if view is None:
-                return None, None
+                return None
             tables, _ = self._past_inputs(kv, device)
-            keys = apply_rotary(view.k, *tables)
-            if not room:
-                return view._replace(k=keys), None
-            b, heads, past, e = keys.shape
-            rows = past + self.config.tokens_per_chunk
-            buffers = (keys.new_empty(b, heads, rows, e), view.v.new_empty(b, heads, rows, e))
-            buffers[0][:, :, :past] = keys
-            buffers[1][:, :, :past] = view.v
-            return view._replace(k=buffers[0][:, :, :past], v=buffers[1][:, :, :past]), buffers
+            return view._replace(k=apply_rotary(view.k, *tables))
 
-        return kv.derived((self, "past", layer, device, room), make)
+        return kv.derived((self, "past", layer, device), make)
 
     # ------------------------------------------------------------------ forward
 
@@ -674,8 +647,7 @@ class CausalDiT(nn.Module):
         executor = FullCompute() if executor is None else executor
         keys, values = [], []
         for l, block in enumerate(self.blocks):  # noqa: E741
-            past, room = self._past_view(kv, l, h.device)
-            ctx = replace(base, past=past, past_room=room)
+            ctx = replace(base, past=self._past_view(kv, l, h.device))
             h = executor.run(step, l, block, h, ctx)
             if writes_kv:
                 if ctx.new_kv is None:
@@ -737,8 +709,7 @@ class CausalDiT(nn.Module):
         keys, values = [], []
         last = len(self.blocks) - 1
         for l, block in enumerate(self.blocks):  # noqa: E741
-            past, room = self._past_view(kv, l, h.device)
-            ctx = replace(base, past=past, past_room=room)
+            ctx = replace(base, past=self._past_view(kv, l, h.device))
             if l == last:
                 k, v = block.keys_values(h, ctx)
             else:
