@@ -105,12 +105,13 @@ def test_bench_env_compares_decoder_precisions_side_by_side(tmp_path, tiny_check
         run(repeats=0)
 
 
-def test_precision_choices_match_the_engine():
-    from xworld_env.cli import DECODE_PRECISIONS, PRECISIONS
-    from xworld_env.engine import COMPUTE_DTYPES, DECODE_DTYPES
+def test_precision_and_noise_choices_match_the_engine():
+    from xworld_env.cli import DECODE_PRECISIONS, NOISES, PRECISIONS
+    from xworld_env.engine import COMPUTE_DTYPES, DECODE_DTYPES, NOISE_MODES
 
     assert set(PRECISIONS) == set(COMPUTE_DTYPES)
     assert set(DECODE_PRECISIONS) == set(DECODE_DTYPES)
+    assert set(NOISES) == set(NOISE_MODES)
 
 
 def test_bench_env_repeats_take_rounds_and_medians(monkeypatch):
@@ -122,7 +123,9 @@ def test_bench_env_repeats_take_rounds_and_medians(monkeypatch):
         def measure(cache, *args):
             calls.append((kind, str(cache)))
             # Rounds 1, 2, 3 give 1, 10, 4 steps/s: the median is 4.
-            return (1.0, 10.0, 4.0)[(len(calls) - 1) // 5], 0.5
+            rate = (1.0, 10.0, 4.0)[(len(calls) - 1) // 5]
+            # The single env also measures how much its views move.
+            return (rate, 0.5, 2.5) if kind == "single" else (rate, 0.5)
 
         return measure
 
@@ -135,3 +138,5 @@ def test_bench_env_repeats_take_rounds_and_medians(monkeypatch):
     assert result["single"] == {"xcache": 4.0, "none": 4.0}
     assert result["batched"]["2"] == {"xcache": 4.0, "xcache_all": 4.0, "none": 4.0}
     assert result["skip_rate"]["single"] == {"xcache": 0.5, "none": 0.5}
+    assert result["motion"] == {"xcache": 2.5, "none": 2.5}
+    assert result["noise"] == "checkpoint"

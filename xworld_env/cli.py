@@ -13,6 +13,8 @@ import sys
 PRECISIONS = ("float32", "bfloat16", "float16")
 #: Decoder precisions (``engine.DECODE_DTYPES``).
 DECODE_PRECISIONS = ("auto", *PRECISIONS)
+#: Noise modes of the engine (``engine.NOISE_MODES``).
+NOISES = ("fresh", "fixed")
 
 
 def _render_sheet(args: argparse.Namespace) -> int:
@@ -119,6 +121,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "in float32)")
     p.add_argument("--baselines", nargs="*", default=[], choices=["fbcache", "static"],
                    help="baseline caches to time beside X-Cache, at their defaults (default none)")
+    p.add_argument("--noise", choices=NOISES, default=None,
+                   help="noise mode of the envs: one draw per episode reused for every chunk "
+                        "(fixed) or new noise every chunk (fresh); default: the checkpoint's")
     p.add_argument("--checkpoint", default=None, help="world model folder (default: shipped)")
     p.add_argument("--json", default=None, help="write the results to this JSON file")
     p.set_defaults(func=_bench_module("env"))

@@ -19,7 +19,14 @@ from xworld_env.bench.heldout import (
     is_training_seed,
     record_heldout,
 )
-from xworld_env.bench.metrics import psnr, psnr_per_frame, ssim, ssim_per_frame, stitch
+from xworld_env.bench.metrics import (
+    frame_motion,
+    psnr,
+    psnr_per_frame,
+    ssim,
+    ssim_per_frame,
+    stitch,
+)
 from xworld_env.data.shards import episode_seed
 from xworld_env.model.checkpoint import load_bundle, save_bundle
 from xworld_env.types import FAMILIES
@@ -44,6 +51,19 @@ def test_psnr_refuses_mixed_kinds_and_shapes():
         psnr(np.zeros((4, 4, 3), np.uint8), np.zeros((4, 4, 3), np.float32))
     with pytest.raises(ValueError):
         psnr(np.zeros((4, 4, 3)), np.zeros((4, 5, 3)))
+
+
+def test_frame_motion_is_the_mean_change_between_consecutive_frames():
+    still = np.full((5, 2, 4, 4, 3), 77, np.uint8)
+    assert frame_motion(still) == 0.0
+    moving = still.copy()
+    moving[1::2] += 10  # every frame differs from the one before by 10 levels everywhere
+    assert frame_motion(moving) == pytest.approx(10.0)
+    # Half the pixels of the last frame change by 40: 20 over that pair, 0 over the first.
+    three = still[:3].copy()
+    three[2, :, :2] += 40
+    assert frame_motion(three) == pytest.approx(10.0)
+    assert math.isnan(frame_motion(still[:1]))
 
 
 def test_ssim_identical_is_one_and_falls_with_noise():

@@ -57,6 +57,16 @@ def test_result_layout_and_files(quality):
     stable = fam["stable"]
     assert stable["chunks"] == 3 and stable["finite"] is True
     assert isinstance(stable["collapsed"], bool) and stable["std_min"] <= stable["std_median"]
+    # Motion: frame-to-frame change of the rollout and of the simulator over the same chunks.
+    assert fam["motion_sim"] > 0 and fam["motion_model"] >= 0
+    assert fam["motion_ratio"] == pytest.approx(fam["motion_model"] / fam["motion_sim"])
+    episode = fam["per_episode"][0]
+    assert (episode["motion_model"], episode["motion_sim"]) == (
+        fam["motion_model"], fam["motion_sim"])
+    assert stable["sim_motion"] > 0 and stable["motion_tail"] >= 0
+    assert stable["still"] == (stable["motion_tail"] < 0.1 * stable["sim_motion"])
+    assert result["overall"]["stable_still"] == stable["still"]
+    assert result["settings"]["noise"] == "fresh"  # the tiny checkpoint records no noise mode
     wanted = {"collision_auroc", "off_road_accuracy", "speed_mae", "lane_offset_mae"}
     for heads in (fam["heads_sim"], fam["heads_model"], result["overall"]["heads_sim"]):
         assert wanted <= heads.keys()
@@ -157,3 +167,15 @@ def test_standard_error_of_the_mean():
     assert standard_error([1.0, 2.0, 3.0]) == pytest.approx(1.0 / math.sqrt(3.0))
     assert standard_error([0.5, float("inf"), 0.5, float("nan")]) == 0.0  # non-finite left out
     assert math.isnan(standard_error([1.0])) and math.isnan(standard_error([]))
+
+
+def test_noise_mode_is_checked_and_applied(tiny_checkpoint):
+    with pytest.raises(ValueError, match="noise must be one of"):
+        run(checkpoint=tiny_checkpoint, noise="frozen", progress=False)
+    result = run(checkpoint=tiny_checkpoint, episodes=1, horizon=1, families=("merge",),
+                 stable_chunks=2, steer_chunks=0, noise="fixed", progress=False)
+    assert result["settings"]["noise"] == "fixed"
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    assert parser.parse_args(["--noise", "fixed"]).noise == "fixed"
+    assert parser.parse_args([]).noise is None

@@ -10,8 +10,10 @@ import torch
 from tqdm.auto import tqdm
 
 from xworld_env.bench.machine import machine_info, write_json
-from xworld_env.engine import EngineConfig, resolve_decode_dtype
+from xworld_env.bench.metrics import frame_motion
+from xworld_env.engine import NOISE_MODES, EngineConfig, resolve_decode_dtype
 from xworld_env.envs.policies import LaneKeeper
+from xworld_env.types import CAMERA_NAMES
 
 
 def engine_skip_rate(engine) -> float | None:
@@ -20,21 +22,33 @@ def engine_skip_rate(engine) -> float | None:
     return None if stats is None else stats.summary()["skip_rate"]
 
 
+def _views(obs: dict) -> np.ndarray:
+    """The camera views of an observation, stacked (v, H, W, 3)."""
+    return np.stack([obs[name] for name in CAMERA_NAMES])
+
+
 def _single(cache: str, steps: int, seed: int, checkpoint: str | None,
-            precision: tuple[str, str]) -> tuple[float, float | None]:
+            precision: tuple[str, str],
+            noise: str | None = None) -> tuple[float, float | None, float]:
+    """Steps/s, skip rate, and the views' frame-to-frame change over the second half of the
+    steps (``frame_motion``, pixel levels; taken outside the timed steps' own work)."""
     from xworld_env.envs.xworld import XWorldEnv
 
     dtype, decode_dtype = precision
     env = XWorldEnv(cache=cache, family="highway", checkpoint=checkpoint, dtype=dtype,
-                    decode_dtype=decode_dtype)
+                    decode_dtype=decode_dtype, noise=noise)
     policy = LaneKeeper(seed=seed)
     obs, info = env.reset(seed=seed)
-    started = time.perf_counter()
-    for _ in range(steps):
+    views, elapsed = [], 0.0
+    for k in range(steps):
+        started = time.perf_counter()
         obs, _, terminated, truncated, info = env.step(policy(obs, info["family"]))
         if terminated or truncated:
             obs, info = env.reset()
-    return steps / (time.perf_counter() - started), engine_skip_rate(env.engine)
+        elapsed += time.perf_counter() - started
+        if k >= steps // 2:
+            views.append(_views(obs))
+    return steps / elapsed, engine_skip_rate(env.engine), frame_motion(np.stack(views))
 
 
 #: Cache policies of the batched measurements: X-Cache computing only the worlds that need a
@@ -47,12 +61,12 @@ BATCHED_POLICIES = {
 
 
 def _batched(cache, n: int, steps: int, seed: int, checkpoint: str | None,
-             precision: tuple[str, str]) -> tuple[float, float | None]:
+             precision: tuple[str, str], noise: str | None = None) -> tuple[float, float | None]:
     from xworld_env.envs.xworld_vector import XWorldVectorEnv
 
     dtype, decode_dtype = precision
     envs = XWorldVectorEnv(num_envs=n, cache=cache, family="highway", checkpoint=checkpoint,
-                           dtype=dtype, decode_dtype=decode_dtype)
+                           dtype=dtype, decode_dtype=decode_dtype, noise=noise)
     policy = LaneKeeper(seed=seed)
     obs, _ = envs.reset(seed=seed)
     started = time.perf_counter()
@@ -68,7 +82,7 @@ BASELINES = ("fbcache", "static")
 def run(steps: int = 40, sizes: tuple[int, ...] = (1, 4, 8, 16), seed: int = 0,
         checkpoint: str | None = None, dtypes: tuple[str, ...] = ("float32",),
         baselines: tuple[str, ...] = (), decode_dtypes: tuple[str, ...] = ("auto",),
-        repeats: int = 1, progress: bool = True) -> dict:
+        repeats: int = 1, progress: bool = True, noise: str | None = None) -> dict:
     """Env-steps per second (summed over worlds), X-Cache and full compute side by side.
 
     Batched rows also time X-Cache's ``batch_mode="all"`` against the default ``"gather"``;
@@ -88,7 +102,15 @@ def run(steps: int = 40, sizes: tuple[int, ...] = (1, 4, 8, 16), seed: int = 0,
     pair's figures and ``speedup`` each one's rates over the first's. ``decode_dtype`` maps
     each label to the decoder precision it resolved to. ``progress`` shows a bar over the
     measurements.
+
+    ``noise`` is the envs' noise mode (``fixed`` or ``fresh``; None: the checkpoint's). How
+    much a cache can reuse depends on how much the world moves, so the single env's rows carry
+    ``motion``: the views' mean frame-to-frame change (pixel levels 0-255) over the second half
+    of the steps, for each policy.
     """
+    if noise is not None and noise not in NOISE_MODES:
+        raise ValueError(f"noise must be one of {NOISE_MODES} or None (the checkpoint's), "
+                         f"got {noise!r}")
     if not (isinstance(repeats, int) and repeats >= 1):
         raise ValueError(f"repeats must be an int >= 1, got {repeats!r}")
     for name, values in (("dtypes", dtypes), ("decode_dtypes", decode_dtypes)):
@@ -111,20 +133,23 @@ def run(steps: int = 40, sizes: tuple[int, ...] = (1, 4, 8, 16), seed: int = 0,
              for label, precision in labels.items()]
     rates: dict[tuple[str, str, str], list[float]] = {}
     skips: dict[tuple[str, str, str], float | None] = {}
+    motion: dict[tuple[str, str], float] = {}
     bar = tqdm(total=repeats * len(jobs), desc="env measurements", disable=not progress,
                leave=False)
     for _ in range(repeats):
         for row, name, cache, label, precision in jobs:
             bar.set_postfix_str(f"{row} {name} {label}")
             if row == "single":
-                rate, skip = _single(cache, steps, seed, checkpoint, precision)
+                rate, skip, motion[name, label] = _single(cache, steps, seed, checkpoint,
+                                                          precision, noise)
             else:
-                rate, skip = _batched(cache, int(row), steps, seed, checkpoint, precision)
+                rate, skip = _batched(cache, int(row), steps, seed, checkpoint, precision, noise)
             rates.setdefault((row, name, label), []).append(rate)
             skips[row, name, label] = skip
             bar.update()
     bar.close()
-    per = {label: {"single": {}, "batched": {}, "skip_rate": {"single": {}, "batched": {}}}
+    per = {label: {"single": {}, "batched": {}, "skip_rate": {"single": {}, "batched": {}},
+                   "motion": {name: m for (name, lab), m in motion.items() if lab == label}}
            for label in labels}
     for (row, name, label), values in rates.items():
         figures = per[label]
@@ -139,6 +164,7 @@ def run(steps: int = 40, sizes: tuple[int, ...] = (1, 4, 8, 16), seed: int = 0,
     first = next(iter(labels))
     cpu = torch.device("cpu")
     result = {**per[first], "steps": steps, "repeats": repeats, "dtype": dtypes[0],
+              "noise": noise or "checkpoint",
               "decode_dtype": {label: resolve_decode_dtype(dd, dt, cpu)
                                for label, (dt, dd) in labels.items()},
               "machine": machine_info()}
@@ -174,12 +200,17 @@ def _table(figures: dict) -> list[str]:
 def main(args) -> dict:
     result = run(steps=args.steps, sizes=tuple(args.sizes), checkpoint=args.checkpoint,
                  dtypes=tuple(args.dtype), baselines=tuple(args.baselines),
-                 decode_dtypes=tuple(args.decode_dtype), repeats=args.repeats)
+                 decode_dtypes=tuple(args.decode_dtype), repeats=args.repeats,
+                 noise=args.noise)
     labels = list(result["decode_dtype"])
     for label in labels:
         figures = result["precisions"][label] if len(labels) > 1 else result
         print(f"{label} (decoder in {result['decode_dtype'][label]}):")
         print("\n".join(_table(figures)))
+        moves = ", ".join(f"{k} {v:.2f}" for k, v in figures["motion"].items())
+        last = result["steps"] - result["steps"] // 2
+        print(f"single env, frame-to-frame change of the views over the last {last} steps "
+              f"(pixel levels 0-255; {result['noise']} noise): {moves}")
     for label, ratios in result.get("speedup", {}).items():
         rows = [("single", ratios["single"])] + [(f"batched N={n}", r)
                                                  for n, r in ratios["batched"].items()]

@@ -153,3 +153,20 @@ def finite_mean(values: np.ndarray) -> float:
     if finite.size:
         return float(finite.mean())
     return math.inf if values.size else math.nan
+
+
+def frame_motion(frames: np.ndarray) -> float:
+    """How much a video moves: the mean absolute change between consecutive frames.
+
+    Args:
+        frames: (T, ...) images in time order (uint8 or float; the result is in their units,
+            pixel levels 0-255 for uint8).
+
+    Returns:
+        ``mean |frames[t] - frames[t - 1]|`` over every pixel of every consecutive pair; nan
+        with fewer than two frames.
+    """
+    frames = _numpy(frames)
+    if len(frames) < 2:
+        return math.nan
+    return float(np.abs(np.diff(frames.astype(np.float32), axis=0)).mean())

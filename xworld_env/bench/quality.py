@@ -16,7 +16,11 @@ recorded actions; the decoded views are compared with the simulator's frames, ne
   start, how much the views of full-left and full-right steering differ in the model against
   the simulator, and whether they differ the same way: a direct test that the actions control
   the world;
-* ``stable``: whether a long rollout stays finite and keeps its contrast;
+* ``motion_model`` / ``motion_sim`` / ``motion_ratio``: how much the views change from one frame
+  to the next (mean absolute change, pixel levels 0-255) in the rollout and in the simulator over
+  the same chunks, and their ratio: a world model whose rollouts settle into a still scene scores
+  near 0 however well it matches each frame;
+* ``stable``: whether a long rollout stays finite, keeps its contrast and keeps moving (``still``);
 * ``heads_sim`` / ``heads_model``: the heads on the autoencoder latents of the simulator chunks
   (their training input) and on the generated latents, both against the simulator's labels.
 
@@ -40,8 +44,8 @@ from tqdm import tqdm
 
 from xworld_env.bench.heldout import HELDOUT_BASE_SEED, HeldoutEpisode, record_heldout
 from xworld_env.bench.machine import machine_info
-from xworld_env.bench.metrics import finite_mean, psnr
-from xworld_env.engine import WorldModelEngine
+from xworld_env.bench.metrics import finite_mean, frame_motion, psnr
+from xworld_env.engine import NOISE_MODES, WorldModelEngine
 from xworld_env.envs.xworld import DEFAULT_CHECKPOINT, load_runtime
 from xworld_env.model.autoencoder import to_uint8
 from xworld_env.sim.sim_env import XWorldSimEnv
@@ -55,6 +59,9 @@ HORIZONS = (1, 5, 10, 20)
 STRIP_HORIZONS = (1, 2, 5, 10, 20)
 #: A long rollout has collapsed when its pixel std falls below this fraction of the simulator's.
 COLLAPSE_FRACTION = 0.2
+#: A long rollout has stood still when the frame-to-frame change of its last tenth falls below
+#: this fraction of the simulator's (``frame_motion``).
+STILL_FRACTION = 0.1
 #: Chunks of the steering probe (``steering_response``) after the context.
 STEER_CHUNKS = 5
 #: The probe's steering inputs (positive steers left); throttle stays 0.
@@ -141,6 +148,12 @@ def _mean(values: list[float]) -> float:
     return finite_mean(np.asarray(values)) if values else math.nan
 
 
+def _average(values: list[float]) -> float:
+    """Mean of the finite ``values``; nan when there is none."""
+    finite = [v for v in values if math.isfinite(v)]
+    return float(np.mean(finite)) if finite else math.nan
+
+
 def _encode_decode(engine: WorldModelEngine, frames: np.ndarray) -> tuple[torch.Tensor, np.ndarray]:
     """uint8 chunks (t, f, v, H, W, 3) -> (latents (t, v, f, h, w, c), reconstruction uint8)."""
     latents = engine.encode(frames)
@@ -202,6 +215,7 @@ def evaluate_family(
     )
 
     shown = report_horizons(horizon)
+    frame = rollout.frames.shape[3:]  # (v, H, W, 3)
     per_episode, model_h, copy_h, sensitivity, ae = [], {}, {}, [], []
     sim_latents, sim_chunks, model_chunks = [], [], []
     for i, ep in enumerate(episodes):
@@ -226,6 +240,11 @@ def evaluate_family(
                 row["model_psnr"][str(k + 1)] = model
                 row["copy_psnr"][str(k + 1)] = psnr(copy, ep.frames[t])
         row["action_sensitivity_db"] = _mean(diffs)
+        # Frame to frame over the compared chunks: the rollout's own frames, the simulator's.
+        compared = len(diffs)
+        row["motion_model"] = frame_motion(rollout.frames[i, :compared].reshape(-1, *frame))
+        row["motion_sim"] = frame_motion(ep.frames[context : context + compared].reshape(
+            -1, *frame))
         sensitivity.extend(diffs)
         per_episode.append(row)
     counts = {}
@@ -253,10 +272,18 @@ def evaluate_family(
         "action_sensitivity_se_db": standard_error(
             [r["action_sensitivity_db"] for r in per_episode]
         ),
+        **_motion(_average([r["motion_model"] for r in per_episode]),
+                  _average([r["motion_sim"] for r in per_episode])),
         "per_episode": per_episode,
     }
     true_rollout = Rollout(rollout.frames[:n], rollout.latents[:n])
     return metrics, heads_sim, heads_model, true_rollout
+
+
+def _motion(model: float, sim: float) -> dict[str, float]:
+    """``motion_model``, ``motion_sim`` and their ratio (nan where the simulator stands still)."""
+    ratio = model / sim if math.isfinite(model) and math.isfinite(sim) and sim > 0 else math.nan
+    return {"motion_model": model, "motion_sim": sim, "motion_ratio": ratio}
 
 
 def steer_in_sim(episode: HeldoutEpisode, context: int, action: np.ndarray, chunks: int) -> list:
@@ -359,9 +386,11 @@ def stability(
     context while the simulator ran), cycled; all starts run as one batch.
 
     Returns, per start: per-frame pixel std (min, median, last) next to the simulator's median
-    (over its valid frames), ``finite`` (every latent and ego value finite) and ``collapsed`` (not
+    (over its valid frames), ``finite`` (every latent and ego value finite), ``collapsed`` (not
     finite, or the median std of the last tenth of the rollout below ``COLLAPSE_FRACTION`` of the
-    simulator's).
+    simulator's), the frame-to-frame change of the last tenth (``motion_tail``, as
+    ``frame_motion``) next to the simulator's over its valid frames (``sim_motion``), and
+    ``still`` (``motion_tail`` below ``STILL_FRACTION`` of ``sim_motion``).
     """
     cycles = []
     for ep in starts:
@@ -374,19 +403,30 @@ def stability(
         seeds=[ep.seed for ep in starts],
     )
     b = len(starts)
-    stds, finite = [], np.ones(b, bool)
+    stds, moves, finite, last = [], [], np.ones(b, bool), None
     for k in tqdm(range(chunks), desc="stable", leave=False, disable=not progress):
         actions = np.stack([cycle[k % len(cycle)] for cycle in cycles])
         out = engine.step_chunk(actions)
-        stds.append(_frame_std(out.frames.cpu().numpy()))
+        frames = out.frames.cpu().numpy()
+        stds.append(_frame_std(frames))
+        # Per world, the change into every frame of the chunk (from the previous chunk's last).
+        steps = frames.astype(np.float32)
+        if last is not None:
+            steps = np.concatenate([last[:, None], steps], axis=1)
+        moves.append(np.abs(np.diff(steps, axis=1)).reshape(b, steps.shape[1] - 1, -1).mean(-1))
+        last = frames[:, -1].astype(np.float32)
         values = torch.cat([out.latents.reshape(b, -1).float(), out.ego.float()], dim=1)
         finite &= torch.isfinite(values).all(dim=1).cpu().numpy()
     per_frame = np.concatenate(stds, axis=1)  # (b, chunks * f)
+    per_move = np.concatenate(moves, axis=1)  # (b, chunks * f - 1)
     tail = max(1, per_frame.shape[1] // 10)
     results = []
     for i, ep in enumerate(starts):
-        sim_std = float(np.median(_frame_std(ep.frames[ep.valid])))
+        sim_frames = ep.frames[ep.valid]
+        sim_std = float(np.median(_frame_std(sim_frames)))
+        sim_motion = frame_motion(sim_frames.reshape(-1, *sim_frames.shape[2:]))
         tail_std = float(np.median(per_frame[i, -tail:]))
+        motion_tail = float(per_move[i, -tail:].mean()) if per_move.shape[1] else math.nan
         results.append(
             {
                 "chunks": chunks,
@@ -396,6 +436,9 @@ def stability(
                 "sim_std": sim_std,
                 "finite": bool(finite[i]),
                 "collapsed": bool(not finite[i] or tail_std < COLLAPSE_FRACTION * sim_std),
+                "motion_tail": motion_tail,
+                "sim_motion": sim_motion,
+                "still": bool(motion_tail < STILL_FRACTION * sim_motion),
             }
         )
     return results
@@ -468,11 +511,7 @@ def _bars(families: dict) -> dict[str, bool]:
 
 def _overall(families: dict, heads_sim: dict, heads_model: dict) -> dict:
     fams = list(families.values())
-
-    def mean(values: list[float]) -> float:
-        finite = [v for v in values if math.isfinite(v)]
-        return float(np.mean(finite)) if finite else math.nan
-
+    mean = _average
     horizons = fams[0]["model_psnr"].keys()
     return {
         "ae_psnr": mean([f["ae_psnr"] for f in fams]),
@@ -484,8 +523,10 @@ def _overall(families: dict, heads_sim: dict, heads_model: dict) -> dict:
             sum(f["action_sensitivity_se_db"] ** 2 for f in fams)
         ) / len(fams),
         **{key: mean([f[key] for f in fams]) for key in STEER_KEYS if key in fams[0]},
+        **_motion(mean([f["motion_model"] for f in fams]), mean([f["motion_sim"] for f in fams])),
         "stable_finite": all(f["stable"]["finite"] for f in fams),
         "stable_collapsed": any(f["stable"]["collapsed"] for f in fams),
+        "stable_still": any(f["stable"]["still"] for f in fams),
         "heads_sim": heads_sim,
         "heads_model": heads_model,
     }
@@ -518,6 +559,7 @@ def run(
     base_seed: int = HELDOUT_BASE_SEED,
     json_path: str | Path | None = None,
     progress: bool = True,
+    noise: str | None = None,
 ) -> dict:
     """Measures the world model against the teacher simulator on held-out episodes.
 
@@ -534,6 +576,8 @@ def run(
         base_seed: first held-out seed (see :mod:`xworld_env.bench.heldout`).
         json_path: where to write the JSON; the PNG strip goes beside it (same stem, ``.png``).
         progress: show tqdm bars.
+        noise: the engine's noise mode (``EngineConfig.noise``: ``fixed`` or ``fresh``); None
+            (default): the checkpoint's, as the env runs it.
 
     Returns:
         ``{"families", "overall", "bars", "machine", "settings"}`` as written to the JSON, with
@@ -549,9 +593,12 @@ def run(
                          f"{steer_chunks}")
     if not families:
         raise ValueError("families must name at least one family")
+    if noise is not None and noise not in NOISE_MODES:
+        raise ValueError(f"noise must be one of {NOISE_MODES} or None (the checkpoint's), "
+                         f"got {noise!r}")
     started = time.perf_counter()
     # Quality is measured on the engine as the env runs it; the bank is loaded but unused.
-    runtime = load_runtime(checkpoint, None, device, "float32")
+    runtime = load_runtime(checkpoint, None, device, "float32", noise=noise)
     engine = runtime.engine
 
     held: dict[str, list[HeldoutEpisode]] = {}
@@ -611,6 +658,8 @@ def run(
             "num_steps": engine.sampler.num_steps,
             "window": engine.config.kv_cache.window,
             "executor": type(engine.executor).__name__,
+            "noise": engine.config.noise,
+            "still_fraction": STILL_FRACTION,
             "noise_seed": "the episode's seed",
             "counterfactual_actions": "next episode of the family (one episode: negated)",
             "collapse_fraction": COLLAPSE_FRACTION,
@@ -638,7 +687,8 @@ def print_table(result: dict) -> None:
     head = f"{'family':<13}{'AE':>7}" + "".join(f"{'m@' + h:>7}{'c@' + h:>7}" for h in horizons)
     print("PSNR dB vs the simulator (m = model, c = copy last frame, @ chunks ahead; episodes:\n"
           "held-out episodes still running at each horizon, '-': none)")
-    print(head + f"{'act dB':>8}{'± se':>7}{'episodes':>10}{'std last/sim':>14}")
+    print(head + f"{'act dB':>8}{'± se':>7}{'episodes':>10}{'std last/sim':>14}"
+          f"{'motion m/sim':>14}")
     rows = [*result["families"].items(), ("overall", result["overall"])]
     for name, r in rows:
         line = f"{name:<13}{_fmt(r['ae_psnr'])}"
@@ -653,6 +703,11 @@ def print_table(result: dict) -> None:
             s = r["stable"]
             flag = " collapsed" if s["collapsed"] else ("" if s["finite"] else " non-finite")
             line += f"{s['std_last']:>8.1f}/{s['sim_std']:<5.1f}{flag}"
+        else:
+            line += f"{'':>14}"
+        line += f"{_fmt(r['motion_model'], 8)}/{_fmt(r['motion_sim'], 5).strip():<5}"
+        if "stable" in r and r["stable"]["still"]:
+            line += f" still ({r['stable']['motion_tail']:.2f} at the end)"
         print(line)
     keys = ("collision_auroc", "off_road_auroc", "collision_accuracy", "off_road_accuracy",
             "speed_mae", "lane_offset_mae", "heading_error_mae")
@@ -671,12 +726,15 @@ def print_table(result: dict) -> None:
             print(f"{name:<13}{_fmt(r['steer_gap_sim'], 9)}{_fmt(r['steer_gap_model'], 11)}"
                   f"{_fmt(r['steer_response'], 10, 3)}{_fmt(r['steer_alignment'], 11, 3)}")
     bars = ", ".join(f"{k}: {'yes' if v else 'no'}" for k, v in result["bars"].items())
+    print("(motion: mean change from one frame to the next, pixel levels 0-255, over the compared "
+          "chunks; 'still': the stability rollout's last tenth moves less than "
+          f"{STILL_FRACTION:.0%} of the simulator)")
     print(f"\nbars: {bars}")
     s, machine = result["settings"], result["machine"]
     device = f", {machine['cuda_device']}" if "cuda_device" in machine else ""
     print(f"({s['episodes']} episode(s) x {len(s['families'])} family(ies), "
           f"context {s['context']}, horizon {s['horizon']}, "
-          f"{s['stable_chunks']}-chunk stability rollout, full compute; "
+          f"{s['stable_chunks']}-chunk stability rollout, full compute, {s['noise']} noise; "
           f"{s['seconds']:.0f} s on {machine['cpu_count']} CPU cores{device})")
 
 
@@ -696,6 +754,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="chunks of the steering probe, full left against full right "
                              f"steering in model and simulator (default {STEER_CHUNKS}; 0 skips)")
     parser.add_argument("--device", default="cpu", help="torch device (default cpu)")
+    parser.add_argument("--noise", choices=NOISE_MODES, default=None,
+                        help="noise mode of the engine: one draw per episode reused for every "
+                             "chunk (fixed) or new noise every chunk (fresh); default: the "
+                             "checkpoint's, as the env runs it")
     parser.add_argument("--json", default=None,
                         help="write the results here, and the PNG strip beside it")
 
@@ -711,6 +773,7 @@ def main(args: argparse.Namespace) -> dict:
         steer_chunks=args.steer_chunks,
         device=args.device,
         json_path=args.json,
+        noise=args.noise,
     )
     print_table(result)
     if args.json:
