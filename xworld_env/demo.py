@@ -11,6 +11,7 @@ import numpy as np
 from tqdm import tqdm
 
 from xworld_env.bench.machine import machine_info
+from xworld_env.bench.metrics import frame_motion
 from xworld_env.envs.policies import LaneKeeper
 from xworld_env.envs.xworld import XWorldEnv
 from xworld_env.types import CAMERA_NAMES
@@ -81,6 +82,10 @@ def run_demo(out: str | Path = "xworld_demo.gif", steps: int = 40, seed: int = 0
         "decode_dtype": env.engine.decode_dtype,
         "psnr_vs_full_mean_db": float(np.mean(finite)) if finite else float("inf"),
         "psnr_vs_full_min_db": float(np.min(finite)) if finite else float("inf"),
+        # How much the world still moves: the views' change from one step to the next over the
+        # second half of the drive, the cached run's and the full-compute replay's.
+        "motion": frame_motion(np.stack(fast["views"][len(fast["views"]) // 2:])),
+        "full_compute_motion": frame_motion(np.stack(full["views"][len(full["views"]) // 2:])),
         "machine": machine_info(),
     }
     result["speedup"] = result["steps_per_s"] / result["full_compute_steps_per_s"]
@@ -103,4 +108,7 @@ def main(args) -> dict:
     else:
         fidelity = "identical frames"
     print(f"skip rate: {result['skip_rate']:.2f}   PSNR vs full compute: {fidelity}")
+    print(f"views' change from one step to the next over the second half (pixel levels 0-255): "
+          f"{result['motion']:.2f} with {args.cache}, {result['full_compute_motion']:.2f} with "
+          "full compute")
     return result

@@ -195,6 +195,11 @@ def test_run_reports_every_policy(result):
     assert math.isfinite(overall["none"]["sim_psnr_mean"])
     assert overall["xcache_off"]["sim_psnr_mean"] == overall["none"]["sim_psnr_mean"]
     assert all(math.isfinite(p["sim_psnr_mean"]) for p in result["sweep"]["points"])
+    # Motion: the same frames move the same; the simulator's is one figure for every policy.
+    assert overall["none"]["motion"] >= 0 and overall["none"]["sim_motion"] > 0
+    assert overall["xcache_off"]["motion"] == overall["none"]["motion"]
+    assert len({row["sim_motion"] for row in overall.values()}) == 1
+    assert all(p["motion"] >= 0 for p in result["sweep"]["points"])
     # Static reuse with k=1, n=2 reuses every other chunk after warmup: chunk 2 of 3.
     assert overall["static"]["skip_rate"] > 0.0
     assert overall["static"]["psnr_min"] < math.inf

@@ -20,6 +20,10 @@ Protocol:
   views against the simulator's own frames of the episode (its valid chunks), under the same
   actions, for every policy including full compute: how far the world model is from the ground
   truth, beside how far a cache moves it from its full-compute rollout.
+* Motion: ``motion`` is how much a policy's rollout moves, the mean change from one frame to the
+  next of the seven views (pixel levels 0-255, ``frame_motion``) over the chunks the simulator
+  produced, and ``sim_motion`` the simulator's own over the same chunks: a cache that freezes
+  the world shows it here as well as in PSNR.
 * Drift: X-Cache (``drift_policy``) reusing only in the first T chunks and computing in full
   after (``drift_chunks``), against the full-compute rollout: whether the difference reuse made
   fades or grows once reuse stops, i.e. how much of a policy's worst frame the world model
@@ -51,6 +55,7 @@ from xworld_env.bench.heldout import HELDOUT_BASE_SEED, HeldoutEpisode, record_h
 from xworld_env.bench.machine import machine_info
 from xworld_env.bench.metrics import (
     finite_mean,
+    frame_motion,
     mse_per_frame,
     peak_value,
     psnr_from_mse,
@@ -280,7 +285,8 @@ def compare(
 class EpisodeResult:
     """Everything measured for one (episode, policy): times of every repeat, first-repeat
     counters and fidelity, and the first repeat's per-frame PSNR against the simulator's frames
-    (``simulator_psnr``); for the reference, also its first repeat's frames."""
+    (``simulator_psnr``) and motion beside the simulator's (``simulator_motion``); for the
+    reference, also its first repeat's frames."""
 
     episode: HeldoutEpisode
     times: list[dict[str, float]] = field(default_factory=list)
@@ -288,6 +294,8 @@ class EpisodeResult:
     fidelity: Fidelity | None = None
     sim_psnr: np.ndarray | None = None
     frames: np.ndarray | None = None
+    motion: float = math.nan
+    sim_motion: float = math.nan
 
     def median(self, key: str) -> float:
         return float(np.median([t[key] for t in self.times]))
@@ -331,6 +339,8 @@ def measure(
                 if r == 0:
                     result.counts = out.counts
                     result.sim_psnr = simulator_psnr(out.frames, episode, context)
+                    result.motion, result.sim_motion = simulator_motion(out.frames, episode,
+                                                                        context)
                     first_frames[label] = out.frames
                 elif r == 1 and label == REFERENCE:
                     result.fidelity = compare(out.frames, result.frames, device=device)
@@ -353,6 +363,19 @@ def simulator_psnr(frames: np.ndarray, episode: HeldoutEpisode, context: int) ->
     if not valid.any():
         return np.zeros(0)
     return frame_psnr(frames[valid], truth[valid])
+
+
+def simulator_motion(
+    frames: np.ndarray, episode: HeldoutEpisode, context: int
+) -> tuple[float, float]:
+    """``frame_motion`` of a rollout's frames, (chunks, F, V, H, W, 3) generated after
+    ``context`` chunks, and of the episode's simulator frames, both over the chunks the simulator
+    produced; nan where it produced none."""
+    valid = episode.valid[context:context + len(frames)]
+    truth = episode.frames[context:context + len(frames)][valid]
+    shape = frames.shape[2:]
+    return (frame_motion(frames[:len(valid)][valid].reshape(-1, *shape)),
+            frame_motion(truth.reshape(-1, *shape)))
 
 
 def frame_psnr(frames: np.ndarray, reference: np.ndarray) -> np.ndarray:
@@ -429,6 +452,9 @@ def summarize(
     out.update(_fidelity_summary([r.fidelity for r in results]))
     sim = [r.sim_psnr for r in results if r.sim_psnr is not None and len(r.sim_psnr)]
     out["sim_psnr_mean"] = finite_mean(np.concatenate(sim)) if sim else None
+    for key in ("motion", "sim_motion"):
+        values = [getattr(r, key) for r in results if math.isfinite(getattr(r, key))]
+        out[key] = float(np.mean(values)) if values else None
     return out
 
 
@@ -773,7 +799,7 @@ def run(
                 **{k: s[k] for k in ("skip_rate", "skip_rate_all", "pass_agreement",
                                      "dit_speedup", "step_speedup", "denoise_speedup",
                                      "psnr_mean", "psnr_min", "psnr_pooled", "ssim_mean",
-                                     "sim_psnr_mean")},
+                                     "sim_psnr_mean", "motion")},
             })
         result["sweep"] = {
             "episodes": [{"family": ep.family, "seed": ep.seed} for ep in subset],
@@ -791,7 +817,8 @@ def format_table(result: dict[str, Any]) -> str:
     """The readable table: family × policy, then where the time goes."""
     head = (f"{'family':<13}{'policy':<9}{'skip':>6}{'skip_all':>9}{'agree':>7}{'dit x':>7}"
             f"{'step x':>7}"
-            f"{'denoise x':>10}{'PSNR mean':>10}{'PSNR min':>9}{'SSIM':>8}{'sim PSNR':>9}")
+            f"{'denoise x':>10}{'PSNR mean':>10}{'PSNR min':>9}{'SSIM':>8}{'sim PSNR':>9}"
+            f"{'motion':>8}")
     lines = [head, "-" * len(head)]
     groups = [*result["families"].items(), ("overall", result["overall"])]
     for family, rows in groups:
@@ -801,8 +828,11 @@ def format_table(result: dict[str, Any]) -> str:
                 f"{_num(s.get('pass_agreement'), 2):>7}{s['dit_speedup']:>7.2f}"
                 f"{s['step_speedup']:>7.2f}{s['denoise_speedup']:>10.2f}"
                 f"{_db(s['psnr_mean']):>10}{_db(s['psnr_min']):>9}{_num(s['ssim_mean']):>8}"
-                f"{_db(s['sim_psnr_mean']):>9}"
+                f"{_db(s['sim_psnr_mean']):>9}{_num(s.get('motion'), 2):>8}"
             )
+    sim_motion = result["overall"][REFERENCE].get("sim_motion")
+    lines.append(f"(motion: mean change from one frame to the next, pixel levels 0-255; the "
+                 f"simulator's over the same chunks: {_num(sim_motion, 2)})")
     lines.append("")
     stages = ("denoise", "kv_update", "decode", "heads", "other", "step")
     lines.append(f"{'ms per chunk':<13}" + "".join(f"{s:>11}" for s in stages))
