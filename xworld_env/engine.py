@@ -104,7 +104,9 @@ class EngineConfig:
         noise: ``"fresh"`` draws new noise for every chunk; ``"fixed"`` draws each world's
             starting and re-noising noise once per episode and uses it for every chunk, so that
             consecutive chunks differ only where the world changes (each chunk's noise is still
-            standard normal; successive chunks share it).
+            standard normal; successive chunks share it). What X-Cache needs to reuse; on the
+            shipped model it also lets a world under steady actions settle into a still scene
+            (docs/performance.md, "Motion").
         dtype: compute precision of the DiT and the decoder, a key of ``COMPUTE_DTYPES``.
             On a CPU with AMX, ``bfloat16`` made full-compute env steps 1.5x (one world) to 2x
             (16 worlds) faster; on CPUs without AMX or AVX512-BF16 it is slower than ``float32``.

@@ -137,7 +137,9 @@ class XWorldEnv(gym.Env):
     ``"float32"``, ``"bfloat16"``, ``"float16"``, see ``EngineConfig``), ``decode_dtype``
     (the decoder's precision, default ``"auto"``: bfloat16 on CPUs with AMX or AVX512-BF16
     when ``dtype`` is float32; see ``EngineConfig``), ``num_steps``,
-    ``window``, ``noise`` (``"fresh"`` or ``"fixed"``, see ``EngineConfig``), ``reward``,
+    ``window``, ``noise`` (``"fresh"`` or ``"fixed"``, see ``EngineConfig``; the shipped
+    checkpoint's ``"fixed"`` lets X-Cache reuse, and its world stands still under steady
+    actions), ``reward``,
     ``include_ego``, ``render_mode``.
 
     ## Version history
