@@ -31,7 +31,8 @@ def _single(cache: str, steps: int, seed: int, checkpoint: str | None,
             precision: tuple[str, str],
             noise: str | None = None) -> tuple[float, float | None, float]:
     """Steps/s, skip rate, and the views' frame-to-frame change over the second half of the
-    steps (``frame_motion``, pixel levels; taken outside the timed steps' own work)."""
+    steps (``frame_motion`` of each step's observation against the one before, within an
+    episode, pixel levels; taken outside the timed steps' own work; nan with no such pair)."""
     from xworld_env.envs.xworld import XWorldEnv
 
     dtype, decode_dtype = precision
@@ -39,16 +40,20 @@ def _single(cache: str, steps: int, seed: int, checkpoint: str | None,
                     decode_dtype=decode_dtype, noise=noise)
     policy = LaneKeeper(seed=seed)
     obs, info = env.reset(seed=seed)
-    views, elapsed = [], 0.0
+    before, changes, elapsed = _views(obs), [], 0.0
     for k in range(steps):
         started = time.perf_counter()
         obs, _, terminated, truncated, info = env.step(policy(obs, info["family"]))
-        if terminated or truncated:
+        ended = terminated or truncated
+        if ended:
             obs, info = env.reset()
         elapsed += time.perf_counter() - started
-        if k >= steps // 2:
-            views.append(_views(obs))
-    return steps / elapsed, engine_skip_rate(env.engine), frame_motion(np.stack(views))
+        now = _views(obs)
+        if k >= steps // 2 and not ended:  # a reset's jump to a new start is not motion
+            changes.append(frame_motion(np.stack([before, now])))
+        before = now
+    motion = float(np.mean(changes)) if changes else float("nan")
+    return steps / elapsed, engine_skip_rate(env.engine), motion
 
 
 #: Cache policies of the batched measurements: X-Cache computing only the worlds that need a
