@@ -64,6 +64,9 @@ def test_frame_motion_is_the_mean_change_between_consecutive_frames():
     three[2, :, :2] += 40
     assert frame_motion(three) == pytest.approx(10.0)
     assert math.isnan(frame_motion(still[:1]))
+    # A new episode starting at frame 2 leaves its jump out: only the first pair, 0, is kept.
+    assert frame_motion(three, starts=[2]) == 0.0
+    assert math.isnan(frame_motion(three, starts=[1, 2]))
 
 
 def test_ssim_identical_is_one_and_falls_with_noise():

@@ -10,21 +10,15 @@ import torch
 from tqdm.auto import tqdm
 
 from xworld_env.bench.machine import machine_info, write_json
-from xworld_env.bench.metrics import frame_motion
+from xworld_env.bench.metrics import frame_motion, observed_views
 from xworld_env.engine import NOISE_MODES, EngineConfig, resolve_decode_dtype
 from xworld_env.envs.policies import LaneKeeper
-from xworld_env.types import CAMERA_NAMES
 
 
 def engine_skip_rate(engine) -> float | None:
     """Skip rate of the engine's cache policy so far (None for full compute)."""
     stats = getattr(engine.executor, "stats", None)
     return None if stats is None else stats.summary()["skip_rate"]
-
-
-def _views(obs: dict) -> np.ndarray:
-    """The camera views of an observation, stacked (v, H, W, 3)."""
-    return np.stack([obs[name] for name in CAMERA_NAMES])
 
 
 def _single(cache: str, steps: int, seed: int, checkpoint: str | None,
@@ -40,19 +34,18 @@ def _single(cache: str, steps: int, seed: int, checkpoint: str | None,
                     decode_dtype=decode_dtype, noise=noise)
     policy = LaneKeeper(seed=seed)
     obs, info = env.reset(seed=seed)
-    before, changes, elapsed = _views(obs), [], 0.0
-    for k in range(steps):
+    # views[k] is the observation after step k (views[0] the reset's); starts: new episodes.
+    views, starts, elapsed = [observed_views(obs)], [], 0.0
+    for _ in range(steps):
         started = time.perf_counter()
         obs, _, terminated, truncated, info = env.step(policy(obs, info["family"]))
-        ended = terminated or truncated
-        if ended:
+        if terminated or truncated:
             obs, info = env.reset()
+            starts.append(len(views))
         elapsed += time.perf_counter() - started
-        now = _views(obs)
-        if k >= steps // 2 and not ended:  # a reset's jump to a new start is not motion
-            changes.append(frame_motion(np.stack([before, now])))
-        before = now
-    motion = float(np.mean(changes)) if changes else float("nan")
+        views.append(observed_views(obs))
+    half = steps // 2  # the changes into steps half + 1 .. steps
+    motion = frame_motion(np.stack(views[half:]), [t - half for t in starts if t > half])
     return steps / elapsed, engine_skip_rate(env.engine), motion
 
 

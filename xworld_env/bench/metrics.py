@@ -7,10 +7,13 @@ must have the same shape and kind.
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
 
 import numpy as np
 import torch
 import torch.nn.functional as F  # noqa: N812
+
+from xworld_env.types import CAMERA_NAMES
 
 #: SSIM constants of Wang et al. (2004), relative to the peak value.
 SSIM_K1, SSIM_K2 = 0.01, 0.03
@@ -155,18 +158,28 @@ def finite_mean(values: np.ndarray) -> float:
     return math.inf if values.size else math.nan
 
 
-def frame_motion(frames: np.ndarray) -> float:
+def frame_motion(frames: np.ndarray, starts: Iterable[int] = ()) -> float:
     """How much a video moves: the mean absolute change between consecutive frames.
 
     Args:
         frames: (T, ...) images in time order (uint8 or float; the result is in their units,
             pixel levels 0-255 for uint8).
+        starts: indices ``t`` where a new episode begins: the pair ``t - 1, t`` is a jump to a
+            new start, not motion, and is left out.
 
     Returns:
-        ``mean |frames[t] - frames[t - 1]|`` over every pixel of every consecutive pair; nan
-        with fewer than two frames.
+        ``mean |frames[t] - frames[t - 1]|`` over every pixel of every consecutive pair kept;
+        nan when no pair is kept.
     """
     frames = _numpy(frames)
     if len(frames) < 2:
         return math.nan
-    return float(np.abs(np.diff(frames.astype(np.float32), axis=0)).mean())
+    change = np.abs(np.diff(frames.astype(np.float32), axis=0))
+    kept = np.ones(len(change), dtype=bool)
+    kept[[t - 1 for t in starts if 1 <= t < len(frames)]] = False
+    return float(change[kept].mean()) if kept.any() else math.nan
+
+
+def observed_views(obs: dict) -> np.ndarray:
+    """The camera views of an env observation, stacked in ``CAMERA_NAMES`` order (v, H, W, 3)."""
+    return np.stack([obs[name] for name in CAMERA_NAMES])
