@@ -11,7 +11,7 @@ from xworld_env.config import build, compose
 from xworld_env.data.generate import GenerateConfig, generate
 from xworld_env.data.scenario_bank import build_scenario_bank
 from xworld_env.model.autoencoder import Autoencoder, AutoencoderConfig
-from xworld_env.model.checkpoint import WorldModelBundle, save_bundle
+from xworld_env.model.checkpoint import WorldModelBundle, load_bundle, save_bundle
 from xworld_env.model.dit import CausalDiT, dit_config
 from xworld_env.model.heads import Heads, HeadsConfig
 
@@ -38,6 +38,18 @@ def tiny_checkpoint(tmp_path_factory):
     path = tmp_path_factory.mktemp("ckpt") / "tiny"
     metadata = {"engine": {"num_steps": 2, "shift": 3.0, "window": 2}}
     save_bundle(path, WorldModelBundle(ae.eval(), dit.eval(), heads.eval(), metadata))
+    return path
+
+
+@pytest.fixture(scope="session")
+def calm_checkpoint(tiny_checkpoint, tmp_path_factory):
+    """The tiny world model with its event logits pushed far below zero, so that its episodes
+    run on (the random heads of ``tiny_checkpoint`` end every episode at its first step)."""
+    bundle = load_bundle(tiny_checkpoint)
+    with torch.no_grad():
+        bundle.heads.mlp[-1].bias[-2:] = -50.0
+    path = tmp_path_factory.mktemp("calm") / "calm"
+    save_bundle(path, bundle)
     return path
 
 

@@ -25,13 +25,23 @@ def test_drive_runs_all_steps_across_episodes_and_replays_exactly(tiny_env_kwarg
         np.testing.assert_array_equal(a, b)
 
 
-def test_run_demo_writes_the_video_and_reports_speed_fidelity_and_motion(tiny_checkpoint,
+def test_run_demo_writes_the_video_and_reports_speed_fidelity_and_motion(calm_checkpoint,
                                                                          tmp_path):
     from xworld_env.demo import run_demo
 
-    result = run_demo(tmp_path / "demo.gif", steps=4, checkpoint=str(tiny_checkpoint))
+    # Episodes that run on: motion is taken within an episode.
+    result = run_demo(tmp_path / "demo.gif", steps=4, checkpoint=str(calm_checkpoint))
     assert (tmp_path / "demo.gif").stat().st_size > 0
     assert result["steps"] == 4 and result["speedup"] > 0
     assert 0.0 <= result["skip_rate"] <= 1.0
     assert result["psnr_vs_full_min_db"] <= result["psnr_vs_full_mean_db"]
     assert result["motion"] >= 0.0 and result["full_compute_motion"] >= 0.0
+
+
+def test_run_demo_motion_leaves_out_the_jumps_of_resets(tiny_checkpoint, tmp_path):
+    from xworld_env.demo import run_demo
+
+    # The random heads end every episode at its first step: no two views within one episode.
+    result = run_demo(tmp_path / "demo.gif", steps=4, checkpoint=str(tiny_checkpoint))
+    assert result["episodes"] == 4
+    assert np.isnan(result["motion"]) and np.isnan(result["full_compute_motion"])

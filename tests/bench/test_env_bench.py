@@ -3,22 +3,8 @@
 import math
 
 import pytest
-import torch
 
 from xworld_env.bench import env as bench_env
-from xworld_env.model.checkpoint import load_bundle, save_bundle
-
-
-@pytest.fixture(scope="module")
-def calm_checkpoint(tiny_checkpoint, tmp_path_factory):
-    """The tiny world model with its event logits pushed far below zero, so that its episodes
-    run on (the random heads of ``tiny_checkpoint`` end every episode at its first step)."""
-    bundle = load_bundle(tiny_checkpoint)
-    with torch.no_grad():
-        bundle.heads.mlp[-1].bias[-2:] = -50.0
-    path = tmp_path_factory.mktemp("calm") / "calm"
-    save_bundle(path, bundle)
-    return path
 
 
 def test_single_and_batched_rows_with_motion_under_a_chosen_noise(calm_checkpoint):
