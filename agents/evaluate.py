@@ -1,87 +1,219 @@
-"""``python -m agents.evaluate POLICY.zip``: a saved policy in the world model and in the
-ground-truth simulator, side by side (mean return, collision rate, distance driven)."""
+"""``python -m agents.evaluate POLICY [POLICY ...]``: policies in the world model and in the
+ground-truth simulator, side by side.
+
+A policy is a saved SB3 model (``.zip``, run deterministically) or one of the reference
+policies: ``random`` (uniform actions), ``idle`` (zero action: no throttle, no steering) and
+``lane-keeper`` (``xworld_env.envs.policies.LaneKeeper``). Every policy drives the same episodes
+(seeds ``seed``, ``seed + 1``, ...) in ``XWorld-v0`` and in ``XWorldSim-v0``; the table gives the
+mean return, its standard error, the collision and off-road rates, the mean episode length and the
+distance driven (speed x 0.5 s per step; in ``XWorld-v0`` the speed the heads read).
+"""
 
 from __future__ import annotations
 
 import argparse
 import json
 import sys
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
+from tqdm import tqdm
+
+#: Policies evaluated by name rather than from a file.
+REFERENCE_POLICIES = ("random", "idle", "lane-keeper")
+#: Environments a policy is evaluated in, by the name ``--envs`` takes.
+ENV_IDS = {"world": "XWorld-v0", "sim": "XWorldSim-v0"}
+#: Seconds of driving per env step (one chunk).
+STEP_SECONDS = 0.5
+
+#: ``policy(obs, family) -> action``.
+Policy = Callable[[dict, str], np.ndarray]
 
 
-def evaluate_in(env, policy, episodes: int, seed: int, max_steps: int) -> dict:
-    """Runs ``episodes`` episodes; ``policy(obs) -> action``."""
-    returns, collisions, distances = [], 0, []
-    for e in range(episodes):
+def sb3_policy(path: str) -> Policy:
+    """``(obs, family) -> action`` of a saved SB3 PPO model (deterministic)."""
+    from stable_baselines3 import PPO
+
+    model = PPO.load(path, device="cpu")
+    return lambda obs, family: model.predict(obs, deterministic=True)[0]
+
+
+def reference_policy(name: str, seed: int = 0) -> Policy:
+    """One of :data:`REFERENCE_POLICIES` as ``(obs, family) -> action``."""
+    if name == "random":
+        rng = np.random.default_rng(seed)
+        return lambda obs, family: rng.uniform(-1.0, 1.0, 2).astype(np.float32)
+    if name == "idle":
+        return lambda obs, family: np.zeros(2, np.float32)
+    if name == "lane-keeper":
+        from xworld_env.envs.policies import LaneKeeper
+
+        keeper = LaneKeeper()
+        return lambda obs, family: keeper(obs, family)
+    raise ValueError(f"unknown reference policy {name!r}; accepted: {REFERENCE_POLICIES} "
+                     f"or a saved SB3 model (.zip)")
+
+
+def load_policy(spec: str, seed: int = 0) -> Policy:
+    """A policy from a saved model's path or a reference policy's name."""
+    if spec in REFERENCE_POLICIES:
+        return reference_policy(spec, seed)
+    if not Path(spec).is_file():
+        raise ValueError(f"policy {spec!r} is neither a file nor a reference policy; accepted: "
+                         f"a saved SB3 model (.zip) or one of {REFERENCE_POLICIES}")
+    return sb3_policy(spec)
+
+
+def _events(info: dict, threshold: float) -> tuple[bool, bool]:
+    """(collision, off road) of a step: the simulator's flags, or the world model's event
+    probabilities above the env's termination threshold."""
+    if "collision" in info:
+        return bool(info["collision"]), bool(info["off_road"])
+    return info["collision_prob"] > threshold, info["off_road_prob"] > threshold
+
+
+def evaluate_in(env, policy: Policy, episodes: int, seed: int, max_steps: int,
+                progress: str | None = None) -> dict:
+    """Runs ``episodes`` episodes of ``policy`` in ``env`` (seeds ``seed``, ``seed + 1``, ...).
+
+    Args:
+        env: an ``XWorld-v0`` or ``XWorldSim-v0`` env (unwrapped or not).
+        policy: ``(obs, family) -> action``.
+        episodes: episodes to run.
+        seed: seed of the first episode's reset.
+        max_steps: steps after which an episode is cut.
+        progress: label of a progress bar over the episodes (None: no bar).
+    """
+    threshold = getattr(getattr(env.unwrapped, "reward_config", None), "event_threshold", 0.5)
+    returns, lengths, distances = [], [], []
+    collisions = off_roads = 0
+    for e in tqdm(range(episodes), desc=progress, disable=progress is None, leave=False):
         obs, info = env.reset(seed=seed + e)
-        total, distance = 0.0, 0.0
+        family = info["family"]
+        total, distance, steps = 0.0, 0.0, 0
+        collided = off_road = False
         for _ in range(max_steps):
-            obs, reward, terminated, truncated, info = env.step(policy(obs))
+            obs, reward, terminated, truncated, info = env.step(policy(obs, family))
             total += reward
-            distance += float(info["ego"]["speed"]) * 0.5
+            steps += 1
+            distance += float(info["ego"]["speed"]) * STEP_SECONDS
+            collided, off_road = _events(info, threshold)
             if terminated or truncated:
                 break
-        collided = info.get("collision", info.get("collision_prob", 0.0) > 0.5)
-        collisions += bool(collided)
+        collisions += collided
+        off_roads += off_road
         returns.append(total)
+        lengths.append(steps)
         distances.append(distance)
     return {
         "episodes": episodes,
         "mean_return": float(np.mean(returns)),
+        "return_se": float(np.std(returns, ddof=1) / np.sqrt(episodes)) if episodes > 1 else None,
         "collision_rate": collisions / episodes,
+        "off_road_rate": off_roads / episodes,
+        "mean_steps": float(np.mean(lengths)),
         "mean_distance_m": float(np.mean(distances)),
     }
 
 
-def sb3_policy(path: str):
-    """``obs -> action`` of a saved SB3 PPO model (deterministic)."""
-    from stable_baselines3 import PPO
-
-    model = PPO.load(path, device="cpu")
-    return lambda obs: model.predict(obs, deterministic=True)[0]
-
-
-def evaluate(policy_path: str, episodes: int = 5, seed: int = 100, max_steps: int = 80,
-             checkpoint: str | None = None, scenario_bank: str | None = None,
-             family: str | None = None) -> dict:
-    """The same policy in ``XWorld-v0`` and ``XWorldSim-v0``."""
+def make_envs(envs: Sequence[str] = tuple(ENV_IDS), checkpoint: str | None = None,
+              scenario_bank: str | None = None, family: str | None = None,
+              noise: str | None = None) -> dict:
+    """The environments to evaluate in, by env id (``--envs`` names: ``world``, ``sim``);
+    ``noise`` is the world model's (None: the checkpoint's)."""
     from xworld_env.envs.xworld import XWorldEnv
     from xworld_env.sim.sim_env import XWorldSimEnv
 
-    policy = sb3_policy(policy_path)
-    world = XWorldEnv(checkpoint=checkpoint, scenario_bank=scenario_bank, family=family)
-    sim = XWorldSimEnv(family=family)
-    return {
-        "policy": policy_path,
-        "XWorld-v0": evaluate_in(world, policy, episodes, seed, max_steps),
-        "XWorldSim-v0": evaluate_in(sim, policy, episodes, seed, max_steps),
-    }
+    unknown = [e for e in envs if e not in ENV_IDS]
+    if unknown or not envs:
+        raise ValueError(f"envs must be a non-empty subset of {tuple(ENV_IDS)}, got {list(envs)}")
+    made = {}
+    if "world" in envs:
+        made[ENV_IDS["world"]] = XWorldEnv(checkpoint=checkpoint, scenario_bank=scenario_bank,
+                                           family=family, noise=noise)
+    if "sim" in envs:
+        made[ENV_IDS["sim"]] = XWorldSimEnv(family=family)
+    return made
+
+
+def evaluate(policy: str, episodes: int = 5, seed: int = 100, max_steps: int = 80,
+             checkpoint: str | None = None, scenario_bank: str | None = None,
+             family: str | None = None, envs: dict | None = None,
+             progress: bool = False) -> dict:
+    """One policy (a saved model's path or a reference policy's name) in every env.
+
+    Args:
+        envs: env id -> env, from :func:`make_envs` (default: both envs, made here).
+        progress: show a progress bar per env.
+
+    Returns:
+        ``{"policy": policy, "<env id>": evaluate_in(...) for each env}``.
+    """
+    if episodes < 1 or max_steps < 1:
+        raise ValueError(f"episodes and max_steps must be >= 1, got {episodes} and {max_steps}")
+    act = load_policy(policy, seed)
+    envs = envs if envs is not None else make_envs(checkpoint=checkpoint,
+                                                   scenario_bank=scenario_bank, family=family)
+    result: dict = {"policy": policy}
+    for env_id, env in envs.items():
+        label = f"{Path(policy).name} in {env_id}" if progress else None
+        result[env_id] = evaluate_in(env, act, episodes, seed, max_steps, label)
+    return result
+
+
+def format_table(results: Sequence[dict]) -> str:
+    """One row per policy and env."""
+    lines = [f"{'policy':<28}{'env':<14}{'return':>9}{'± se':>7}{'collide':>9}{'off road':>9}"
+             f"{'steps':>7}{'dist m':>8}"]
+    for result in results:
+        for env_id, r in result.items():
+            if env_id == "policy":
+                continue
+            se = "" if r["return_se"] is None else f"{r['return_se']:.2f}"
+            lines.append(f"{Path(result['policy']).name:<28}{env_id:<14}{r['mean_return']:>9.2f}"
+                         f"{se:>7}{r['collision_rate']:>9.2f}{r['off_road_rate']:>9.2f}"
+                         f"{r['mean_steps']:>7.1f}{r['mean_distance_m']:>8.1f}")
+    return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m agents.evaluate", description=__doc__)
-    parser.add_argument("policy", help="saved SB3 PPO model (.zip)")
-    parser.add_argument("--episodes", type=int, default=5)
-    parser.add_argument("--seed", type=int, default=100)
-    parser.add_argument("--max-steps", type=int, default=80)
-    parser.add_argument("--family", default=None)
+    parser = argparse.ArgumentParser(prog="python -m agents.evaluate", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("policies", nargs="+", metavar="POLICY",
+                        help=f"saved SB3 model (.zip) or one of {', '.join(REFERENCE_POLICIES)}")
+    parser.add_argument("--episodes", type=int, default=5, help="episodes per policy and env")
+    parser.add_argument("--seed", type=int, default=100, help="seed of the first episode")
+    parser.add_argument("--max-steps", type=int, default=80, help="steps per episode at most")
+    parser.add_argument("--family", default=None, help="scenario family (default: random)")
+    parser.add_argument("--envs", nargs="+", default=list(ENV_IDS), choices=list(ENV_IDS),
+                        help="world (XWorld-v0) and/or sim (XWorldSim-v0)")
     parser.add_argument("--checkpoint", default=None, help="world model (default: shipped)")
     parser.add_argument("--scenario-bank", default=None)
-    parser.add_argument("--json", default=None)
+    parser.add_argument("--noise", default=None, choices=["fixed", "fresh"],
+                        help="the world model's noise (default: the checkpoint's)")
+    parser.add_argument("--json", default=None, help="write the results here")
     args = parser.parse_args(argv)
-    if not Path(args.policy).is_file():
-        parser.error(f"no policy file at {args.policy}")
-    result = evaluate(args.policy, args.episodes, args.seed, args.max_steps, args.checkpoint,
-                      args.scenario_bank, args.family)
-    print(f"{'env':<14}{'mean return':>12}{'collisions':>12}{'distance m':>12}")
-    for name in ("XWorld-v0", "XWorldSim-v0"):
-        r = result[name]
-        print(f"{name:<14}{r['mean_return']:>12.2f}{r['collision_rate']:>12.2f}"
-              f"{r['mean_distance_m']:>12.1f}")
+    for spec in args.policies:
+        if spec not in REFERENCE_POLICIES and not Path(spec).is_file():
+            parser.error(f"policy {spec!r} is neither a file nor one of "
+                         f"{', '.join(REFERENCE_POLICIES)}")
+    if args.episodes < 1 or args.max_steps < 1:
+        parser.error("--episodes and --max-steps must be >= 1")
+    from xworld_env.types import FAMILIES
+
+    if args.family is not None and args.family not in FAMILIES:
+        parser.error(f"--family must be one of {', '.join(FAMILIES)}, got {args.family!r}")
+    envs = make_envs(args.envs, args.checkpoint, args.scenario_bank, args.family, args.noise)
+    results = [evaluate(spec, args.episodes, args.seed, args.max_steps, envs=envs, progress=True)
+               for spec in args.policies]
+    print(format_table(results))
     if args.json:
-        Path(args.json).write_text(json.dumps(result, indent=2))
+        settings = {"episodes": args.episodes, "seed": args.seed, "max_steps": args.max_steps,
+                    "family": args.family, "checkpoint": args.checkpoint,
+                    "noise": args.noise}
+        Path(args.json).write_text(json.dumps({"settings": settings, "results": results},
+                                              indent=2))
     return 0
 
 

@@ -2,6 +2,9 @@
 
 Configuration: ``configs/agent/*.yaml`` (``agent=tiny`` for a smoke run). Episode statistics,
 X-Cache statistics and losses go to TensorBoard under ``run_dir``; checkpoints are saved there.
+``agent.env=sim`` trains the same policy in the teacher simulator ``XWorldSim-v0`` instead: the
+ground-truth reference for what the same budget of steps learns (``python -m agents.evaluate``
+compares both in both environments).
 """
 
 from __future__ import annotations
@@ -13,12 +16,15 @@ from pathlib import Path
 
 from stable_baselines3 import PPO
 from stable_baselines3.common.callbacks import CheckpointCallback
-from stable_baselines3.common.vec_env import VecMonitor
+from stable_baselines3.common.vec_env import DummyVecEnv, VecEnv, VecMonitor
 
 from agents.callbacks import XCacheStatsCallback
 from agents.extractors import SevenViewExtractor
 from agents.vec_env import XWorldSB3VecEnv
 from agents.world import WorldSettings
+
+#: What ``AgentTrainConfig.env`` accepts: the batched world model or the teacher simulator.
+TRAIN_ENVS = ("world", "sim")
 
 
 @dataclass(frozen=True)
@@ -27,6 +33,10 @@ class AgentTrainConfig(WorldSettings):
     ``WorldSettings`` and these.
 
     Attributes:
+        env: ``world`` (default): the batched ``XWorld-v0`` worlds of ``WorldSettings``;
+            ``sim``: ``num_envs`` copies of the teacher simulator ``XWorldSim-v0`` (stepped one
+            after another in SB3's ``DummyVecEnv``; of the world settings only ``family`` and
+            ``max_episode_steps`` apply), the ground-truth reference for the same budget.
         num_envs: worlds stepped in one batched forward.
         total_timesteps: env steps in all (summed over worlds).
         world_device: device of the world model (``cpu``, ``cuda``).
@@ -47,6 +57,7 @@ class AgentTrainConfig(WorldSettings):
         seed, device: seeding and the policy's device.
     """
 
+    env: str = "world"
     num_envs: int = 8
     total_timesteps: int = 100_000
     world_device: str = "cpu"
@@ -67,6 +78,11 @@ class AgentTrainConfig(WorldSettings):
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        if self.env not in TRAIN_ENVS:
+            raise ValueError(f"env must be one of {TRAIN_ENVS}, got {self.env!r}")
+        if self.num_envs < 1 or self.total_timesteps < 1:
+            raise ValueError(f"num_envs and total_timesteps must be >= 1, got {self.num_envs} "
+                             f"and {self.total_timesteps}")
         if self.sde_sample_freq == 0 or self.sde_sample_freq < -1:
             raise ValueError(f"sde_sample_freq must be -1 (once per rollout) or a positive "
                              f"number of steps, got {self.sde_sample_freq}")
@@ -87,20 +103,37 @@ class AgentTrainConfig(WorldSettings):
         }
 
 
+def make_training_env(cfg: AgentTrainConfig) -> VecEnv:
+    """The SB3 vector env ``cfg.env`` names, seeded, with episode statistics (``VecMonitor``)."""
+    if cfg.env == "sim":
+        import gymnasium as gym
+
+        import xworld_env  # noqa: F401  (registers XWorldSim-v0)
+
+        def make() -> gym.Env:
+            return gym.make("XWorldSim-v0", family=cfg.family,
+                            max_episode_steps=cfg.max_episode_steps)
+
+        venv = DummyVecEnv([make] * cfg.num_envs)
+    else:
+        venv = XWorldSB3VecEnv(num_envs=cfg.num_envs, **cfg.world_kwargs(cfg.world_device))
+    venv.seed(cfg.seed)
+    return VecMonitor(venv)
+
+
 def train(cfg: AgentTrainConfig) -> Path:
     """Trains a PPO policy; returns the path of the saved model."""
     run_dir = Path(cfg.run_dir)
-    venv = XWorldSB3VecEnv(num_envs=cfg.num_envs, **cfg.world_kwargs(cfg.world_device))
-    venv.seed(cfg.seed)
-    venv = VecMonitor(venv)
+    venv = make_training_env(cfg)
     tensorboard = str(run_dir / "tensorboard") if cfg.tensorboard else None
     model = PPO("MultiInputPolicy", venv, tensorboard_log=tensorboard, verbose=1,
                 **cfg.ppo_kwargs())
     callbacks = [
-        XCacheStatsCallback(),
         CheckpointCallback(max(1, cfg.save_every // cfg.num_envs), str(run_dir / "checkpoints"),
                            name_prefix="ppo"),
     ]
+    if cfg.env == "world":
+        callbacks.append(XCacheStatsCallback())
     model.learn(total_timesteps=cfg.total_timesteps, callback=callbacks, progress_bar=False)
     path = run_dir / "ppo_final.zip"
     model.save(path)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from xworld_env.engine import COMPUTE_DTYPES, DECODE_DTYPES
+from xworld_env.engine import COMPUTE_DTYPES, DECODE_DTYPES, NOISE_MODES
 from xworld_env.xcache import make_executor
 
 
@@ -25,6 +25,9 @@ class WorldSettings:
             ``float16``; the envs' ``dtype``).
         world_decode_dtype: precision of the world model's image decoder (``auto``, or one of
             the above; the envs' ``decode_dtype``).
+        world_noise: the world model's noise (the envs' ``noise``): ``fixed`` per episode,
+            ``fresh`` every chunk, or None for the checkpoint's (``fixed`` for the shipped one,
+            under which X-Cache reuses and the world stands still under steady actions).
     """
 
     cache: str | dict = "xcache"
@@ -34,6 +37,7 @@ class WorldSettings:
     max_episode_steps: int = 80
     world_dtype: str = "float32"
     world_decode_dtype: str = "auto"
+    world_noise: str | None = None
 
     def __post_init__(self) -> None:
         make_executor(self.cache)  # a bad policy or setting fails here, naming what is accepted
@@ -43,10 +47,14 @@ class WorldSettings:
         if self.world_decode_dtype not in DECODE_DTYPES:
             raise ValueError(f"world_decode_dtype must be one of {list(DECODE_DTYPES)}, "
                              f"got {self.world_decode_dtype!r}")
+        if self.world_noise is not None and self.world_noise not in NOISE_MODES:
+            raise ValueError(f"world_noise must be one of {NOISE_MODES} or null (the "
+                             f"checkpoint's), got {self.world_noise!r}")
 
     def world_kwargs(self, device: str) -> dict:
         """Keyword arguments of the ``XWorldVectorEnv`` these settings describe, on ``device``."""
         return {"cache": self.cache, "checkpoint": self.checkpoint,
                 "scenario_bank": self.scenario_bank, "family": self.family,
                 "max_episode_steps": self.max_episode_steps, "device": device,
-                "dtype": self.world_dtype, "decode_dtype": self.world_decode_dtype}
+                "dtype": self.world_dtype, "decode_dtype": self.world_decode_dtype,
+                "noise": self.world_noise}

@@ -53,6 +53,18 @@ def test_world_settings_pass_both_precisions_to_the_envs():
         WorldSettings(world_decode_dtype="int8")
 
 
+def test_world_noise_reaches_the_worlds(tiny_env_kwargs):
+    from agents.train import AgentTrainConfig, make_training_env
+
+    assert AgentTrainConfig().world_kwargs("cpu")["noise"] is None  # the checkpoint's
+    cfg = AgentTrainConfig(num_envs=2, world_noise="fresh", **tiny_env_kwargs)
+    venv = make_training_env(cfg)
+    assert venv.venv.venv.engine.config.noise == "fresh"  # VecMonitor > adapter > worlds
+    venv.close()
+    with pytest.raises(ValueError, match=r"world_noise must be one of \('fresh', 'fixed'\)"):
+        AgentTrainConfig(world_noise="frozen")
+
+
 def test_train_rejects_an_unknown_world_dtype(tiny_env_kwargs, tmp_path):
     overrides = ["agent=tiny", f"agent.run_dir={tmp_path}", "agent.world_dtype=int8",
                  f"agent.checkpoint={tiny_env_kwargs['checkpoint']}",
@@ -89,3 +101,66 @@ def test_exploration_settings_reach_ppo_and_bad_ones_are_rejected():
         AgentTrainConfig(sde_sample_freq=0)
     with pytest.raises(ValueError, match="log_std_init must be finite"):
         AgentTrainConfig(log_std_init=float("nan"))
+
+
+def test_train_tiny_in_the_simulator(tmp_path):
+    from agents.evaluate import make_envs
+
+    assert train_main(["agent=tiny", f"agent.run_dir={tmp_path}", "agent.env=sim",
+                       "agent.family=highway"]) == 0
+    policy = tmp_path / "ppo_final.zip"
+    assert policy.is_file()
+    result = evaluate(str(policy), episodes=1, max_steps=2,
+                      envs=make_envs(["sim"], family="highway"))
+    assert set(result) == {"policy", "XWorldSim-v0"}
+    assert result["XWorldSim-v0"]["mean_steps"] == 2
+
+
+def test_train_rejects_an_unknown_training_env(tmp_path):
+    with pytest.raises(ValueError, match=r"env must be one of \('world', 'sim'\)"):
+        train_main(["agent=tiny", f"agent.run_dir={tmp_path}", "agent.env=carla"])
+    assert not any(tmp_path.iterdir())
+
+
+def test_reference_policies_in_both_envs(calm_checkpoint, tiny_bank):
+    from agents.evaluate import make_envs
+
+    envs = make_envs(checkpoint=str(calm_checkpoint), scenario_bank=str(tiny_bank),
+                     family="highway")
+    for name in ("idle", "lane-keeper", "random"):
+        result = evaluate(name, episodes=2, max_steps=3, envs=envs)
+        for env_id in ("XWorld-v0", "XWorldSim-v0"):
+            r = result[env_id]
+            assert r["episodes"] == 2 and 1 <= r["mean_steps"] <= 3
+            assert np.isfinite(r["mean_return"]) and r["return_se"] is not None
+        # The calm world's heads never fire; in the simulator, keeping the lane on the highway
+        # (or not steering at all) goes on for the three steps, and the car moves forward.
+        assert result["XWorld-v0"]["mean_steps"] == 3
+        if name != "random":
+            assert result["XWorldSim-v0"]["mean_steps"] == 3
+        assert result["XWorldSim-v0"]["mean_distance_m"] > 0
+        assert result["XWorld-v0"]["collision_rate"] == 0.0
+        assert result["XWorld-v0"]["off_road_rate"] == 0.0
+
+
+def test_world_events_come_from_the_heads(tiny_env_kwargs):
+    from agents.evaluate import make_envs
+
+    # The random heads of the tiny checkpoint put an event above 0.5 at the first step.
+    envs = make_envs(["world"], family="highway", **tiny_env_kwargs)
+    r = evaluate("idle", episodes=2, max_steps=4, envs=envs)["XWorld-v0"]
+    assert r["mean_steps"] == 1
+    assert max(r["collision_rate"], r["off_road_rate"]) == 1.0
+
+
+def test_evaluate_cli_rejects_unknown_policies_and_families(tmp_path, capsys):
+    from agents.evaluate import load_policy, main
+
+    with pytest.raises(SystemExit):
+        main(["no-such-policy"])
+    assert "neither a file nor one of random, idle, lane-keeper" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["idle", "--family", "desert"])
+    assert "--family must be one of" in capsys.readouterr().err
+    with pytest.raises(ValueError, match="a saved SB3 model"):
+        load_policy(str(tmp_path / "missing.zip"))
