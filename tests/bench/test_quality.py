@@ -11,13 +11,15 @@ import torch
 from xworld_env.bench.heldout import record_heldout
 from xworld_env.bench.quality import (
     STEER_CHUNKS,
+    THROTTLE_CHUNKS,
     add_arguments,
     copy_baseline,
+    hold_in_sim,
     run,
     standard_error,
-    steer_in_sim,
     steer_pair,
     steering_response,
+    throttle_response,
 )
 from xworld_env.envs.xworld import load_runtime
 from xworld_env.types import FAMILIES
@@ -73,6 +75,9 @@ def test_result_layout_and_files(quality):
     assert set(result["bars"]) == {
         "ae_psnr_ge_30", "model_beats_copy_everywhere", "action_sensitivity_positive_everywhere"
     }
+    # The throttle probe: the simulator drives faster under throttle than under braking.
+    assert fam["speed_gap_sim"] > 0 and result["settings"]["throttle_chunks"] == THROTTLE_CHUNKS
+    assert result["overall"]["throttle_response"] == fam["throttle_response"]
     assert all(type(v) is bool for v in result["bars"].values())
 
 
@@ -103,14 +108,18 @@ def test_steer_pair_against_hand_values():
     assert steer_pair(left, right, right, right) == (pytest.approx(10.0), 0.0, 0.0)  # blind
 
 
-def test_steer_in_sim_replays_the_recorded_context():
+def test_hold_in_sim_replays_the_recorded_context():
     (episode,) = record_heldout("merge", 1, 2, context=CONTEXT, min_valid=CONTEXT + 2)
-    # Steering with the recorded actions reproduces the recording chunk for chunk.
-    replay = steer_in_sim(episode, CONTEXT, episode.actions[CONTEXT], 1)
-    np.testing.assert_array_equal(replay[0], episode.frames[CONTEXT])
-    left = steer_in_sim(episode, CONTEXT, np.array([0.0, 1.0], np.float32), 2)
-    right = steer_in_sim(episode, CONTEXT, np.array([0.0, -1.0], np.float32), 2)
+    # Holding the recorded action reproduces the recording's chunk and ego speed.
+    frames, speeds = hold_in_sim(episode, CONTEXT, episode.actions[CONTEXT], 1)
+    np.testing.assert_array_equal(frames[0], episode.frames[CONTEXT])
+    assert speeds == [pytest.approx(float(episode.ego[CONTEXT][0]))]
+    left, _ = hold_in_sim(episode, CONTEXT, np.array([0.0, 1.0], np.float32), 2)
+    right, _ = hold_in_sim(episode, CONTEXT, np.array([0.0, -1.0], np.float32), 2)
     assert 1 <= len(left) <= 2 and not np.array_equal(left[0], right[0])
+    _, fast = hold_in_sim(episode, CONTEXT, np.array([1.0, 0.0], np.float32), 2)
+    _, slow = hold_in_sim(episode, CONTEXT, np.array([-1.0, 0.0], np.float32), 2)
+    assert fast[0] > slow[0]
 
 
 def test_a_model_blind_to_its_actions_has_no_steering_response(tiny_checkpoint):
@@ -140,6 +149,32 @@ def test_a_model_blind_to_its_actions_has_no_steering_response(tiny_checkpoint):
     assert blind["steer_alignment"] == 0
 
 
+def test_a_model_blind_to_its_actions_has_no_throttle_response(tiny_checkpoint):
+    engine = load_runtime(tiny_checkpoint, None, "cpu", "float32").engine
+    # As in the steering test: random conditioning weights stand in for a trained model's,
+    # large enough that what the heads read moves with the action.
+    generator = torch.Generator().manual_seed(0)
+    dit = engine.dit
+    for linear in [b.adaLN_modulation[-1] for b in dit.blocks] + [
+        dit.final_layer.adaLN_modulation[-1], dit.final_layer.linear
+    ]:
+        linear.weight.data.normal_(0.0, 0.1, generator=generator)
+    for linear in (dit.cond_embedder.mlp[0], dit.cond_embedder.mlp[2]):
+        linear.weight.data.normal_(0.0, 1.0, generator=generator)
+    episodes = record_heldout("highway", 2, 2, context=CONTEXT, min_valid=CONTEXT + 1)
+    seeing = throttle_response(engine, episodes, CONTEXT, 2, progress=False)
+    assert seeing["speed_gap_sim"] > 0 and seeing["speed_gap_model"] != 0
+    assert seeing["throttle_response"] == pytest.approx(
+        seeing["speed_gap_model"] / seeing["speed_gap_sim"])
+    assert 1 <= seeing["throttle_chunks_compared"] <= 4
+    last = dit.cond_embedder.mlp[-1]
+    last.weight.data.zero_()
+    last.bias.data.zero_()
+    blind = throttle_response(engine, episodes, CONTEXT, 2, progress=False)
+    assert blind["speed_gap_model"] == 0 and blind["throttle_response"] == 0
+    assert blind["speed_gap_sim"] == seeing["speed_gap_sim"]
+
+
 def test_copy_baseline_is_last_context_frame(quality):
     result, _ = quality
     (episode,) = record_heldout("highway", 1, HORIZON, context=CONTEXT, min_valid=CONTEXT + 1)
@@ -157,10 +192,11 @@ def test_arguments_defaults():
     args = parser.parse_args([])
     assert (args.episodes, args.horizon, args.stable_chunks) == (3, 20, 200)
     assert tuple(args.families) == FAMILIES and args.json is None and args.device == "cpu"
-    assert args.steer_chunks == STEER_CHUNKS
+    assert args.steer_chunks == STEER_CHUNKS and args.throttle_chunks == THROTTLE_CHUNKS
     args = parser.parse_args(["--families", "merge", "--stable-chunks", "5", "--json", "q.json",
-                              "--steer-chunks", "0"])
+                              "--steer-chunks", "0", "--throttle-chunks", "0"])
     assert args.families == ["merge"] and args.stable_chunks == 5 and args.steer_chunks == 0
+    assert args.throttle_chunks == 0
 
 
 def test_standard_error_of_the_mean():
@@ -173,7 +209,8 @@ def test_noise_mode_is_checked_and_applied(tiny_checkpoint):
     with pytest.raises(ValueError, match="noise must be one of"):
         run(checkpoint=tiny_checkpoint, noise="frozen", progress=False)
     result = run(checkpoint=tiny_checkpoint, episodes=1, horizon=1, families=("merge",),
-                 stable_chunks=2, steer_chunks=0, noise="fixed", progress=False)
+                 stable_chunks=2, steer_chunks=0, throttle_chunks=0, noise="fixed",
+                 progress=False)
     assert result["settings"]["noise"] == "fixed"
     parser = argparse.ArgumentParser()
     add_arguments(parser)

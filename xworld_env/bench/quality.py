@@ -16,6 +16,10 @@ recorded actions; the decoded views are compared with the simulator's frames, ne
   start, how much the views of full-left and full-right steering differ in the model against
   the simulator, and whether they differ the same way: a direct test that the actions control
   the world;
+* ``speed_gap_sim`` / ``speed_gap_model`` / ``throttle_response`` (:func:`throttle_response`):
+  from the same start, how much faster full throttle drives than full braking, in the simulator
+  and as the heads read the model's chunks, and their ratio: whether the pedals work, and which
+  way round;
 * ``motion_model`` / ``motion_sim`` / ``motion_ratio``: how much the views change from one frame
   to the next (mean absolute change, pixel levels 0-255) in the rollout and in the simulator over
   the same chunks, and their ratio: a world model whose rollouts settle into a still scene scores
@@ -50,7 +54,7 @@ from xworld_env.envs.xworld import DEFAULT_CHECKPOINT, load_runtime
 from xworld_env.model.autoencoder import to_uint8
 from xworld_env.sim.sim_env import XWorldSimEnv
 from xworld_env.training.heads import evaluate_heads
-from xworld_env.types import CAMERA_NAMES, FAMILIES
+from xworld_env.types import CAMERA_NAMES, EGO_FIELDS, FAMILIES
 
 #: Horizons (chunks after the context) at which PSNR is reported; the rollout's last chunk is
 #: added when it is not among them.
@@ -68,6 +72,12 @@ STEER_CHUNKS = 5
 STEER_ACTIONS = {"left": 1.0, "right": -1.0}
 #: The probe's figures that ``overall`` averages over the families.
 STEER_KEYS = ("steer_gap_sim", "steer_gap_model", "steer_response", "steer_alignment")
+#: Chunks of the throttle probe (``throttle_response``) after the context.
+THROTTLE_CHUNKS = 5
+#: The throttle probe's acceleration inputs; steering stays 0.
+THROTTLE_ACTIONS = {"throttle": 1.0, "brake": -1.0}
+#: The throttle probe's figures that ``overall`` averages over the families.
+THROTTLE_KEYS = ("speed_gap_sim", "speed_gap_model", "throttle_response")
 #: Autoencoder PSNR below which no rollout can look right (the ``ae_psnr_ge_30`` bar).
 AE_PSNR_BAR_DB = 30.0
 
@@ -83,10 +93,12 @@ class Rollout:
     Attributes:
         frames: uint8 (b, t, f, v, H, W, 3) decoded views of every generated chunk.
         latents: float (b, t, v, f, h, w, c) clean latents, on the CPU.
+        speeds: float (b, t) ego speed the heads read from every generated chunk (m/s).
     """
 
     frames: np.ndarray
     latents: torch.Tensor
+    speeds: np.ndarray
 
 
 def report_horizons(horizon: int) -> tuple[int, ...]:
@@ -127,12 +139,14 @@ def roll_out(
         np.stack([ep.ego[:context] for ep in episodes]),
         seeds=seeds,
     )
-    frames, latents = [], []
+    frames, latents, speeds = [], [], []
+    speed = EGO_FIELDS.index("speed")
     for k in tqdm(range(actions.shape[1]), desc=desc, leave=False, disable=not progress):
         out = engine.step_chunk(actions[:, k])
         frames.append(out.frames.cpu().numpy())
         latents.append(out.latents.float().cpu())
-    return Rollout(np.stack(frames, axis=1), torch.stack(latents, dim=1))
+        speeds.append(out.ego[:, speed].float().cpu().numpy())
+    return Rollout(np.stack(frames, axis=1), torch.stack(latents, dim=1), np.stack(speeds, axis=1))
 
 
 def standard_error(values: list[float]) -> float:
@@ -276,7 +290,7 @@ def evaluate_family(
                   _average([r["motion_sim"] for r in per_episode])),
         "per_episode": per_episode,
     }
-    true_rollout = Rollout(rollout.frames[:n], rollout.latents[:n])
+    true_rollout = Rollout(rollout.frames[:n], rollout.latents[:n], rollout.speeds[:n])
     return metrics, heads_sim, heads_model, true_rollout
 
 
@@ -286,12 +300,15 @@ def _motion(model: float, sim: float) -> dict[str, float]:
     return {"motion_model": model, "motion_sim": sim, "motion_ratio": ratio}
 
 
-def steer_in_sim(episode: HeldoutEpisode, context: int, action: np.ndarray, chunks: int) -> list:
-    """The simulator's chunks after the episode's context under one constant ``action``.
+def hold_in_sim(
+    episode: HeldoutEpisode, context: int, action: np.ndarray, chunks: int
+) -> tuple[list[np.ndarray], list[float]]:
+    """The simulator's chunks, and the ego speed after each, under one constant ``action``
+    after the episode's context.
 
     The episode is replayed from its seed through its recorded context actions (the simulator is
     deterministic, so this is the state the world model starts from), then stepped with
-    ``action``; the list stops after the chunk where the episode ends (collision, off-road or
+    ``action``; the lists stop after the chunk where the episode ends (collision, off-road or
     road end).
     """
     env = XWorldSimEnv(family=episode.family)
@@ -299,13 +316,14 @@ def steer_in_sim(episode: HeldoutEpisode, context: int, action: np.ndarray, chun
         env.reset(seed=episode.seed, options={"family": episode.family})
         for t in range(context):
             env.step(episode.actions[t])
-        out = []
+        frames, speeds = [], []
         for _ in range(chunks):
-            _, _, terminated, truncated, _ = env.step(action)
-            out.append(env.last_chunk.copy())
+            _, _, terminated, truncated, info = env.step(action)
+            frames.append(env.last_chunk.copy())
+            speeds.append(float(info["ego"]["speed"]))
             if terminated or truncated:
                 break
-        return out
+        return frames, speeds
     finally:
         env.close()
 
@@ -346,7 +364,7 @@ def steering_response(
     """
     n = len(episodes)
     steer = {name: np.array([0.0, value], np.float32) for name, value in STEER_ACTIONS.items()}
-    sim = {name: [steer_in_sim(ep, context, a, chunks) for ep in episodes]
+    sim = {name: [hold_in_sim(ep, context, a, chunks)[0] for ep in episodes]
            for name, a in steer.items()}
     actions = np.concatenate([np.broadcast_to(a, (n, chunks, 2)) for a in steer.values()])
     seeds = [ep.seed for ep in episodes]
@@ -367,6 +385,48 @@ def steering_response(
         "steer_response": gap_m / gap_s if gap_s > 0 else math.nan,
         "steer_alignment": _mean(alignment),
         "steer_chunks_compared": len(gap_sim),
+    }
+
+
+def throttle_response(
+    engine: WorldModelEngine,
+    episodes: list[HeldoutEpisode],
+    context: int,
+    chunks: int = THROTTLE_CHUNKS,
+    progress: bool = True,
+) -> dict:
+    """Whether the world model speeds up under throttle and slows down under braking.
+
+    From each episode's context, the simulator and the model (same noise seed for both inputs)
+    each run ``chunks`` chunks at full throttle and at full braking, steering 0. Compared over the
+    chunks both simulator runs still produce:
+
+    * ``speed_gap_sim``: the simulator's ego speed under throttle minus under braking (m/s);
+    * ``speed_gap_model``: the same for the speed the heads read from the model's chunks (what
+      the env's reward and ``obs["ego"]`` report);
+    * ``throttle_response``: their ratio, 1 when the model's speed answers the pedals as the
+      simulator's does, 0 when it ignores them, negative when it answers the wrong way round.
+    """
+    n = len(episodes)
+    held = {name: np.array([value, 0.0], np.float32) for name, value in THROTTLE_ACTIONS.items()}
+    sim = {name: [hold_in_sim(ep, context, a, chunks)[1] for ep in episodes]
+           for name, a in held.items()}
+    actions = np.concatenate([np.broadcast_to(a, (n, chunks, 2)) for a in held.values()])
+    seeds = [ep.seed for ep in episodes]
+    rollout = roll_out(engine, episodes + episodes, context, actions, seeds + seeds,
+                       desc=f"throttle {episodes[0].family}", progress=progress)
+    model = {"throttle": rollout.speeds[:n], "brake": rollout.speeds[n:]}
+    gap_sim, gap_model = [], []
+    for i in range(n):
+        for k in range(min(len(sim["throttle"][i]), len(sim["brake"][i]))):
+            gap_sim.append(sim["throttle"][i][k] - sim["brake"][i][k])
+            gap_model.append(float(model["throttle"][i, k] - model["brake"][i, k]))
+    gap_s, gap_m = _mean(gap_sim), _mean(gap_model)
+    return {
+        "speed_gap_sim": gap_s,
+        "speed_gap_model": gap_m,
+        "throttle_response": gap_m / gap_s if gap_s > 0 else math.nan,
+        "throttle_chunks_compared": len(gap_sim),
     }
 
 
@@ -522,7 +582,8 @@ def _overall(families: dict, heads_sim: dict, heads_model: dict) -> dict:
         "action_sensitivity_se_db": math.sqrt(
             sum(f["action_sensitivity_se_db"] ** 2 for f in fams)
         ) / len(fams),
-        **{key: mean([f[key] for f in fams]) for key in STEER_KEYS if key in fams[0]},
+        **{key: mean([f[key] for f in fams]) for key in (*STEER_KEYS, *THROTTLE_KEYS)
+           if key in fams[0]},
         **_motion(mean([f["motion_model"] for f in fams]), mean([f["motion_sim"] for f in fams])),
         "stable_finite": all(f["stable"]["finite"] for f in fams),
         "stable_collapsed": any(f["stable"]["collapsed"] for f in fams),
@@ -556,6 +617,7 @@ def run(
     device: str = "cpu",
     context: int = 2,
     steer_chunks: int = STEER_CHUNKS,
+    throttle_chunks: int = THROTTLE_CHUNKS,
     base_seed: int = HELDOUT_BASE_SEED,
     json_path: str | Path | None = None,
     progress: bool = True,
@@ -573,6 +635,7 @@ def run(
         device: torch device of the engine.
         context: simulator chunks that start each rollout.
         steer_chunks: chunks of the steering probe (``steering_response``); 0 skips it.
+        throttle_chunks: chunks of the throttle probe (``throttle_response``); 0 skips it.
         base_seed: first held-out seed (see :mod:`xworld_env.bench.heldout`).
         json_path: where to write the JSON; the PNG strip goes beside it (same stem, ``.png``).
         progress: show tqdm bars.
@@ -588,9 +651,9 @@ def run(
             "episodes, horizon, context and stable_chunks must be >= 1, got "
             f"{episodes}, {horizon}, {context}, {stable_chunks}"
         )
-    if steer_chunks < 0:
-        raise ValueError(f"steer_chunks must be >= 0 (0 skips the steering probe), got "
-                         f"{steer_chunks}")
+    if steer_chunks < 0 or throttle_chunks < 0:
+        raise ValueError(f"steer_chunks and throttle_chunks must be >= 0 (0 skips the probe), "
+                         f"got {steer_chunks} and {throttle_chunks}")
     if not families:
         raise ValueError("families must name at least one family")
     if noise is not None and noise not in NOISE_MODES:
@@ -617,6 +680,9 @@ def run(
         )
         if steer_chunks:
             metrics.update(steering_response(engine, held[family], context, steer_chunks,
+                                             progress))
+        if throttle_chunks:
+            metrics.update(throttle_response(engine, held[family], context, throttle_chunks,
                                              progress))
         metrics["heads_sim"] = evaluate_heads(engine.heads, heads_sim)
         metrics["heads_model"] = evaluate_heads(engine.heads, heads_model) if heads_model else {}
@@ -653,6 +719,8 @@ def run(
             "stable_chunks": stable_chunks,
             "steer_chunks": steer_chunks,
             "steer_actions": {k: [0.0, v] for k, v in STEER_ACTIONS.items()},
+            "throttle_chunks": throttle_chunks,
+            "throttle_actions": {k: [v, 0.0] for k, v in THROTTLE_ACTIONS.items()},
             "device": device,
             "base_seed": base_seed,
             "num_steps": engine.sampler.num_steps,
@@ -725,6 +793,14 @@ def print_table(result: dict) -> None:
         for name, r in rows:
             print(f"{name:<13}{_fmt(r['steer_gap_sim'], 9)}{_fmt(r['steer_gap_model'], 11)}"
                   f"{_fmt(r['steer_response'], 10, 3)}{_fmt(r['steer_alignment'], 11, 3)}")
+    if "throttle_response" in result["overall"]:
+        print(f"\nthrottle probe ({result['settings']['throttle_chunks']} chunks at full throttle "
+              "and full braking from each context; ego speed under throttle minus under braking, "
+              "m/s, the model's as its heads read it)")
+        print(f"{'family':<13}{'sim':>9}{'model':>11}{'response':>10}")
+        for name, r in rows:
+            print(f"{name:<13}{_fmt(r['speed_gap_sim'], 9)}{_fmt(r['speed_gap_model'], 11)}"
+                  f"{_fmt(r['throttle_response'], 10, 3)}")
     bars = ", ".join(f"{k}: {'yes' if v else 'no'}" for k, v in result["bars"].items())
     print("(motion: mean change from one frame to the next, pixel levels 0-255, over the compared "
           "chunks; 'still': the stability rollout's last tenth moves less than "
@@ -753,6 +829,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--steer-chunks", type=int, default=STEER_CHUNKS,
                         help="chunks of the steering probe, full left against full right "
                              f"steering in model and simulator (default {STEER_CHUNKS}; 0 skips)")
+    parser.add_argument("--throttle-chunks", type=int, default=THROTTLE_CHUNKS,
+                        help="chunks of the throttle probe, full throttle against full braking "
+                             "in model and simulator, compared by ego speed (default "
+                             f"{THROTTLE_CHUNKS}; 0 skips)")
     parser.add_argument("--device", default="cpu", help="torch device (default cpu)")
     parser.add_argument("--noise", choices=NOISE_MODES, default=None,
                         help="noise mode of the engine: one draw per episode reused for every "
@@ -771,6 +851,7 @@ def main(args: argparse.Namespace) -> dict:
         families=tuple(args.families),
         stable_chunks=args.stable_chunks,
         steer_chunks=args.steer_chunks,
+        throttle_chunks=args.throttle_chunks,
         device=args.device,
         json_path=args.json,
         noise=args.noise,
