@@ -122,11 +122,11 @@ def test_hold_in_sim_replays_the_recorded_context():
     assert fast[0] > slow[0]
 
 
-def test_a_model_blind_to_its_actions_has_no_steering_response(tiny_checkpoint):
+def conditioned_engine(tiny_checkpoint):
+    """The tiny engine with random conditioning weights: the tiny checkpoint is adaLN-Zero
+    initialised, so nothing it is conditioned on reaches its output; weights large enough to move
+    its random decoder's uint8 images (and what its heads read) stand in for a trained model's."""
     engine = load_runtime(tiny_checkpoint, None, "cpu", "float32").engine
-    # The tiny checkpoint is adaLN-Zero initialised, so nothing it is conditioned on reaches its
-    # output; random conditioning weights, large enough to move its random decoder's uint8
-    # images, stand in for a trained model's.
     generator = torch.Generator().manual_seed(0)
     dit = engine.dit
     for linear in [b.adaLN_modulation[-1] for b in dit.blocks] + [
@@ -135,14 +135,23 @@ def test_a_model_blind_to_its_actions_has_no_steering_response(tiny_checkpoint):
         linear.weight.data.normal_(0.0, 0.1, generator=generator)
     for linear in (dit.cond_embedder.mlp[0], dit.cond_embedder.mlp[2]):
         linear.weight.data.normal_(0.0, 1.0, generator=generator)
+    return engine
+
+
+def blind_to_actions(engine) -> None:
+    """Zeroes the projection of the action (and speed) embedding: the conditioning no longer
+    depends on the action, so rollouts under different actions (same noise) are the same."""
+    last = engine.dit.cond_embedder.mlp[-1]
+    last.weight.data.zero_()
+    last.bias.data.zero_()
+
+
+def test_a_model_blind_to_its_actions_has_no_steering_response(tiny_checkpoint):
+    engine = conditioned_engine(tiny_checkpoint)
     episodes = record_heldout("highway", 2, 2, context=CONTEXT, min_valid=CONTEXT + 1)
     seeing = steering_response(engine, episodes, CONTEXT, 2, progress=False)
     assert seeing["steer_gap_model"] > 0 and seeing["steer_alignment"] != 0
-    # Zero the projection of the action (and speed) embedding: the conditioning no longer
-    # depends on the action, so left and right rollouts (same noise) are the same.
-    last = dit.cond_embedder.mlp[-1]
-    last.weight.data.zero_()
-    last.bias.data.zero_()
+    blind_to_actions(engine)
     blind = steering_response(engine, episodes, CONTEXT, 2, progress=False)
     assert blind["steer_gap_model"] == 0 and blind["steer_response"] == 0
     assert blind["steer_gap_sim"] == seeing["steer_gap_sim"] > 0
@@ -150,26 +159,14 @@ def test_a_model_blind_to_its_actions_has_no_steering_response(tiny_checkpoint):
 
 
 def test_a_model_blind_to_its_actions_has_no_throttle_response(tiny_checkpoint):
-    engine = load_runtime(tiny_checkpoint, None, "cpu", "float32").engine
-    # As in the steering test: random conditioning weights stand in for a trained model's,
-    # large enough that what the heads read moves with the action.
-    generator = torch.Generator().manual_seed(0)
-    dit = engine.dit
-    for linear in [b.adaLN_modulation[-1] for b in dit.blocks] + [
-        dit.final_layer.adaLN_modulation[-1], dit.final_layer.linear
-    ]:
-        linear.weight.data.normal_(0.0, 0.1, generator=generator)
-    for linear in (dit.cond_embedder.mlp[0], dit.cond_embedder.mlp[2]):
-        linear.weight.data.normal_(0.0, 1.0, generator=generator)
+    engine = conditioned_engine(tiny_checkpoint)
     episodes = record_heldout("highway", 2, 2, context=CONTEXT, min_valid=CONTEXT + 1)
     seeing = throttle_response(engine, episodes, CONTEXT, 2, progress=False)
     assert seeing["speed_gap_sim"] > 0 and seeing["speed_gap_model"] != 0
     assert seeing["throttle_response"] == pytest.approx(
         seeing["speed_gap_model"] / seeing["speed_gap_sim"])
     assert 1 <= seeing["throttle_chunks_compared"] <= 4
-    last = dit.cond_embedder.mlp[-1]
-    last.weight.data.zero_()
-    last.bias.data.zero_()
+    blind_to_actions(engine)
     blind = throttle_response(engine, episodes, CONTEXT, 2, progress=False)
     assert blind["speed_gap_model"] == 0 and blind["throttle_response"] == 0
     assert blind["speed_gap_sim"] == seeing["speed_gap_sim"]

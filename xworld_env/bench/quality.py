@@ -100,6 +100,10 @@ class Rollout:
     latents: torch.Tensor
     speeds: np.ndarray
 
+    def rows(self, worlds: slice) -> Rollout:
+        """The rollout of some of its worlds."""
+        return Rollout(self.frames[worlds], self.latents[worlds], self.speeds[worlds])
+
 
 def report_horizons(horizon: int) -> tuple[int, ...]:
     """The horizons of ``HORIZONS`` within ``horizon``, plus ``horizon`` itself."""
@@ -290,7 +294,7 @@ def evaluate_family(
                   _average([r["motion_sim"] for r in per_episode])),
         "per_episode": per_episode,
     }
-    true_rollout = Rollout(rollout.frames[:n], rollout.latents[:n], rollout.speeds[:n])
+    true_rollout = rollout.rows(slice(0, n))
     return metrics, heads_sim, heads_model, true_rollout
 
 
@@ -341,6 +345,33 @@ def steer_pair(
     return float(np.abs(d_sim).mean()), float(np.abs(d_model).mean()), cosine
 
 
+def probe_runs(
+    engine: WorldModelEngine,
+    episodes: list[HeldoutEpisode],
+    context: int,
+    chunks: int,
+    held: dict[str, np.ndarray],
+    desc: str,
+    progress: bool = True,
+) -> tuple[dict[str, list[tuple[list[np.ndarray], list[float]]]], dict[str, Rollout]]:
+    """The runs of a probe: from each episode's context, every action of ``held`` held for
+    ``chunks`` chunks, in the simulator and in the model (the episode's noise seed for every
+    action, so the runs differ only by their action).
+
+    Returns:
+        ``(sim, model)``: ``sim[name][i]`` is :func:`hold_in_sim` of episode ``i`` under action
+        ``name``; ``model[name]`` the model's rollout under it, world ``i`` from episode ``i``.
+    """
+    n = len(episodes)
+    sim = {name: [hold_in_sim(ep, context, a, chunks) for ep in episodes]
+           for name, a in held.items()}
+    actions = np.concatenate([np.broadcast_to(a, (n, chunks, 2)) for a in held.values()])
+    rollout = roll_out(engine, episodes * len(held), context, actions,
+                       [ep.seed for ep in episodes] * len(held), desc=desc, progress=progress)
+    model = {name: rollout.rows(slice(j * n, (j + 1) * n)) for j, name in enumerate(held)}
+    return sim, model
+
+
 def steering_response(
     engine: WorldModelEngine,
     episodes: list[HeldoutEpisode],
@@ -362,20 +393,15 @@ def steering_response(
       difference images, averaged over the chunks: 1 when the model's views change the way the
       simulator's do, 0 when unrelated (or when the model ignores steering), -1 when reversed.
     """
-    n = len(episodes)
     steer = {name: np.array([0.0, value], np.float32) for name, value in STEER_ACTIONS.items()}
-    sim = {name: [hold_in_sim(ep, context, a, chunks)[0] for ep in episodes]
-           for name, a in steer.items()}
-    actions = np.concatenate([np.broadcast_to(a, (n, chunks, 2)) for a in steer.values()])
-    seeds = [ep.seed for ep in episodes]
-    rollout = roll_out(engine, episodes + episodes, context, actions, seeds + seeds,
-                       desc=f"steering {episodes[0].family}", progress=progress)
-    model = {"left": rollout.frames[:n], "right": rollout.frames[n:]}
+    sim, model = probe_runs(engine, episodes, context, chunks, steer,
+                            f"steering {episodes[0].family}", progress)
     gap_sim, gap_model, alignment = [], [], []
-    for i in range(n):
-        for k in range(min(len(sim["left"][i]), len(sim["right"][i]))):
-            pair = steer_pair(sim["left"][i][k], sim["right"][i][k], model["left"][i, k],
-                              model["right"][i, k])
+    for i in range(len(episodes)):
+        (left, _), (right, _) = sim["left"][i], sim["right"][i]
+        for k in range(min(len(left), len(right))):
+            pair = steer_pair(left[k], right[k], model["left"].frames[i, k],
+                              model["right"].frames[i, k])
             for values, value in zip((gap_sim, gap_model, alignment), pair, strict=True):
                 values.append(value)
     gap_s, gap_m = _mean(gap_sim), _mean(gap_model)
@@ -407,20 +433,15 @@ def throttle_response(
     * ``throttle_response``: their ratio, 1 when the model's speed answers the pedals as the
       simulator's does, 0 when it ignores them, negative when it answers the wrong way round.
     """
-    n = len(episodes)
-    held = {name: np.array([value, 0.0], np.float32) for name, value in THROTTLE_ACTIONS.items()}
-    sim = {name: [hold_in_sim(ep, context, a, chunks)[1] for ep in episodes]
-           for name, a in held.items()}
-    actions = np.concatenate([np.broadcast_to(a, (n, chunks, 2)) for a in held.values()])
-    seeds = [ep.seed for ep in episodes]
-    rollout = roll_out(engine, episodes + episodes, context, actions, seeds + seeds,
-                       desc=f"throttle {episodes[0].family}", progress=progress)
-    model = {"throttle": rollout.speeds[:n], "brake": rollout.speeds[n:]}
+    pedals = {name: np.array([value, 0.0], np.float32) for name, value in THROTTLE_ACTIONS.items()}
+    sim, model = probe_runs(engine, episodes, context, chunks, pedals,
+                            f"throttle {episodes[0].family}", progress)
     gap_sim, gap_model = [], []
-    for i in range(n):
-        for k in range(min(len(sim["throttle"][i]), len(sim["brake"][i]))):
-            gap_sim.append(sim["throttle"][i][k] - sim["brake"][i][k])
-            gap_model.append(float(model["throttle"][i, k] - model["brake"][i, k]))
+    for i in range(len(episodes)):
+        (_, fast), (_, slow) = sim["throttle"][i], sim["brake"][i]
+        for k in range(min(len(fast), len(slow))):
+            gap_sim.append(fast[k] - slow[k])
+            gap_model.append(float(model["throttle"].speeds[i, k] - model["brake"].speeds[i, k]))
     gap_s, gap_m = _mean(gap_sim), _mean(gap_model)
     return {
         "speed_gap_sim": gap_s,
