@@ -55,9 +55,8 @@ def _late_motion(run: dict) -> float:
     """``frame_motion`` of a drive's views over its second half, leaving out the jump after
     each episode end (``views[i]`` follows step ``i``; an episode ended after step ``i`` in
     ``ends``)."""
-    half = len(run["views"]) // 2
-    starts = [i + 1 - half for i in run["ends"] if i + 1 > half]
-    return frame_motion(np.stack(run["views"][half:]), starts)
+    return frame_motion(np.stack(run["views"]), [i + 1 for i in run["ends"]],
+                        first=len(run["views"]) // 2)
 
 
 def run_demo(out: str | Path = "xworld_demo.gif", steps: int = 40, seed: int = 0,

@@ -67,6 +67,9 @@ def test_frame_motion_is_the_mean_change_between_consecutive_frames():
     # A new episode starting at frame 2 leaves its jump out: only the first pair, 0, is kept.
     assert frame_motion(three, starts=[2]) == 0.0
     assert math.isnan(frame_motion(three, starts=[1, 2]))
+    # From frame 1 on: only the pair 1, 2 (a change of 20), and a start there leaves nothing.
+    assert frame_motion(three, first=1) == pytest.approx(20.0) == frame_motion(three[1:])
+    assert math.isnan(frame_motion(three, starts=[2], first=1))
 
 
 def test_ssim_identical_is_one_and_falls_with_noise():

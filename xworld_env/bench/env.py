@@ -44,8 +44,8 @@ def _single(cache: str, steps: int, seed: int, checkpoint: str | None,
             starts.append(len(views))
         elapsed += time.perf_counter() - started
         views.append(observed_views(obs))
-    half = steps // 2  # the changes into steps half + 1 .. steps
-    motion = frame_motion(np.stack(views[half:]), [t - half for t in starts if t > half])
+    # The changes into steps steps // 2 + 1 .. steps.
+    motion = frame_motion(np.stack(views), starts, first=steps // 2)
     return steps / elapsed, engine_skip_rate(env.engine), motion
 
 

@@ -158,7 +158,7 @@ def finite_mean(values: np.ndarray) -> float:
     return math.inf if values.size else math.nan
 
 
-def frame_motion(frames: np.ndarray, starts: Iterable[int] = ()) -> float:
+def frame_motion(frames: np.ndarray, starts: Iterable[int] = (), first: int = 0) -> float:
     """How much a video moves: the mean absolute change between consecutive frames.
 
     Args:
@@ -166,12 +166,15 @@ def frame_motion(frames: np.ndarray, starts: Iterable[int] = ()) -> float:
             pixel levels 0-255 for uint8).
         starts: indices ``t`` where a new episode begins: the pair ``t - 1, t`` is a jump to a
             new start, not motion, and is left out.
+        first: the first frame taken; the frames before it (and starts at or before it) are
+            left out, e.g. the first half of a drive.
 
     Returns:
         ``mean |frames[t] - frames[t - 1]|`` over every pixel of every consecutive pair kept;
         nan when no pair is kept.
     """
-    frames = _numpy(frames)
+    frames = _numpy(frames)[first:]
+    starts = [t - first for t in starts]
     if len(frames) < 2:
         return math.nan
     change = np.abs(np.diff(frames.astype(np.float32), axis=0))
