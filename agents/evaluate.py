@@ -55,13 +55,19 @@ def reference_policy(name: str, seed: int = 0) -> Policy:
                      f"or a saved SB3 model (.zip)")
 
 
+def check_policy(spec: str) -> None:
+    """Raises ``ValueError`` unless ``spec`` names a reference policy or an existing file."""
+    if spec not in REFERENCE_POLICIES and not Path(spec).is_file():
+        raise ValueError(f"policy {spec!r} is neither a file nor one of "
+                         f"{', '.join(REFERENCE_POLICIES)}; accepted: a saved SB3 model (.zip) "
+                         f"or a reference policy")
+
+
 def load_policy(spec: str, seed: int = 0) -> Policy:
     """A policy from a saved model's path or a reference policy's name."""
+    check_policy(spec)
     if spec in REFERENCE_POLICIES:
         return reference_policy(spec, seed)
-    if not Path(spec).is_file():
-        raise ValueError(f"policy {spec!r} is neither a file nor a reference policy; accepted: "
-                         f"a saved SB3 model (.zip) or one of {REFERENCE_POLICIES}")
     return sb3_policy(spec)
 
 
@@ -195,9 +201,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", default=None, help="write the results here")
     args = parser.parse_args(argv)
     for spec in args.policies:
-        if spec not in REFERENCE_POLICIES and not Path(spec).is_file():
-            parser.error(f"policy {spec!r} is neither a file nor one of "
-                         f"{', '.join(REFERENCE_POLICIES)}")
+        try:
+            check_policy(spec)  # before any env is built
+        except ValueError as error:
+            parser.error(str(error))
     if args.episodes < 1 or args.max_steps < 1:
         parser.error("--episodes and --max-steps must be >= 1")
     from xworld_env.types import FAMILIES
