@@ -23,7 +23,7 @@ from xworld_env.data.shards import (
     episode_seed,
     shard_name,
 )
-from xworld_env.sim.driver import DriverConfig
+from xworld_env.sim.driver import DriverConfig, PerturbedDriver
 from xworld_env.types import FAMILIES
 
 
@@ -172,6 +172,33 @@ def test_driver_mix_is_recorded_and_changes_the_actions(tiny_dataset, make_confi
     # The same folder resumed with another driver is another dataset.
     with pytest.raises(DatasetError, match=r"driver\.random"):
         generate(other, sim, progress=False)
+
+
+def test_pedal_segments_hold_one_pedal_value_while_the_autopilot_steers():
+    pedal = build(DriverConfig, compose("generate", ["driver=pedal"]).driver)
+    assert pedal.pedal > 0 and DriverConfig().pedal == 0
+    only_pedal = DriverConfig(follow=0, lane_change=0, brake=0, noisy=0, random=0, pedal=1,
+                              min_segment=4, max_segment=4)
+    env = make_sim_env()
+    env.reset(seed=1, options={"family": "roundabout"})
+    driver = PerturbedDriver(1, only_pedal)
+    driver.reset(env.scenario)
+    segments: list[list[np.ndarray]] = []
+    for _ in range(14):
+        action = driver.act(env.scenario)
+        if driver.kind == "pedal":
+            if driver.left == 3:
+                segments.append([])
+            segments[-1].append(action)
+        if env.step(action)[2]:
+            break
+    env.close()
+    assert len(segments) >= 2
+    for segment in segments:
+        assert all(a[0] == segment[0][0] for a in segment)
+    assert segments[0][0][0] != segments[1][0][0]
+    steering = [a[1] for segment in segments for a in segment]
+    assert len(set(steering)) > 3
 
 
 def test_manifest_without_the_newer_driver_settings_still_resumes(dataset_copy, make_config):

@@ -81,6 +81,20 @@ def test_hard_steering_leaves_the_road_and_terminates():
     assert reward < 0.5
 
 
+def test_braking_stops_the_ego_and_holds_it_without_reversing():
+    env = XWorldSimEnv(family="highway")
+    obs, _ = env.reset(seed=3)
+    speeds, positions = [float(obs["ego"][0])], []
+    for _ in range(14):
+        obs, *_ = env.step(np.array([-1.0, 0.0], np.float32))
+        speeds.append(float(obs["ego"][0]))
+        positions.append(env.scenario.ego.position.copy())
+    assert speeds[0] > 15
+    assert all(b <= a for a, b in zip(speeds, speeds[1:]))
+    assert min(speeds) == 0.0 and speeds[-1] == 0.0
+    np.testing.assert_array_equal(positions[-1], positions[-2])
+
+
 def test_steering_left_moves_the_ego_left():
     env = XWorldSimEnv(family="highway")
     obs, _ = env.reset(seed=5)

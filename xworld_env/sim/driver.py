@@ -101,8 +101,10 @@ class DriverConfig:
     """Mix of behaviours of the data-collection driver (the ``driver`` config group).
 
     Attributes:
-        follow, lane_change, brake, noisy, random: relative weights of the segment kinds
-            (``>= 0``, positive sum; normalised to probabilities).
+        follow, lane_change, brake, noisy, random, pedal: relative weights of the segment kinds
+            (``>= 0``, positive sum; normalised to probabilities). ``pedal`` holds one uniform
+            throttle / brake value for the whole segment while the autopilot steers, so the
+            pedal input does not follow the speed as the autopilot's does.
         min_segment, max_segment: a segment lasts a uniform number of steps in this range.
         random_segment: the longest a ``random`` segment lasts (held uniform actions, each step
             redrawn with probability 0.5).
@@ -113,6 +115,7 @@ class DriverConfig:
     brake: float = 0.1
     noisy: float = 0.2
     random: float = 0.1
+    pedal: float = 0.0
     min_segment: int = 3
     max_segment: int = 12
     random_segment: int = 3
@@ -139,13 +142,13 @@ class DriverConfig:
 
 
 class PerturbedDriver:
-    """The autopilot, interrupted by lane changes, braking, noisy and random segments.
+    """The autopilot, interrupted by lane changes, braking, noisy, random and pedal segments.
 
     Each segment lasts a random number of steps; the mix covers the action space while most
     of the driving stays plausible.
     """
 
-    KINDS = ("follow", "lane_change", "brake", "noisy", "random")
+    KINDS = ("follow", "lane_change", "brake", "noisy", "random", "pedal")
 
     def __init__(self, seed: int, config: DriverConfig | None = None) -> None:
         self.config = config or DriverConfig()
@@ -155,6 +158,7 @@ class PerturbedDriver:
         self.probs = probs / probs.sum()
         self.kind, self.left = "follow", 0
         self._held = np.zeros(2, dtype=np.float32)
+        self._pedal = 0.0
 
     def reset(self, scenario: Scenario) -> None:
         self.autopilot.reset(scenario)
@@ -173,6 +177,8 @@ class PerturbedDriver:
             if self.rng.random() < 0.5:
                 self._held = self.rng.uniform(-1, 1, 2).astype(np.float32)
             action = self._held.copy()
+        elif self.kind == "pedal":
+            action[0] = self._pedal
         return np.clip(action, -1.0, 1.0).astype(np.float32)
 
     def _new_segment(self, scenario: Scenario) -> None:
@@ -181,6 +187,8 @@ class PerturbedDriver:
         self.left = int(self.rng.integers(cfg.min_segment, cfg.max_segment + 1))
         if self.kind == "random":
             self.left = min(self.left, cfg.random_segment)
+        if self.kind == "pedal":
+            self._pedal = float(self.rng.uniform(-1.0, 1.0))
         if self.kind == "lane_change" and not self.autopilot.change_lane(scenario):
             self.kind = "follow"
         lo, hi = CRUISE_SPEEDS[scenario.family]

@@ -160,8 +160,13 @@ class Scenario:
         """Simulates one frame period with a normalised action (acceleration, steering).
 
         Positive steering turns left; highway-env's steering angle turns right when positive.
+        Braking stops the ego and holds it still rather than driving it backwards (highway-env
+        lets speeds go negative): a braking action is eased so that the speed reaches zero
+        exactly at the end of the frame.
         """
-        hw_action = np.array([action[0], -action[1]], dtype=np.float64)
+        config = self.config
+        stop = -max(float(self.ego.speed), 0.0) / (config.frame_period * config.max_acceleration)
+        hw_action = np.array([max(float(action[0]), stop), -action[1]], dtype=np.float64)
         env = self.env
         env.time += 1.0 / env.config["policy_frequency"]
         env._simulate(hw_action)
