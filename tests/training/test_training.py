@@ -29,6 +29,7 @@ from xworld_env.training.world_model import (
     load_autoencoder,
     load_dit,
     rollout_context,
+    shared_chunk_noise,
     train_world_model,
     window_starts,
 )
@@ -166,7 +167,14 @@ def test_one_step_lowers_the_flow_loss(trained):
     optimizer.step()
     with torch.no_grad():
         after = loss()
+        # Noise passed in is the noise used: the generator's own draw gives the same loss.
+        drawn = torch.randn(batch["latents"].shape, generator=torch.Generator().manual_seed(1))
+        given = flow_matching_loss(model, batch["latents"], batch["actions"], batch["speed"], t,
+                                   window=2, generator=torch.Generator(), noise=drawn)
+        other = flow_matching_loss(model, batch["latents"], batch["actions"], batch["speed"], t,
+                                   window=2, generator=torch.Generator(), noise=-drawn)
     assert after.item() < before.item()
+    assert given.item() == after.item() and other.item() != after.item()
 
 
 def test_world_model_trains_in_bfloat16_with_float32_weights(trained, tmp_path):
@@ -191,8 +199,8 @@ def test_rollout_context_is_the_models_own_cached_rollout(trained):
     batch = batch_of(data, window_starts(data["valid"], 4)[:2], 4)
     model = load_dit(runs / "wm").train()
     sampler = FlowSampler(SamplerConfig())
-    out = rollout_context(model, batch, 2, sampler, torch.Generator().manual_seed(7))
-    again = rollout_context(model, batch, 2, sampler, torch.Generator().manual_seed(7))
+    out, out_noise = rollout_context(model, batch, 2, sampler, torch.Generator().manual_seed(7))
+    again, _ = rollout_context(model, batch, 2, sampler, torch.Generator().manual_seed(7))
     assert model.training  # the mode it was called in is restored
     assert torch.equal(out, again)
     clean = batch["latents"]
@@ -203,6 +211,7 @@ def test_rollout_context_is_the_models_own_cached_rollout(trained):
     seeds = torch.randint(2**62, (2,), generator=torch.Generator().manual_seed(7))
     generators = [torch.Generator().manual_seed(int(seed)) for seed in seeds]
     noise = [draw_noise(clean.shape[2:], generators) for _ in range(sampler.num_steps)]
+    assert torch.equal(out_noise, torch.stack(noise))
     expected = clean.clone()
     with torch.no_grad():
         for j in (1, 2):
@@ -220,11 +229,23 @@ def test_rollout_context_is_the_models_own_cached_rollout(trained):
     assert not torch.allclose(out[:, 1:3], clean[:, 1:3], atol=1e-2)
 
 
-def test_world_model_fine_tunes_from_a_run_with_rollout_context(trained, tmp_path):
+def test_shared_chunk_noise_takes_the_nearest_sampler_steps_draw():
+    times = torch.tensor([1.0, 0.9, 0.75, 0.5])
+    window_noise = torch.arange(4 * 2, dtype=torch.float32).view(4, 2, 1, 1, 1, 1, 1)
+    t = torch.tensor([[1.0, 0.74, 0.2], [0.9, 0.97, 0.52]])
+    out = shared_chunk_noise(window_noise, t, times)
+    assert out.shape == (2, 3, 1, 1, 1, 1, 1)
+    # window_noise[s, b] = 2 s + b.
+    assert out.flatten().tolist() == [0.0, 4.0, 6.0, 3.0, 1.0, 7.0]
+
+
+@pytest.mark.parametrize("rollout_noise", ["independent", "shared"])
+def test_world_model_fine_tunes_from_a_run_with_rollout_context(trained, tmp_path,
+                                                                 rollout_noise):
     runs, common, _ = trained
     cfg = WorldModelTrainConfig(**common, run_dir=str(tmp_path), preset="test", window=2,
                                 chunks=3, batch=2, steps=1, lr=0.0, rollout_fraction=1.0,
-                                init_from=str(runs / "wm"))
+                                rollout_noise=rollout_noise, init_from=str(runs / "wm"))
     out = train_world_model(cfg, progress=False)
     assert math.isfinite(out["val_loss"])
     rows = log_rows(tmp_path)
@@ -263,6 +284,8 @@ def test_world_model_rejects_bad_rollout_settings():
         WorldModelTrainConfig(rollout_fraction=1.5)
     with pytest.raises(ValueError, match="rollout_fraction > 0 needs chunks >= 3"):
         WorldModelTrainConfig(rollout_fraction=0.5, chunks=2)
+    with pytest.raises(ValueError, match=r"rollout_noise must be one of \['independent'"):
+        WorldModelTrainConfig(rollout_noise="fixed")
 
 
 def test_world_model_rejects_an_unknown_precision():

@@ -26,7 +26,7 @@ def sample_flow_times(
 def flow_matching_loss(
     model, clean: torch.Tensor, action: torch.Tensor, speed: torch.Tensor, t: torch.Tensor,
     window: int, generator: torch.Generator, context_noise: float = 0.0,
-    context: torch.Tensor | None = None,
+    context: torch.Tensor | None = None, noise: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Teacher-forced rectified-flow loss over every chunk of a sequence.
 
@@ -42,8 +42,13 @@ def flow_matching_loss(
             the small errors of its own generated past (exposure bias).
         context: optional (b, t, v, f, h, w, c) latents the chunks attend to instead of
             ``clean`` (such as the model's own rollout); the targets stay ``clean``.
+        noise: optional (b, t, v, f, h, w, c) noise of the noised chunks; default: drawn from
+            ``generator``.
     """
-    noise = torch.randn(clean.shape, generator=generator).to(clean.device)
+    if noise is None:
+        noise = torch.randn(clean.shape, generator=generator).to(clean.device)
+    elif noise.shape != clean.shape:
+        raise ValueError(f"noise {tuple(noise.shape)} must match clean {tuple(clean.shape)}")
     b, n = clean.shape[:2]
     noisy = add_noise(clean.flatten(0, 1), noise.flatten(0, 1), t.flatten()).view_as(clean)
     context = clean if context is None else context

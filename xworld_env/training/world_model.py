@@ -48,6 +48,8 @@ SAMPLE_WINDOWS = 2
 #: Compute precisions of the training passes (autocast; the weights stay float32): the
 #: engine's, less float16, which would need loss scaling.
 TRAIN_DTYPES = ("bfloat16", "float32")
+#: Noise of the rolled-out windows' chunks (``WorldModelTrainConfig.rollout_noise``).
+ROLLOUT_NOISE = ("independent", "shared")
 _SPEED = EGO_FIELDS.index("speed")
 
 
@@ -73,6 +75,13 @@ class WorldModelTrainConfig:
         rollout_fraction: share of each batch's windows whose context is the model's own
             rollout (:func:`rollout_context`) rather than the data, against the drift of
             long rollouts; 0 trains with teacher forcing only.
+        rollout_noise: the noise that flow-matching adds to the chunks of a rolled-out window.
+            ``independent`` (default): fresh noise, as for the data's windows. ``shared``: the
+            noise that generated the window's rollout, each chunk at a sampler time taking
+            that step's draw (the nearest step's at other times), which is what the engine's
+            ``fixed`` noise feeds every chunk; the model then meets, in training, its own
+            past generated from the very noise it is denoising, and learns to move on from
+            it rather than to redraw it.
         init_from: a world-model run folder or a checkpoint folder whose DiT starts this run
             (fine-tuning; the preset must match). Ignored when ``run_dir`` already holds a
             state to resume.
@@ -103,6 +112,7 @@ class WorldModelTrainConfig:
     discrete_fraction: float = 0.5
     context_noise: float = 0.02
     rollout_fraction: float = 0.0
+    rollout_noise: str = "independent"
     init_from: str = ""
     action_field: bool = False
     dtype: str = "float32"
@@ -119,6 +129,9 @@ class WorldModelTrainConfig:
                 f"rollout_fraction > 0 needs chunks >= 3 (a data chunk, a generated one and a "
                 f"chunk that attends to it), got chunks={self.chunks}"
             )
+        if self.rollout_noise not in ROLLOUT_NOISE:
+            raise ValueError(f"rollout_noise must be one of {list(ROLLOUT_NOISE)}, "
+                             f"got {self.rollout_noise!r}")
         if self.dtype not in TRAIN_DTYPES:
             raise ValueError(f"dtype must be one of {list(TRAIN_DTYPES)}, got {self.dtype!r}")
 
@@ -250,14 +263,18 @@ def train_world_model(cfg: WorldModelTrainConfig, progress: bool = True) -> dict
         t = sample_flow_times(cfg.batch * cfg.chunks, inference_times, cfg.shift,
                               cfg.discrete_fraction, generator).view(cfg.batch, cfg.chunks)
         with autocast_to(device, cfg.dtype):
-            context = None
+            context = noise = None
             if cfg.rollout_fraction > 0:
                 rolled = torch.rand(cfg.batch, generator=generator) < cfg.rollout_fraction
-                context = mix_rollout(model, batch, rolled.to(device), cfg.window, sampler,
-                                      generator)
+                context, window_noise = mix_rollout(model, batch, rolled.to(device), cfg.window,
+                                                    sampler, generator)
+                if cfg.rollout_noise == "shared" and window_noise is not None:
+                    noise = torch.randn(batch["latents"].shape, generator=generator).to(device)
+                    noise[rolled.to(device)] = shared_chunk_noise(
+                        window_noise, t[rolled].to(device), inference_times.to(device))
             loss = flow_matching_loss(model, batch["latents"], batch["actions"], batch["speed"],
                                       t.to(device), cfg.window, generator, cfg.context_noise,
-                                      context)
+                                      context, noise)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -301,23 +318,29 @@ def rollout_context(
     the last chunk, which no chunk of the window attends to, stays the data's. Training on
     these contexts with the data as targets teaches the model to pull its own drifting past
     back towards the data.
+
+    Returns:
+        The window latents, and the noise that generated them, (S, b, v, f, h, w, c): the
+        starting noise and the sampler's ``S - 1`` re-noisings, shared by every chunk.
     """
     return rollout_latents(model, batch, window, sampler, generator, context=1,
-                           end=batch["latents"].shape[1] - 1)
+                           end=batch["latents"].shape[1] - 1, return_noise=True)
 
 
 @torch.no_grad()
 def rollout_latents(
     model: CausalDiT, batch: dict[str, torch.Tensor], window: int, sampler: FlowSampler,
     generator: torch.Generator, context: int = 1, end: int | None = None,
-) -> torch.Tensor:
+    return_noise: bool = False,
+) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
     """Windows whose chunks ``context .. end - 1`` the model generates, (b, t, v, f, h, w, c).
 
     The first ``context`` chunks come from the data and prime a rolling KV cache of ``window``
     chunks; then each chunk is sampled by the few-step sampler under the recorded action and
     speed, attending to the chunks committed before it, and committed in turn, as the engine
     runs it, with each window's noise drawn once and shared by its chunks (the engine's
-    ``fixed`` noise). Chunks from ``end`` on (default: none) stay the data's.
+    ``fixed`` noise). Chunks from ``end`` on (default: none) stay the data's. With
+    ``return_noise``, also returns that noise, (S, b, v, f, h, w, c).
     """
     clean, actions, speed = batch["latents"], batch["actions"], batch["speed"]
     b, n = clean.shape[:2]
@@ -340,20 +363,33 @@ def rollout_latents(
             out[:, j] = sampler.sample(denoise, noise[0], generators, noise[1:])
             if j + 1 < end:
                 model.commit_kv(out[:, j], actions[:, j], speed[:, j], kv)
-    return out
+    return (out, torch.stack(noise)) if return_noise else out
+
+
+def shared_chunk_noise(window_noise: torch.Tensor, t: torch.Tensor,
+                       times: torch.Tensor) -> torch.Tensor:
+    """The flow-matching noise of each chunk of rolled-out windows under ``rollout_noise:
+    shared``, (b, n, v, f, h, w, c): for chunk ``j`` at flow time ``t[:, j]``, the draw the
+    sampler feeds the step whose time is nearest (``window_noise[s]``, (S, b, ...), is what
+    step ``s`` starts from at ``times[s]``)."""
+    step = (t.unsqueeze(-1) - times).abs().argmin(-1)  # (b, n)
+    worlds = torch.arange(t.shape[0], device=t.device).unsqueeze(1).expand_as(step)
+    return window_noise[step, worlds]
 
 
 def mix_rollout(
     model: CausalDiT, batch: dict[str, torch.Tensor], rolled: torch.Tensor, window: int,
     sampler: FlowSampler, generator: torch.Generator,
-) -> torch.Tensor:
+) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Context latents of a batch: the model's rollout for the windows where ``rolled`` (b,)
-    is true, the data elsewhere."""
+    is true, the data elsewhere; and the noise of those rollouts (:func:`rollout_context`;
+    None when no window is rolled out)."""
     context = batch["latents"].clone()
-    if bool(rolled.any()):
-        picked = {k: v[rolled] for k, v in batch.items()}
-        context[rolled] = rollout_context(model, picked, window, sampler, generator)
-    return context
+    if not bool(rolled.any()):
+        return context, None
+    picked = {k: v[rolled] for k, v in batch.items()}
+    context[rolled], noise = rollout_context(model, picked, window, sampler, generator)
+    return context, noise
 
 
 @torch.no_grad()
