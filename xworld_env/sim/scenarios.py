@@ -161,8 +161,8 @@ class Scenario:
 
         Positive steering turns left; highway-env's steering angle turns right when positive.
         Braking stops the ego and holds it still rather than driving it backwards (highway-env
-        lets speeds go negative): a braking action is eased so that the speed reaches zero
-        exactly at the end of the frame.
+        lets speeds go negative): a braking action is eased so that the speed reaches zero at
+        the end of the frame.
         """
         config = self.config
         stop = -max(float(self.ego.speed), 0.0) / (config.frame_period * config.max_acceleration)
@@ -170,6 +170,7 @@ class Scenario:
         env = self.env
         env.time += 1.0 / env.config["policy_frequency"]
         env._simulate(hw_action)
+        self.ego.speed = max(float(self.ego.speed), 0.0)  # rounding of the eased braking
         if self.family == "intersection":
             env._clear_vehicles()
             env._spawn_vehicle(spawn_probability=env.config["spawn_probability"] / 4.0)
