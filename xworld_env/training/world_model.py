@@ -79,9 +79,9 @@ class WorldModelTrainConfig:
             ``independent`` (default): fresh noise, as for the data's windows. ``shared``: the
             noise that generated the window's rollout, each chunk at a sampler time taking
             that step's draw (the nearest step's at other times), which is what the engine's
-            ``fixed`` noise feeds every chunk; the model then meets, in training, its own
-            past generated from the very noise it is denoising, and learns to move on from
-            it rather than to redraw it.
+            ``fixed`` noise feeds every chunk, so the model meets in training its own past
+            generated from the very noise it is denoising (on the shipped model it did not
+            make steady-action rollouts move: docs/performance.md, "Motion").
         init_from: a world-model run folder or a checkpoint folder whose DiT starts this run
             (fine-tuning; the preset must match). Ignored when ``run_dir`` already holds a
             state to resume.
