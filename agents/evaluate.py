@@ -143,6 +143,13 @@ def make_envs(envs: Sequence[str] = tuple(ENV_IDS), checkpoint: str | None = Non
     return made
 
 
+def check_run_length(episodes: int, max_steps: int) -> None:
+    """Raises ``ValueError`` unless both counts are integers >= 1."""
+    for name, value in (("episodes", episodes), ("max_steps", max_steps)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
+
+
 def evaluate(policy: str, episodes: int = 5, seed: int = 100, max_steps: int = 80,
              checkpoint: str | None = None, scenario_bank: str | None = None,
              family: str | None = None, envs: dict | None = None,
@@ -156,8 +163,7 @@ def evaluate(policy: str, episodes: int = 5, seed: int = 100, max_steps: int = 8
     Returns:
         ``{"policy": policy, "<env id>": evaluate_in(...) for each env}``.
     """
-    if episodes < 1 or max_steps < 1:
-        raise ValueError(f"episodes and max_steps must be >= 1, got {episodes} and {max_steps}")
+    check_run_length(episodes, max_steps)
     act = load_policy(policy, seed)
     envs = envs if envs is not None else make_envs(checkpoint=checkpoint,
                                                    scenario_bank=scenario_bank, family=family)
@@ -200,13 +206,12 @@ def main(argv: list[str] | None = None) -> int:
                         help="the world model's noise (default: the checkpoint's)")
     parser.add_argument("--json", default=None, help="write the results here")
     args = parser.parse_args(argv)
-    for spec in args.policies:
-        try:
-            check_policy(spec)  # before any env is built
-        except ValueError as error:
-            parser.error(str(error))
-    if args.episodes < 1 or args.max_steps < 1:
-        parser.error("--episodes and --max-steps must be >= 1")
+    try:  # before any env is built
+        for spec in args.policies:
+            check_policy(spec)
+        check_run_length(args.episodes, args.max_steps)
+    except ValueError as error:
+        parser.error(str(error))
     from xworld_env.types import FAMILIES
 
     if args.family is not None and args.family not in FAMILIES:

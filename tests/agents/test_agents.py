@@ -162,5 +162,10 @@ def test_evaluate_cli_rejects_unknown_policies_and_families(tmp_path, capsys):
     with pytest.raises(SystemExit):
         main(["idle", "--family", "desert"])
     assert "--family must be one of" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["idle", "--episodes", "0"])
+    assert "episodes must be an integer >= 1, got 0" in capsys.readouterr().err
+    with pytest.raises(ValueError, match="max_steps must be an integer >= 1, got 2.5"):
+        evaluate("idle", max_steps=2.5)
     with pytest.raises(ValueError, match="a saved SB3 model"):
         load_policy(str(tmp_path / "missing.zip"))
