@@ -6,6 +6,7 @@ import pytest
 from gymnasium.utils.env_checker import check_env
 
 import xworld_env  # noqa: F401  (registers the ids)
+from xworld_env.envs.rewards import RewardConfig, reward_terms
 from xworld_env.sim.driver import PerturbedDriver
 from xworld_env.sim.sim_env import XWorldSimEnv
 from xworld_env.types import CAMERA_NAMES, FAMILIES
@@ -86,13 +87,29 @@ def test_braking_stops_the_ego_and_holds_it_without_reversing():
     obs, _ = env.reset(seed=3)
     speeds, positions = [float(obs["ego"][0])], []
     for _ in range(14):
-        obs, *_ = env.step(np.array([-1.0, 0.0], np.float32))
+        obs, reward, terminated, truncated, info = env.step(np.array([-1.0, 0.0], np.float32))
         speeds.append(float(obs["ego"][0]))
         positions.append(env.scenario.ego.position.copy())
     assert speeds[0] > 15
     assert all(b <= a for a, b in zip(speeds, speeds[1:]))
     assert min(speeds) == 0.0 and speeds[-1] == 0.0
     np.testing.assert_array_equal(positions[-1], positions[-2])
+    # Standing still earns nothing, however well centred in the lane.
+    assert not (terminated or truncated) and reward == 0.0
+
+
+def test_lane_keeping_is_paid_in_proportion_to_speed_up_to_the_familys_range():
+    config = RewardConfig()
+    lo = config.speed_ranges["highway"][0]
+
+    def lane(speed, offset=0.0):
+        ego = np.array([speed, offset, 0.0], np.float32)
+        return reward_terms(ego, 0.0, 0.0, "highway", config)["lane"]
+
+    assert lane(0.0) == 0.0
+    assert lane(lo / 2) == pytest.approx(config.lane / 2)
+    assert lane(lo) == lane(2 * lo) == pytest.approx(config.lane)
+    assert lane(lo, offset=1.0) == pytest.approx(config.lane * np.exp(-1.0))
 
 
 def test_steering_left_moves_the_ego_left():

@@ -21,7 +21,9 @@ class RewardConfig:
     Attributes:
         speed: weight of the speed term, 0 at the low end of the family's speed range, 1 at
             the high end and above.
-        lane: weight of lane keeping, ``exp(-(offset / lane_scale)^2)``.
+        lane: weight of lane keeping, ``exp(-(offset / lane_scale)^2)``, paid in proportion to
+            the speed up to the low end of the family's speed range: a car that stands still
+            in its lane earns nothing (otherwise stopping would beat driving among traffic).
         lane_scale: metres of lane offset at which lane keeping falls to 1/e.
         collision: weight (negative) of a collision.
         off_road: weight (negative) of leaving the road.
@@ -50,7 +52,8 @@ def reward_terms(
     """Each weighted term of the reward for one step (they sum to the reward)."""
     lo, hi = config.speed_ranges[family]
     speed = float(np.clip((float(ego[0]) - lo) / (hi - lo), 0.0, 1.0))
-    lane = float(np.exp(-((float(ego[1]) / config.lane_scale) ** 2)))
+    moving = float(np.clip(float(ego[0]) / lo, 0.0, 1.0))
+    lane = moving * float(np.exp(-((float(ego[1]) / config.lane_scale) ** 2)))
     return {
         "speed": config.speed * speed,
         "lane": config.lane * lane,
