@@ -5,8 +5,11 @@ A policy is a saved SB3 model (``.zip``, run deterministically) or one of the re
 policies: ``random`` (uniform actions), ``idle`` (zero action: no throttle, no steering) and
 ``lane-keeper`` (``xworld_env.envs.policies.LaneKeeper``). Every policy drives the same episodes
 (seeds ``seed``, ``seed + 1``, ...) in ``XWorld-v0`` and in ``XWorldSim-v0``; the table gives the
-mean return, its standard error, the collision and off-road rates, the mean episode length and the
-distance driven (speed x 0.5 s per step; in ``XWorld-v0`` the speed the heads read).
+mean return, its standard error, the collision and off-road rates, the mean episode length, the
+distance driven (speed x 0.5 s per step; in ``XWorld-v0`` the speed the heads read), the mean
+action and how much the action varies over all steps (``act sd``: the larger of the two entries'
+standard deviations). A policy whose actions do not vary drives open loop: whatever it sees, it
+does the same.
 """
 
 from __future__ import annotations
@@ -92,7 +95,7 @@ def evaluate_in(env, policy: Policy, episodes: int, seed: int, max_steps: int,
         progress: label of a progress bar over the episodes (None: no bar).
     """
     threshold = getattr(getattr(env.unwrapped, "reward_config", None), "event_threshold", 0.5)
-    returns, lengths, distances = [], [], []
+    returns, lengths, distances, actions = [], [], [], []
     collisions = off_roads = 0
     for e in tqdm(range(episodes), desc=progress, disable=progress is None, leave=False):
         obs, info = env.reset(seed=seed + e)
@@ -100,7 +103,9 @@ def evaluate_in(env, policy: Policy, episodes: int, seed: int, max_steps: int,
         total, distance, steps = 0.0, 0.0, 0
         collided = off_road = False
         for _ in range(max_steps):
-            obs, reward, terminated, truncated, info = env.step(policy(obs, family))
+            action = policy(obs, family)
+            actions.append(np.asarray(action, dtype=np.float64))
+            obs, reward, terminated, truncated, info = env.step(action)
             total += reward
             steps += 1
             distance += float(info["ego"]["speed"]) * STEP_SECONDS
@@ -120,6 +125,9 @@ def evaluate_in(env, policy: Policy, episodes: int, seed: int, max_steps: int,
         "off_road_rate": off_roads / episodes,
         "mean_steps": float(np.mean(lengths)),
         "mean_distance_m": float(np.mean(distances)),
+        # Over every step of every episode: (throttle, steering).
+        "mean_action": np.mean(actions, axis=0).tolist(),
+        "action_std": np.std(actions, axis=0).tolist(),
     }
 
 
@@ -177,7 +185,7 @@ def evaluate(policy: str, episodes: int = 5, seed: int = 100, max_steps: int = 8
 def format_table(results: Sequence[dict]) -> str:
     """One row per policy and env."""
     lines = [f"{'policy':<28}{'env':<14}{'return':>9}{'± se':>7}{'collide':>9}{'off road':>9}"
-             f"{'steps':>7}{'dist m':>8}"]
+             f"{'steps':>7}{'dist m':>8}{'throttle':>9}{'steer':>7}{'act sd':>8}"]
     for result in results:
         for env_id, r in result.items():
             if env_id == "policy":
@@ -185,7 +193,9 @@ def format_table(results: Sequence[dict]) -> str:
             se = "" if r["return_se"] is None else f"{r['return_se']:.2f}"
             lines.append(f"{Path(result['policy']).name:<28}{env_id:<14}{r['mean_return']:>9.2f}"
                          f"{se:>7}{r['collision_rate']:>9.2f}{r['off_road_rate']:>9.2f}"
-                         f"{r['mean_steps']:>7.1f}{r['mean_distance_m']:>8.1f}")
+                         f"{r['mean_steps']:>7.1f}{r['mean_distance_m']:>8.1f}"
+                         f"{r['mean_action'][0]:>9.2f}{r['mean_action'][1]:>7.2f}"
+                         f"{max(r['action_std']):>8.3f}")
     return "\n".join(lines)
 
 

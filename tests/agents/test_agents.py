@@ -141,6 +141,16 @@ def test_reference_policies_in_both_envs(calm_checkpoint, tiny_bank):
         assert result["XWorldSim-v0"]["mean_distance_m"] > 0
         assert result["XWorld-v0"]["collision_rate"] == 0.0
         assert result["XWorld-v0"]["off_road_rate"] == 0.0
+    # The actions each policy took: idle's are all zero, random's vary in both entries.
+    idle = evaluate("idle", episodes=2, max_steps=3, envs=envs)["XWorldSim-v0"]
+    assert idle["mean_action"] == [0.0, 0.0] and idle["action_std"] == [0.0, 0.0]
+    random = evaluate("random", episodes=2, max_steps=3, envs=envs)["XWorld-v0"]
+    assert min(random["action_std"]) > 0.05
+    assert all(-1.0 <= a <= 1.0 for a in random["mean_action"])
+    from agents.evaluate import format_table
+
+    row = format_table([{"policy": "idle", "XWorldSim-v0": idle}]).splitlines()[1]
+    assert row.split()[-3:] == ["0.00", "0.00", "0.000"]
 
 
 def test_world_events_come_from_the_heads(tiny_env_kwargs):
