@@ -1,8 +1,12 @@
-"""SB3 callbacks: X-Cache statistics of the batched world model, logged with the episode stats."""
+"""SB3 callbacks: X-Cache statistics of the batched world model and the spread of the policy's
+actions over what it saw, logged with the episode stats."""
 
 from __future__ import annotations
 
+import numpy as np
+import torch
 from stable_baselines3.common.callbacks import BaseCallback
+from stable_baselines3.common.utils import obs_as_tensor
 
 from xworld_env.xcache.stats import skip_rate_between
 
@@ -42,3 +46,55 @@ class XCacheStatsCallback(BaseCallback):
         chunks = max(1, engine.stats["chunks"])
         for key in ("dit_s", "kv_update_s", "decode_s", "heads_s"):
             self.logger.record(f"engine/{key}_per_chunk", engine.stats[key] / chunks)
+
+
+class ActionSpreadCallback(BaseCallback):
+    """Logs how much the policy's deterministic action depends on what it sees, after every
+    rollout.
+
+    The policy's mean action for (up to ``samples``, evenly spaced) observations of the last
+    rollout: ``policy/action_spread`` is the larger of the two action entries' standard
+    deviations over those observations, ``policy/mean_throttle`` and ``policy/mean_steer`` their
+    means. A spread near zero means the policy drives open loop: whatever it sees, it does the
+    same (what PPO learned in the shipped world model, docs/performance.md, "Policies").
+
+    Args:
+        samples: observations of the rollout the actions are computed for.
+    """
+
+    def __init__(self, samples: int = 256, verbose: int = 0) -> None:
+        super().__init__(verbose)
+        if samples < 2:
+            raise ValueError(f"samples must be >= 2 (a spread needs two actions), got {samples}")
+        self.samples = samples
+        #: The figures of the last rollout, as logged.
+        self.last: dict[str, float] = {}
+
+    def _on_step(self) -> bool:
+        return True
+
+    def _on_rollout_end(self) -> None:
+        buffer = self.model.rollout_buffer
+        pick = np.unique(np.linspace(0, buffer.buffer_size * buffer.n_envs - 1,
+                                     self.samples).round().astype(int))
+
+        def chosen(x: np.ndarray) -> np.ndarray:
+            # (steps, envs, ...) as collected; (steps * envs, ...) once training has read it.
+            return (x if buffer.generator_ready else x.reshape(-1, *x.shape[2:]))[pick]
+
+        observations = buffer.observations
+        observations = ({k: chosen(v) for k, v in observations.items()}
+                        if isinstance(observations, dict) else chosen(observations))
+        policy = self.model.policy
+        with torch.no_grad():
+            actions = policy._predict(obs_as_tensor(observations, policy.device),
+                                      deterministic=True)
+        actions = np.clip(actions.cpu().numpy().reshape(len(pick), -1),
+                          self.model.action_space.low, self.model.action_space.high)
+        self.last = {
+            "action_spread": float(actions.std(axis=0).max()),
+            "mean_throttle": float(actions[:, 0].mean()),
+            "mean_steer": float(actions[:, 1].mean()),
+        }
+        for key, value in self.last.items():
+            self.logger.record(f"policy/{key}", value)

@@ -1,7 +1,9 @@
 """``python -m agents.train [key=value ...]``: PPO on batched XWorld-v0 worlds.
 
 Configuration: ``configs/agent/*.yaml`` (``agent=tiny`` for a smoke run). Episode statistics,
-X-Cache statistics and losses go to TensorBoard under ``run_dir``; checkpoints are saved there.
+X-Cache statistics, the spread of the policy's actions over what it saw (``policy/action_spread``:
+near zero, it drives open loop) and losses go to TensorBoard under ``run_dir``; checkpoints are
+saved there.
 ``agent.env=sim`` trains the same policy in the teacher simulator ``XWorldSim-v0`` instead: the
 ground-truth reference for what the same budget of steps learns (``python -m agents.evaluate``
 compares both in both environments).
@@ -18,7 +20,7 @@ from stable_baselines3 import PPO
 from stable_baselines3.common.callbacks import CheckpointCallback
 from stable_baselines3.common.vec_env import DummyVecEnv, VecEnv, VecMonitor
 
-from agents.callbacks import XCacheStatsCallback
+from agents.callbacks import ActionSpreadCallback, XCacheStatsCallback
 from agents.extractors import SevenViewExtractor
 from agents.vec_env import XWorldSB3VecEnv
 from agents.world import WorldSettings
@@ -131,6 +133,7 @@ def train(cfg: AgentTrainConfig) -> Path:
     callbacks = [
         CheckpointCallback(max(1, cfg.save_every // cfg.num_envs), str(run_dir / "checkpoints"),
                            name_prefix="ppo"),
+        ActionSpreadCallback(),
     ]
     if cfg.env == "world":
         callbacks.append(XCacheStatsCallback())

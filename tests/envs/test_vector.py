@@ -3,6 +3,7 @@
 import gymnasium as gym
 import numpy as np
 import pytest
+import torch
 from gymnasium.vector import AutoresetMode
 
 import xworld_env  # noqa: F401
@@ -98,6 +99,31 @@ def test_sb3_ppo_learns_on_batched_worlds(tiny_env_kwargs, tmp_path):
     assert model.num_timesteps >= 64
     model.save(tmp_path / "ppo")
     assert (tmp_path / "ppo.zip").is_file()
+
+
+def test_action_spread_callback_sees_an_open_loop_policy(tiny_env_kwargs):
+    from stable_baselines3 import PPO
+
+    from agents.callbacks import ActionSpreadCallback
+    from agents.extractors import SevenViewExtractor
+
+    with pytest.raises(ValueError, match="samples must be >= 2"):
+        ActionSpreadCallback(samples=1)
+    venv = XWorldSB3VecEnv(num_envs=2, max_episode_steps=8, **tiny_env_kwargs)
+    model = PPO("MultiInputPolicy", venv, n_steps=8, batch_size=16, n_epochs=1, seed=0,
+                policy_kwargs={"features_extractor_class": SevenViewExtractor,
+                               "features_extractor_kwargs": {"features_dim": 32}},
+                device="cpu")
+    callback = ActionSpreadCallback(samples=16)
+    model.learn(total_timesteps=16, callback=callback)
+    # An untrained policy's mean action varies a little with what it sees.
+    assert 0.0 < callback.last["action_spread"] < 1.0
+    # An action head that ignores its features acts the same on every observation.
+    with torch.no_grad():
+        model.policy.action_net.weight.zero_()
+        model.policy.action_net.bias.copy_(torch.tensor([0.25, -0.5]))
+    callback.on_rollout_end()
+    assert callback.last == {"action_spread": 0.0, "mean_throttle": 0.25, "mean_steer": -0.5}
 
 
 def test_async_vector_env_pickles(tiny_env_kwargs):
