@@ -39,10 +39,10 @@ def make_autoencoder(seed: int = 0) -> Autoencoder:
     return Autoencoder(AE_TEST).eval()
 
 
-def make_heads(seed: int = 0) -> Heads:
-    """Heads with random weights, in eval mode."""
+def make_heads(seed: int = 0, **config) -> Heads:
+    """Heads with random weights, in eval mode (``config``: ``HeadsConfig`` fields)."""
     torch.manual_seed(seed)
-    return Heads(HeadsConfig()).eval()
+    return Heads(HeadsConfig(**config)).eval()
 
 
 @pytest.fixture(params=[False, True], ids=["adaln", "action_field"])

@@ -119,6 +119,21 @@ def test_a_config_from_before_the_action_field_loads_without_one(saved):
     assert loaded.dit.action_field is None
 
 
+def test_heads_from_before_the_temporal_trunk_load_as_they_were(saved):
+    path, bundle = saved
+    edit_config(path, lambda c: c["heads"].pop("temporal"))
+    loaded = load_bundle(path)
+    assert loaded.heads.config == bundle.heads.config and not loaded.heads.config.temporal
+
+
+def test_round_trip_with_temporal_heads(tmp_path):
+    bundle = WorldModelBundle(make_autoencoder(), make_dit(), make_heads(temporal=True), {})
+    loaded = load_bundle(save_bundle(tmp_path / "ckpt", bundle))
+    assert loaded.heads.config.temporal
+    latents = torch.randn(2, *bundle.heads.config.chunk_shape)
+    torch.testing.assert_close(loaded.heads(latents).ego, bundle.heads(latents).ego)
+
+
 def test_round_trip_with_an_action_field(tmp_path):
     bundle = WorldModelBundle(make_autoencoder(), make_dit(action_field=True), make_heads(), {})
     loaded = load_bundle(save_bundle(tmp_path / "ckpt", bundle))

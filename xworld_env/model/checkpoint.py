@@ -137,7 +137,10 @@ def save_bundle(
 
 # Config fields added after format version 1 was fixed, with the value that gives the behaviour
 # of checkpoints written before they existed.
-_ADDED_FIELDS: dict[type, dict[str, Any]] = {DiTConfig: {"action_field": False}}
+_ADDED_FIELDS: dict[type, dict[str, Any]] = {
+    DiTConfig: {"action_field": False},
+    HeadsConfig: {"temporal": False},
+}
 
 
 def _build_config(cls: type[_Config], values: Any, path: Path, section: str) -> _Config:

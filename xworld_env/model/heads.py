@@ -30,6 +30,9 @@ class HeadsConfig:
         hidden: hidden width of the MLP over all camera-frames.
         ego_scale: typical magnitude of each ``EGO_FIELDS`` entry; the network predicts ego state
             divided by it, so the fields weigh alike in training.
+        temporal: the trunk reads each camera's frames together (stacked along the channels),
+            so that it can see how the image moved between them; False (the first heads): one
+            trunk pass per camera-frame, the frames meeting only in the MLP.
     """
 
     latent_channels: int = 8
@@ -40,6 +43,7 @@ class HeadsConfig:
     features: int = 32
     hidden: int = 256
     ego_scale: tuple[float, ...] = (30.0, 1.0, 0.2)
+    temporal: bool = False
 
     def __post_init__(self) -> None:
         if len(self.ego_scale) != len(EGO_FIELDS):
@@ -81,8 +85,9 @@ class Heads(nn.Module):
         self.config = config
         ch = config.channels
         pooled = config.latent_size // 2
+        stacked = config.frames_per_chunk if config.temporal else 1
         self.trunk = nn.Sequential(
-            nn.Conv2d(config.latent_channels, ch, 3, padding=1),
+            nn.Conv2d(config.latent_channels * stacked, ch, 3, padding=1),
             nn.SiLU(),
             nn.Conv2d(ch, ch, 3, stride=2, padding=1),
             nn.SiLU(),
@@ -90,7 +95,7 @@ class Heads(nn.Module):
             nn.Linear(ch * pooled * pooled, config.features),
             nn.SiLU(),
         )
-        views = config.num_cameras * config.frames_per_chunk
+        views = config.num_cameras * config.frames_per_chunk // stacked
         self.mlp = nn.Sequential(
             nn.Linear(views * config.features, config.hidden),
             nn.SiLU(),
@@ -112,8 +117,11 @@ class Heads(nn.Module):
                 f"got {tuple(latents.shape)}"
             )
         b = latents.shape[0]
-        x = rearrange(latents, "b v f h w c -> (b v f) c h w")
-        features = rearrange(self.trunk(x), "(b v f) c -> b (v f c)", b=b, v=cfg.num_cameras)
+        if cfg.temporal:
+            x = rearrange(latents, "b v f h w c -> (b v) (f c) h w")
+        else:
+            x = rearrange(latents, "b v f h w c -> (b v f) c h w")
+        features = self.trunk(x).reshape(b, -1)
         out = self.mlp(features)
         return HeadsOutput(
             ego=out[:, : len(EGO_FIELDS)] * self.ego_scale,

@@ -48,6 +48,8 @@ class HeadsTrainConfig:
             the model generates the others under the recorded actions.
         context_chunks: see above.
         window, num_steps, shift: KV window and sampler of the rollouts (the engine's).
+        temporal: heads whose trunk reads each camera's two frames together
+            (``HeadsConfig.temporal``), so that it can see motion.
         Others as in the world-model stage.
     """
 
@@ -71,6 +73,7 @@ class HeadsTrainConfig:
     window: int = 2
     num_steps: int = 4
     shift: float = 3.0
+    temporal: bool = False
 
     def __post_init__(self) -> None:
         for name in ("steps", "batch", "log_every", "save_every", "generated_windows", "window",
@@ -200,7 +203,8 @@ def train_heads(cfg: HeadsTrainConfig, progress: bool = True) -> dict:
     gen_train = gen_val = None
     if n_generated:
         gen_train, gen_val = _generated_pools(cfg, train_split, val_split, device, progress)
-    heads = Heads(HeadsConfig(latent_channels=ae.config.latent_channels)).to(device)
+    heads = Heads(HeadsConfig(latent_channels=ae.config.latent_channels,
+                              temporal=cfg.temporal)).to(device)
     optimizer = torch.optim.AdamW(heads.parameters(), lr=cfg.lr, weight_decay=1e-4)
     state_path = run_dir / STATE_NAME
     step = resume(state_path, heads, optimizer, generator)
