@@ -73,8 +73,9 @@ class HeadsOutput(NamedTuple):
 class Heads(nn.Module):
     """Ego-state and event heads over all cameras and frames of a chunk.
 
-    A conv trunk shared by every camera-frame reduces each latent image to a feature vector; an
-    MLP over the concatenation (ordered by camera and frame) makes the predictions.
+    A conv trunk shared by every camera-frame (by every camera, its frames stacked, when
+    ``temporal``) reduces each latent image to a feature vector; an MLP over the concatenation
+    (ordered by camera and frame) makes the predictions.
 
     Args:
         config: architecture.
@@ -103,6 +104,14 @@ class Heads(nn.Module):
         )
         self.register_buffer("ego_scale", torch.tensor(config.ego_scale, dtype=torch.float32))
 
+    def trunk_inputs(self, latents: Tensor) -> Tensor:
+        """(b, v, f, h, w, c) latents -> the trunk's images, in (camera, frame) order: one per
+        camera with its frames stacked along the channels (``temporal``), else one per
+        camera-frame."""
+        if self.config.temporal:
+            return rearrange(latents, "b v f h w c -> (b v) (f c) h w")
+        return rearrange(latents, "b v f h w c -> (b v f) c h w")
+
     def forward(self, latents: Tensor) -> HeadsOutput:
         """Predicts ego state and event logits.
 
@@ -116,12 +125,7 @@ class Heads(nn.Module):
                 f"Heads expects latents (b, v, f, h, w, c) with (v, f, h, w, c) = {expected}, "
                 f"got {tuple(latents.shape)}"
             )
-        b = latents.shape[0]
-        if cfg.temporal:
-            x = rearrange(latents, "b v f h w c -> (b v) (f c) h w")
-        else:
-            x = rearrange(latents, "b v f h w c -> (b v f) c h w")
-        features = self.trunk(x).reshape(b, -1)
+        features = self.trunk(self.trunk_inputs(latents)).reshape(latents.shape[0], -1)
         out = self.mlp(features)
         return HeadsOutput(
             ego=out[:, : len(EGO_FIELDS)] * self.ego_scale,
