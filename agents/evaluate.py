@@ -2,8 +2,11 @@
 ground-truth simulator, side by side.
 
 A policy is a saved SB3 model (``.zip``, run deterministically) or one of the reference
-policies: ``random`` (uniform actions), ``idle`` (zero action: no throttle, no steering) and
-``lane-keeper`` (``xworld_env.envs.policies.LaneKeeper``). Every policy drives the same episodes
+policies: ``random`` (uniform actions), ``idle`` (zero action: no throttle, no steering),
+``lane-keeper`` (``xworld_env.envs.policies.LaneKeeper``) and ``autopilot`` (the simulator's
+data-collection autopilot, ``xworld_env.sim.driver.Autopilot``: lane following with gap keeping
+on the simulator's own state, so it drives in ``XWorldSim-v0`` only, as the reference of a
+competent driver). Every policy drives the same episodes
 (seeds ``seed``, ``seed + 1``, ...) in ``XWorld-v0`` and in ``XWorldSim-v0``; the table gives the
 mean return, its standard error, the collision and off-road rates, the mean episode length, the
 distance driven (speed x 0.5 s per step; in ``XWorld-v0`` the speed the heads read), the mean
@@ -24,7 +27,10 @@ import numpy as np
 from tqdm import tqdm
 
 #: Policies evaluated by name rather than from a file.
-REFERENCE_POLICIES = ("random", "idle", "lane-keeper")
+REFERENCE_POLICIES = ("random", "idle", "lane-keeper", "autopilot")
+#: Reference policies that read the simulator's state rather than the observation: they drive
+#: in ``XWorldSim-v0`` only.
+SIM_ONLY_POLICIES = ("autopilot",)
 #: Environments a policy is evaluated in, by the name ``--envs`` takes.
 ENV_IDS = {"world": "XWorld-v0", "sim": "XWorldSim-v0"}
 #: Seconds of driving per env step (one chunk).
@@ -43,7 +49,10 @@ def sb3_policy(path: str) -> Policy:
 
 
 def reference_policy(name: str, seed: int = 0) -> Policy:
-    """One of :data:`REFERENCE_POLICIES` as ``(obs, family) -> action``."""
+    """One of :data:`REFERENCE_POLICIES` as ``(obs, family) -> action`` (the simulator-only
+    ones need their env: :class:`SimAutopilot`)."""
+    if name in SIM_ONLY_POLICIES:
+        raise ValueError(f"{name} reads the simulator's state: make it with SimAutopilot(env)")
     if name == "random":
         rng = np.random.default_rng(seed)
         return lambda obs, family: rng.uniform(-1.0, 1.0, 2).astype(np.float32)
@@ -56,6 +65,34 @@ def reference_policy(name: str, seed: int = 0) -> Policy:
         return lambda obs, family: keeper(obs, family)
     raise ValueError(f"unknown reference policy {name!r}; accepted: {REFERENCE_POLICIES} "
                      f"or a saved SB3 model (.zip)")
+
+
+class SimAutopilot:
+    """The simulator's data-collection autopilot as a policy of one ``XWorldSim-v0`` env.
+
+    Reads the simulator's state (privileged), not the observation; ``reset`` after every reset
+    of the env picks the episode's lane and cruise speed.
+    """
+
+    def __init__(self, env, seed: int = 0) -> None:
+        from xworld_env.sim.driver import Autopilot
+
+        self.env = env.unwrapped
+        self.autopilot = Autopilot(np.random.default_rng(seed))
+
+    def reset(self) -> None:
+        self.autopilot.reset(self.env.scenario)
+
+    def __call__(self, obs: dict, family: str) -> np.ndarray:
+        return self.autopilot.act(self.env.scenario)
+
+
+def check_envs_for(spec: str, env_ids: Sequence[str]) -> None:
+    """Raises ``ValueError`` when a simulator-only policy is to drive without the simulator
+    (``env_ids``: env ids or ``--envs`` names)."""
+    if spec in SIM_ONLY_POLICIES and not {"sim", ENV_IDS["sim"]} & set(env_ids):
+        raise ValueError(f"{spec} reads the simulator's state and drives in "
+                         f"{ENV_IDS['sim']} only; evaluate it with the sim env")
 
 
 def check_policy(spec: str) -> None:
@@ -88,7 +125,8 @@ def evaluate_in(env, policy: Policy, episodes: int, seed: int, max_steps: int,
 
     Args:
         env: an ``XWorld-v0`` or ``XWorldSim-v0`` env (unwrapped or not).
-        policy: ``(obs, family) -> action``.
+        policy: ``(obs, family) -> action``; its ``reset()``, where it has one, is called after
+            every reset of the env.
         episodes: episodes to run.
         seed: seed of the first episode's reset.
         max_steps: steps after which an episode is cut.
@@ -99,6 +137,8 @@ def evaluate_in(env, policy: Policy, episodes: int, seed: int, max_steps: int,
     collisions = off_roads = 0
     for e in tqdm(range(episodes), desc=progress, disable=progress is None, leave=False):
         obs, info = env.reset(seed=seed + e)
+        if hasattr(policy, "reset"):
+            policy.reset()
         family = info["family"]
         total, distance, steps = 0.0, 0.0, 0
         collided = off_road = False
@@ -169,16 +209,23 @@ def evaluate(policy: str, episodes: int = 5, seed: int = 100, max_steps: int = 8
         progress: show a progress bar per env.
 
     Returns:
-        ``{"policy": policy, "<env id>": evaluate_in(...) for each env}``.
+        ``{"policy": policy, "<env id>": evaluate_in(...) for each env}`` (a simulator-only
+        policy: the simulator's entry alone).
     """
     check_run_length(episodes, max_steps)
-    act = load_policy(policy, seed)
+    if envs is not None:
+        check_envs_for(policy, list(envs))
+    sim_only = policy in SIM_ONLY_POLICIES
+    act = None if sim_only else load_policy(policy, seed)
     envs = envs if envs is not None else make_envs(checkpoint=checkpoint,
                                                    scenario_bank=scenario_bank, family=family)
     result: dict = {"policy": policy}
     for env_id, env in envs.items():
+        if sim_only and env_id != ENV_IDS["sim"]:
+            continue
         label = f"{Path(policy).name} in {env_id}" if progress else None
-        result[env_id] = evaluate_in(env, act, episodes, seed, max_steps, label)
+        result[env_id] = evaluate_in(env, act or SimAutopilot(env, seed), episodes, seed,
+                                     max_steps, label)
     return result
 
 
@@ -219,6 +266,7 @@ def main(argv: list[str] | None = None) -> int:
     try:  # before any env is built
         for spec in args.policies:
             check_policy(spec)
+            check_envs_for(spec, args.envs)
         check_run_length(args.episodes, args.max_steps)
     except ValueError as error:
         parser.error(str(error))

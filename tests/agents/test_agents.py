@@ -151,6 +151,17 @@ def test_reference_policies_in_both_envs(calm_checkpoint, tiny_bank):
 
     row = format_table([{"policy": "idle", "XWorldSim-v0": idle}]).splitlines()[1]
     assert row.split()[-3:] == ["0.00", "0.00", "0.000"]
+    # The simulator's autopilot reads the simulator's state: it drives there only, and on the
+    # highway it drives the three steps forward without an event.
+    autopilot = evaluate("autopilot", episodes=2, max_steps=3, envs=envs)
+    assert set(autopilot) == {"policy", "XWorldSim-v0"}
+    drive = autopilot["XWorldSim-v0"]
+    assert drive["mean_steps"] == 3 and drive["mean_distance_m"] > 0
+    assert drive["collision_rate"] == 0.0 and drive["off_road_rate"] == 0.0
+    assert max(drive["action_std"]) > 0.0
+    world_only = {k: v for k, v in envs.items() if k == "XWorld-v0"}
+    with pytest.raises(ValueError, match="drives in XWorldSim-v0 only"):
+        evaluate("autopilot", episodes=1, max_steps=1, envs=world_only)
 
 
 def test_world_events_come_from_the_heads(tiny_env_kwargs):
@@ -172,6 +183,10 @@ def test_evaluate_cli_rejects_unknown_policies_and_families(tmp_path, capsys):
     with pytest.raises(SystemExit):
         main(["idle", "--family", "desert"])
     assert "--family must be one of" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["autopilot", "--envs", "world"])
+    assert "autopilot reads the simulator's state and drives in XWorldSim-v0 only" in (
+        capsys.readouterr().err)
     with pytest.raises(SystemExit):
         main(["idle", "--episodes", "0"])
     assert "episodes must be an integer >= 1, got 0" in capsys.readouterr().err
