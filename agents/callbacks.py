@@ -4,9 +4,7 @@ actions over what it saw, logged with the episode stats."""
 from __future__ import annotations
 
 import numpy as np
-import torch
 from stable_baselines3.common.callbacks import BaseCallback
-from stable_baselines3.common.utils import obs_as_tensor
 
 from xworld_env.xcache.stats import skip_rate_between
 
@@ -85,12 +83,7 @@ class ActionSpreadCallback(BaseCallback):
         observations = buffer.observations
         observations = ({k: chosen(v) for k, v in observations.items()}
                         if isinstance(observations, dict) else chosen(observations))
-        policy = self.model.policy
-        with torch.no_grad():
-            actions = policy._predict(obs_as_tensor(observations, policy.device),
-                                      deterministic=True)
-        actions = np.clip(actions.cpu().numpy().reshape(len(pick), -1),
-                          self.model.action_space.low, self.model.action_space.high)
+        actions, _ = self.model.policy.predict(observations, deterministic=True)
         self.last = {
             "action_spread": float(actions.std(axis=0).max()),
             "mean_throttle": float(actions[:, 0].mean()),
