@@ -166,10 +166,24 @@ def test_a_model_blind_to_its_actions_has_no_throttle_response(tiny_checkpoint):
     assert seeing["throttle_response"] == pytest.approx(
         seeing["speed_gap_model"] / seeing["speed_gap_sim"])
     assert 1 <= seeing["throttle_chunks_compared"] <= 4
+    # The model's own views answer the pedals by some amount (over the first two chunks the
+    # simulator's may move either way).
+    assert seeing["motion_gap_sim"] != 0 and seeing["motion_gap_model"] != 0
+    # (a ratio only where the simulator's views move more under throttle)
+    sim_gap = seeing["motion_gap_sim"]
+    assert seeing["motion_response"] == pytest.approx(
+        seeing["motion_gap_model"] / sim_gap if sim_gap > 0 else float("nan"), nan_ok=True)
+    assert seeing["throttle_response_encoded"] == pytest.approx(
+        seeing["speed_gap_encoded"] / seeing["speed_gap_sim"])
     blind_to_actions(engine)
     blind = throttle_response(engine, episodes, CONTEXT, 2, progress=False)
     assert blind["speed_gap_model"] == 0 and blind["throttle_response"] == 0
+    assert blind["motion_gap_model"] == 0
+    assert blind["motion_response"] == pytest.approx(0 if sim_gap > 0 else float("nan"),
+                                                     nan_ok=True)
     assert blind["speed_gap_sim"] == seeing["speed_gap_sim"]
+    # The heads' reading of the simulator's chunks does not involve the DiT at all.
+    assert blind["speed_gap_encoded"] == seeing["speed_gap_encoded"]
 
 
 def test_copy_baseline_is_last_context_frame(quality):

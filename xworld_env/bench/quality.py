@@ -19,7 +19,9 @@ recorded actions; the decoded views are compared with the simulator's frames, ne
 * ``speed_gap_sim`` / ``speed_gap_model`` / ``throttle_response`` (:func:`throttle_response`):
   from the same start, how much faster full throttle drives than full braking, in the simulator
   and as the heads read the model's chunks, and their ratio: whether the pedals work, and which
-  way round;
+  way round; ``throttle_response_encoded``, the heads' reading of the simulator's own chunks, and
+  ``motion_response``, how much more the model's views move under throttle than under braking
+  against the simulator's, tell the heads' part from the DiT's;
 * ``motion_model`` / ``motion_sim`` / ``motion_ratio``: how much the views change from one frame
   to the next (mean absolute change, pixel levels 0-255) in the rollout and in the simulator over
   the same chunks, and their ratio: a world model whose rollouts settle into a still scene scores
@@ -77,7 +79,9 @@ THROTTLE_CHUNKS = 5
 #: The throttle probe's acceleration inputs; steering stays 0.
 THROTTLE_ACTIONS = {"throttle": 1.0, "brake": -1.0}
 #: The throttle probe's figures that ``overall`` averages over the families.
-THROTTLE_KEYS = ("speed_gap_sim", "speed_gap_model", "throttle_response")
+THROTTLE_KEYS = ("speed_gap_sim", "speed_gap_model", "throttle_response", "speed_gap_encoded",
+                 "throttle_response_encoded", "motion_gap_sim", "motion_gap_model",
+                 "motion_response")
 #: Autoencoder PSNR below which no rollout can look right (the ``ae_psnr_ge_30`` bar).
 AE_PSNR_BAR_DB = 30.0
 
@@ -431,24 +435,55 @@ def throttle_response(
     * ``speed_gap_model``: the same for the speed the heads read from the model's chunks (what
       the env's reward and ``obs["ego"]`` report);
     * ``throttle_response``: their ratio, 1 when the model's speed answers the pedals as the
-      simulator's does, 0 when it ignores them, negative when it answers the wrong way round.
+      simulator's does, 0 when it ignores them, negative when it answers the wrong way round;
+    * ``speed_gap_encoded`` / ``throttle_response_encoded``: the same as the heads read the
+      simulator's own chunks (encoded by the autoencoder): where this is wrong too, the heads are
+      (at least in part) what answers the wrong way round, not the DiT;
+    * ``motion_gap_sim`` / ``motion_gap_model`` / ``motion_response``: how much more the views
+      change from one frame to the next under throttle than under braking (pixel levels 0-255,
+      over each episode's compared chunks, averaged over episodes), in the simulator and in the
+      model, and their ratio: the pedals' effect on the views themselves, with no head in
+      between.
     """
     pedals = {name: np.array([value, 0.0], np.float32) for name, value in THROTTLE_ACTIONS.items()}
     sim, model = probe_runs(engine, episodes, context, chunks, pedals,
                             f"throttle {episodes[0].family}", progress)
-    gap_sim, gap_model = [], []
+    speed = EGO_FIELDS.index("speed")
+    gap_sim, gap_model, gap_encoded, move_sim, move_model = [], [], [], [], []
     for i in range(len(episodes)):
-        (_, fast), (_, slow) = sim["throttle"][i], sim["brake"][i]
-        for k in range(min(len(fast), len(slow))):
+        (fast_frames, fast), (slow_frames, slow) = sim["throttle"][i], sim["brake"][i]
+        n = min(len(fast), len(slow))
+        if n == 0:
+            continue
+        with torch.no_grad():
+            read_fast, read_slow = (
+                engine.heads(engine.encode(np.stack(frames[:n]))).ego[:, speed].float().cpu()
+                for frames in (fast_frames, slow_frames))
+        for k in range(n):
             gap_sim.append(fast[k] - slow[k])
             gap_model.append(float(model["throttle"].speeds[i, k] - model["brake"].speeds[i, k]))
-    gap_s, gap_m = _mean(gap_sim), _mean(gap_model)
+            gap_encoded.append(float(read_fast[k] - read_slow[k]))
+        move_sim.append(_run_motion(fast_frames, n) - _run_motion(slow_frames, n))
+        move_model.append(_run_motion(model["throttle"].frames[i], n) -
+                          _run_motion(model["brake"].frames[i], n))
+    gap_s, gap_m, gap_e = _mean(gap_sim), _mean(gap_model), _mean(gap_encoded)
+    move_s, move_m = _mean(move_sim), _mean(move_model)
     return {
         "speed_gap_sim": gap_s,
         "speed_gap_model": gap_m,
         "throttle_response": gap_m / gap_s if gap_s > 0 else math.nan,
+        "speed_gap_encoded": gap_e,
+        "throttle_response_encoded": gap_e / gap_s if gap_s > 0 else math.nan,
+        "motion_gap_sim": move_s,
+        "motion_gap_model": move_m,
+        "motion_response": move_m / move_s if move_s > 0 else math.nan,
         "throttle_chunks_compared": len(gap_sim),
     }
+
+
+def _run_motion(chunks, n: int) -> float:
+    """``frame_motion`` over every frame of a run's first ``n`` chunks, in order."""
+    return frame_motion(np.concatenate(list(chunks[:n])))
 
 
 def _frame_std(frames: np.ndarray) -> np.ndarray:
@@ -818,10 +853,17 @@ def print_table(result: dict) -> None:
         print(f"\nthrottle probe ({result['settings']['throttle_chunks']} chunks at full throttle "
               "and full braking from each context; ego speed under throttle minus under braking, "
               "m/s, the model's as its heads read it)")
-        print(f"{'family':<13}{'sim':>9}{'model':>11}{'response':>10}")
+        print(f"{'family':<13}{'sim':>9}{'model':>11}{'response':>10}{'sim read':>10}"
+              f"{'response':>10}{'motion sim':>12}{'model':>8}{'response':>10}")
         for name, r in rows:
             print(f"{name:<13}{_fmt(r['speed_gap_sim'], 9)}{_fmt(r['speed_gap_model'], 11)}"
-                  f"{_fmt(r['throttle_response'], 10, 3)}")
+                  f"{_fmt(r['throttle_response'], 10, 3)}{_fmt(r['speed_gap_encoded'], 10)}"
+                  f"{_fmt(r['throttle_response_encoded'], 10, 3)}"
+                  f"{_fmt(r['motion_gap_sim'], 12)}{_fmt(r['motion_gap_model'], 8)}"
+                  f"{_fmt(r['motion_response'], 10, 3)}")
+        print("(sim read: the heads' reading of the simulator's own chunks; motion: how much more "
+              "the views change from frame to frame under throttle than under braking, pixel "
+              "levels)")
     bars = ", ".join(f"{k}: {'yes' if v else 'no'}" for k, v in result["bars"].items())
     print("(motion: mean change from one frame to the next, pixel levels 0-255, over the compared "
           "chunks; 'still': the stability rollout's last tenth moves less than "
