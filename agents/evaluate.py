@@ -173,9 +173,9 @@ def evaluate_in(env, policy: Policy, episodes: int, seed: int, max_steps: int,
 
 def make_envs(envs: Sequence[str] = tuple(ENV_IDS), checkpoint: str | None = None,
               scenario_bank: str | None = None, family: str | None = None,
-              noise: str | None = None) -> dict:
+              noise: str | None = None, speed: str = "heads") -> dict:
     """The environments to evaluate in, by env id (``--envs`` names: ``world``, ``sim``);
-    ``noise`` is the world model's (None: the checkpoint's)."""
+    ``noise`` (None: the checkpoint's) and ``speed`` are the world model's (``EngineConfig``)."""
     from xworld_env.envs.xworld import XWorldEnv
     from xworld_env.sim.sim_env import XWorldSimEnv
 
@@ -185,7 +185,7 @@ def make_envs(envs: Sequence[str] = tuple(ENV_IDS), checkpoint: str | None = Non
     made = {}
     if "world" in envs:
         made[ENV_IDS["world"]] = XWorldEnv(checkpoint=checkpoint, scenario_bank=scenario_bank,
-                                           family=family, noise=noise)
+                                           family=family, noise=noise, speed=speed)
     if "sim" in envs:
         made[ENV_IDS["sim"]] = XWorldSimEnv(family=family)
     return made
@@ -261,6 +261,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--scenario-bank", default=None)
     parser.add_argument("--noise", default=None, choices=["fixed", "fresh"],
                         help="the world model's noise (default: the checkpoint's)")
+    parser.add_argument("--speed", default="heads", choices=["heads", "kinematic"],
+                        help="where the world model's ego speed comes from (EngineConfig.speed)")
     parser.add_argument("--json", default=None, help="write the results here")
     args = parser.parse_args(argv)
     try:  # before any env is built
@@ -274,14 +276,15 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.family is not None and args.family not in FAMILIES:
         parser.error(f"--family must be one of {', '.join(FAMILIES)}, got {args.family!r}")
-    envs = make_envs(args.envs, args.checkpoint, args.scenario_bank, args.family, args.noise)
+    envs = make_envs(args.envs, args.checkpoint, args.scenario_bank, args.family, args.noise,
+                     args.speed)
     results = [evaluate(spec, args.episodes, args.seed, args.max_steps, envs=envs, progress=True)
                for spec in args.policies]
     print(format_table(results))
     if args.json:
         settings = {"episodes": args.episodes, "seed": args.seed, "max_steps": args.max_steps,
                     "family": args.family, "checkpoint": args.checkpoint,
-                    "noise": args.noise}
+                    "noise": args.noise, "speed": args.speed}
         Path(args.json).write_text(json.dumps({"settings": settings, "results": results},
                                               indent=2))
     return 0

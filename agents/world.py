@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from xworld_env.engine import COMPUTE_DTYPES, DECODE_DTYPES, NOISE_MODES
+from xworld_env.engine import COMPUTE_DTYPES, DECODE_DTYPES, NOISE_MODES, SPEED_SOURCES
 from xworld_env.xcache import make_executor
 
 
@@ -28,6 +28,9 @@ class WorldSettings:
         world_noise: the world model's noise (the envs' ``noise``): ``fixed`` per episode,
             ``fresh`` every chunk, or None for the checkpoint's (``fixed`` for the shipped one,
             under which X-Cache reuses and the world stands still under steady actions).
+        world_speed: where the world model's ego speed comes from (the envs' ``speed``):
+            ``heads`` reads it from each chunk, ``kinematic`` integrates the pedals with the
+            simulator's vehicle model (``EngineConfig.speed``).
     """
 
     cache: str | dict = "xcache"
@@ -38,6 +41,7 @@ class WorldSettings:
     world_dtype: str = "float32"
     world_decode_dtype: str = "auto"
     world_noise: str | None = None
+    world_speed: str = "heads"
 
     def __post_init__(self) -> None:
         make_executor(self.cache)  # a bad policy or setting fails here, naming what is accepted
@@ -50,6 +54,9 @@ class WorldSettings:
         if self.world_noise is not None and self.world_noise not in NOISE_MODES:
             raise ValueError(f"world_noise must be one of {NOISE_MODES} or null (the "
                              f"checkpoint's), got {self.world_noise!r}")
+        if self.world_speed not in SPEED_SOURCES:
+            raise ValueError(f"world_speed must be one of {SPEED_SOURCES}, "
+                             f"got {self.world_speed!r}")
 
     def world_kwargs(self, device: str) -> dict:
         """Keyword arguments of the ``XWorldVectorEnv`` these settings describe, on ``device``."""
@@ -57,4 +64,4 @@ class WorldSettings:
                 "scenario_bank": self.scenario_bank, "family": self.family,
                 "max_episode_steps": self.max_episode_steps, "device": device,
                 "dtype": self.world_dtype, "decode_dtype": self.world_decode_dtype,
-                "noise": self.world_noise}
+                "noise": self.world_noise, "speed": self.world_speed}

@@ -42,6 +42,10 @@ COMPUTE_DTYPES: dict[str, torch.dtype] = {
 }
 
 
+#: Where a world's ego speed comes from after each chunk (``EngineConfig.speed``).
+SPEED_SOURCES = ("heads", "kinematic")
+
+
 #: Decoder precisions: a compute precision, or ``auto`` (see ``resolve_decode_dtype``).
 DECODE_DTYPES = ("auto", *COMPUTE_DTYPES)
 #: CPU feature flags (Linux ``/proc/cpuinfo``) of native bfloat16 matrix arithmetic.
@@ -91,6 +95,7 @@ def resolve_decode_dtype(
     return dtype
 
 
+_SPEED = EGO_FIELDS.index("speed")
 _STAT_KEYS = ("prime_s", "dit_s", "kv_update_s", "decode_s", "heads_s")
 
 
@@ -116,6 +121,14 @@ class EngineConfig:
             the KV cache, the heads and every later chunk read the latents, so the decoder's
             precision changes the pixels (54 dB PSNR between bfloat16 and float32 decoding on
             the shipped model) and never the rollout.
+        speed: where each world's ego speed comes from after a chunk (what conditions the next
+            chunk, and what the envs observe and reward): ``"heads"`` reads it from the chunk's
+            latents with the speed head; ``"kinematic"`` integrates the chunk's acceleration
+            action with the simulator's vehicle model (``kinematic_speed``), as the DiT saw it
+            in training, where every chunk is conditioned on the simulator's own speed.
+        speed_gain: m/s that a chunk at full throttle adds (the simulator's maximum
+            acceleration times its control period: 5 m/s² × 0.5 s), for ``"kinematic"``.
+        max_speed: m/s the kinematic speed is held at or below (the simulator's vehicles').
     """
 
     sampler: SamplerConfig = field(default_factory=SamplerConfig)
@@ -123,6 +136,9 @@ class EngineConfig:
     noise: str = "fresh"
     dtype: str = "float32"
     decode_dtype: str = "auto"
+    speed: str = "heads"
+    speed_gain: float = 2.5
+    max_speed: float = 40.0
 
     def __post_init__(self) -> None:
         if self.noise not in NOISE_MODES:
@@ -133,6 +149,20 @@ class EngineConfig:
             raise ValueError(
                 f"decode_dtype must be one of {list(DECODE_DTYPES)}, got {self.decode_dtype!r}"
             )
+        if self.speed not in SPEED_SOURCES:
+            raise ValueError(f"speed must be one of {SPEED_SOURCES}, got {self.speed!r}")
+        if not (self.speed_gain > 0 and self.max_speed > 0):
+            raise ValueError(
+                f"speed_gain and max_speed must be positive m/s, got {self.speed_gain} and "
+                f"{self.max_speed}"
+            )
+
+
+def kinematic_speed(speed: Tensor, throttle: Tensor, gain: float, max_speed: float) -> Tensor:
+    """The ego speed after one chunk of the simulator's longitudinal vehicle model: the
+    acceleration action (in [-1, 1]) times ``gain`` added to ``speed``, braking stopping the car
+    rather than reversing it, and held at or below ``max_speed`` (all m/s)."""
+    return (speed + gain * throttle).clamp(0.0, max_speed)
 
 
 @dataclass
@@ -143,7 +173,10 @@ class ChunkOutput:
         frames: (b, f, v, H, W, 3) uint8 camera images, cameras ordered as ``CAMERA_NAMES``
             (f = 1, the chunk's last frame, when ``step_chunk`` was asked to decode only it).
         latents: (b, v, f, h, w, c) clean latents of the chunk.
-        ego: (b, 3) ego state at the chunk's last frame, ordered as ``EGO_FIELDS``.
+        ego: (b, 3) ego state at the chunk's last frame, ordered as ``EGO_FIELDS`` (the speed
+            from ``EngineConfig.speed``'s source).
+        speed_read: (b,) the speed the heads read from the chunk (``ego``'s speed where
+            ``EngineConfig.speed`` is ``"heads"``).
         collision_prob: (b,) probability of a collision during the chunk.
         off_road_prob: (b,) probability of being off the road.
     """
@@ -153,6 +186,7 @@ class ChunkOutput:
     ego: Tensor
     collision_prob: Tensor
     off_road_prob: Tensor
+    speed_read: Tensor
 
 
 class WorldModelEngine:
@@ -377,16 +411,22 @@ class WorldModelEngine:
             out = self.heads(x0)
             t4 = self._sync()
 
-        self._speed = out.ego[:, EGO_FIELDS.index("speed")].clone()
+        ego, read = out.ego, out.ego[:, _SPEED].clone()
+        if self.config.speed == "kinematic":
+            ego = ego.clone()
+            ego[:, _SPEED] = kinematic_speed(speed.to(ego.dtype), action[:, 0].to(ego.dtype),
+                                             self.config.speed_gain, self.config.max_speed)
+        self._speed = ego[:, _SPEED].clone()
         for key, seconds in zip(_STAT_KEYS[1:], (t1 - t0, t2 - t1, t3 - t2, t4 - t3), strict=True):
             self.stats[key] += seconds
         self.stats["chunks"] += 1
         return ChunkOutput(
             frames=frames,
             latents=x0,
-            ego=out.ego,
+            ego=ego,
             collision_prob=torch.sigmoid(out.collision_logit),
             off_road_prob=torch.sigmoid(out.off_road_logit),
+            speed_read=read,
         )
 
     # ------------------------------------------------------------------ helpers

@@ -53,16 +53,20 @@ def test_world_settings_pass_both_precisions_to_the_envs():
         WorldSettings(world_decode_dtype="int8")
 
 
-def test_world_noise_reaches_the_worlds(tiny_env_kwargs):
+def test_world_noise_and_speed_reach_the_worlds(tiny_env_kwargs):
     from agents.train import AgentTrainConfig, make_training_env
 
     assert AgentTrainConfig().world_kwargs("cpu")["noise"] is None  # the checkpoint's
-    cfg = AgentTrainConfig(num_envs=2, world_noise="fresh", **tiny_env_kwargs)
+    cfg = AgentTrainConfig(num_envs=2, world_noise="fresh", world_speed="kinematic",
+                           **tiny_env_kwargs)
     venv = make_training_env(cfg)
-    assert venv.venv.venv.engine.config.noise == "fresh"  # VecMonitor > adapter > worlds
+    config = venv.venv.venv.engine.config  # VecMonitor > adapter > worlds
+    assert (config.noise, config.speed) == ("fresh", "kinematic")
     venv.close()
     with pytest.raises(ValueError, match=r"world_noise must be one of \('fresh', 'fixed'\)"):
         AgentTrainConfig(world_noise="frozen")
+    with pytest.raises(ValueError, match=r"world_speed must be one of \('heads', 'kinematic'\)"):
+        AgentTrainConfig(world_speed="gps")
 
 
 def test_train_rejects_an_unknown_world_dtype(tiny_env_kwargs, tmp_path):

@@ -23,6 +23,19 @@ def test_make_vec_gives_the_batched_env(tiny_env_kwargs):
     assert envs.observation_space.contains(obs)
     obs, rewards, terminated, truncated, infos = envs.step(envs.action_space.sample())
     assert rewards.shape == (3,) and terminated.dtype == bool and "collision_prob" in infos
+    np.testing.assert_array_equal(infos["speed_read"], obs["ego"][:, 0])  # speed="heads"
+
+
+def test_kinematic_speed_per_world(tiny_env_kwargs):
+    envs = XWorldVectorEnv(num_envs=2, speed="kinematic", **NO_EVENTS, **tiny_env_kwargs)
+    obs, infos = envs.reset(seed=3)
+    speed = np.array(infos["ego"]["speed"], np.float64)
+    pedals = np.array([[1.0, 0.0], [-0.6, 0.2]], np.float32)
+    for _ in range(2):
+        obs, _, _, _, infos = envs.step(pedals)
+        speed = np.maximum(speed + 2.5 * pedals[:, 0], 0.0)
+        np.testing.assert_allclose(obs["ego"][:, 0], speed, atol=1e-5)
+    assert not np.allclose(infos["speed_read"], speed)
 
 
 def test_next_step_autoreset(tiny_env_kwargs):

@@ -31,6 +31,19 @@ def test_spaces_step_and_info(tiny_env_kwargs):
     assert set(info["cache"]) == {"eligible", "reused", "evaluations"}
     assert 0.0 <= info["collision_prob"] <= 1.0 and "speed" in info["ego"]
     assert abs(sum(info["reward_terms"].values()) - reward) < 1e-9
+    assert info["speed_read"] == info["ego"]["speed"]  # speed="heads", the default
+
+
+def test_kinematic_speed_follows_the_pedals(tiny_env_kwargs):
+    env = XWorldEnv(speed="kinematic", **tiny_env_kwargs)
+    _, info = env.reset(seed=0, options={"family": "merge"})
+    speed = info["ego"]["speed"]
+    for throttle in (1.0, 0.4, -1.0):
+        obs, _, _, _, info = env.step(np.array([throttle, 0.0], np.float32))
+        speed = max(speed + 2.5 * throttle, 0.0)
+        assert info["ego"]["speed"] == pytest.approx(speed, abs=1e-5)
+        assert obs["ego"][0] == pytest.approx(speed, abs=1e-5)
+        assert info["speed_read"] != pytest.approx(speed)  # the tiny heads read something else
 
 
 @pytest.mark.parametrize("cache", ["xcache", "none", "fbcache", "static"])
@@ -99,6 +112,7 @@ def test_lifecycle_errors(tiny_env_kwargs):
         ({"cache": "turbo"}, ValueError, "accepted: xcache, none"),
         ({"dtype": "int8"}, ValueError, "dtype"),
         ({"decode_dtype": "int4"}, ValueError, "decode_dtype must be one of"),
+        ({"speed": "gps"}, ValueError, r"speed must be one of \('heads', 'kinematic'\)"),
         ({"family": "moon"}, ValueError, "accepted"),
         ({"render_mode": "human"}, ValueError, "render_mode"),
         ({"checkpoint": "/nonexistent/ckpt"}, Exception, "/nonexistent/ckpt"),

@@ -266,3 +266,37 @@ def test_auto_decoder_precision(tmp_path):
     assert cpu_flags(str(tmp_path / "missing")) == frozenset()
     with pytest.raises(ValueError, match=r"decode_dtype must be one of \['auto', 'float32'"):
         EngineConfig(decode_dtype="int8")
+
+
+def test_kinematic_speed_follows_the_pedals_and_conditions_the_next_chunk():
+    frames, acts, ego = context(2)
+    heads_engine = make_engine()
+    engine = make_engine(EngineConfig(sampler=CONFIG.sampler, kv_cache=CONFIG.kv_cache,
+                                      speed="kinematic"))
+    for e in (heads_engine, engine):
+        e.start(frames, acts, ego, seeds=[0, 1])
+    pedals = torch.tensor([[1.0, 0.0], [-1.0, 0.3]])
+    first = engine.step_chunk(pedals)
+    expected = (ego[:, -1, 0] + 2.5 * pedals[:, 0]).clamp(0.0, 40.0)
+    torch.testing.assert_close(first.ego[:, 0], expected)
+    # The other fields, the heads' own reading and the chunk itself are as with the heads.
+    read = heads_engine.step_chunk(pedals)
+    torch.testing.assert_close(read.ego[:, 1:], first.ego[:, 1:])
+    torch.testing.assert_close(read.ego[:, 0], first.speed_read)
+    torch.testing.assert_close(read.speed_read, read.ego[:, 0])
+    torch.testing.assert_close(read.latents, first.latents)
+    # The next chunk is conditioned on the kinematic speed, not on the heads' reading.
+    assert not torch.allclose(first.ego[:, 0], first.speed_read)
+    second = engine.step_chunk(pedals)
+    torch.testing.assert_close(second.ego[:, 0], (expected + 2.5 * pedals[:, 0]).clamp(0.0, 40.0))
+    assert not torch.equal(second.latents, heads_engine.step_chunk(pedals).latents)
+
+
+@pytest.mark.parametrize(("settings", "message"), [
+    ({"speed": "gps"}, r"speed must be one of \('heads', 'kinematic'\)"),
+    ({"speed_gain": 0.0}, "speed_gain and max_speed must be positive"),
+    ({"max_speed": -1.0}, "speed_gain and max_speed must be positive"),
+])
+def test_bad_speed_settings_are_rejected(settings, message):
+    with pytest.raises(ValueError, match=message):
+        EngineConfig(**settings)

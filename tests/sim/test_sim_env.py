@@ -3,6 +3,7 @@
 import gymnasium as gym
 import numpy as np
 import pytest
+import torch
 from gymnasium.utils.env_checker import check_env
 
 import xworld_env  # noqa: F401  (registers the ids)
@@ -180,3 +181,30 @@ def test_dict_configs_are_accepted():
     assert obs["front_wide"].shape == (32, 32, 3)
     env.step(np.zeros(2, np.float32))
     assert env.last_chunk.shape == (3, 7, 32, 32, 3)
+
+
+def test_the_engines_kinematic_speed_is_the_simulators():
+    """``EngineConfig(speed="kinematic")`` integrates the pedals as the simulator does."""
+    from xworld_env.engine import EngineConfig, kinematic_speed
+
+    config = EngineConfig()
+    rng = np.random.default_rng(3)
+    stopped = False
+    for family in ("highway", "roundabout"):
+        env = XWorldSimEnv(family=family)
+        _, info = env.reset(seed=5)
+        speed, compared = info["ego"]["speed"], 0
+        for t in range(16):
+            # full braking (the roundabout's ego stops and stands), then random pedals
+            action = np.array([-1.0 if t < 6 else rng.uniform(-0.8, 0.8), 0.0], np.float32)
+            _, _, terminated, truncated, info = env.step(action)
+            expected = kinematic_speed(torch.tensor(speed), torch.tensor(float(action[0])),
+                                       config.speed_gain, config.max_speed)
+            assert info["ego"]["speed"] == pytest.approx(float(expected), abs=1e-3)
+            speed, compared = info["ego"]["speed"], compared + 1
+            stopped = stopped or speed < 1e-3
+            if terminated or truncated:
+                break
+        env.close()
+        assert compared == 16
+    assert stopped

@@ -82,6 +82,7 @@ def load_runtime(
     window: int | None = None,
     noise: str | None = None,
     decode_dtype: str = "auto",
+    speed: str = "heads",
 ) -> WorldModelRuntime:
     """Loads the checkpoint (default: the shipped one) into an engine, and the scenario bank."""
     if device.startswith("cuda") and not torch.cuda.is_available():
@@ -96,6 +97,7 @@ def load_runtime(
         noise=noise or trained.get("noise", "fresh"),
         dtype=dtype,
         decode_dtype=decode_dtype,
+        speed=speed,
     )
     engine = WorldModelEngine.from_bundle(config, bundle)
     bank = ScenarioBank.load(scenario_bank if scenario_bank is not None else DEFAULT_SCENARIO_BANK)
@@ -116,7 +118,8 @@ class XWorldEnv(gym.Env):
 
     ## Observation space
     As ``XWorldSim-v0``: the seven camera names → ``Box(0, 255, (64, 64, 3), uint8)`` and
-    ``"ego"`` (speed, lane offset, heading error) as predicted by the heads.
+    ``"ego"`` (speed, lane offset, heading error) as predicted by the heads, the speed from
+    ``speed``'s source.
 
     ## Rewards
     The simulator's terms (``xworld_env.envs.rewards``) on the predicted ego state, with the
@@ -139,7 +142,9 @@ class XWorldEnv(gym.Env):
     when ``dtype`` is float32; see ``EngineConfig``), ``num_steps``,
     ``window``, ``noise`` (``"fresh"`` or ``"fixed"``, see ``EngineConfig``; the shipped
     checkpoint's ``"fixed"`` lets X-Cache reuse, and its world stands still under steady
-    actions), ``reward``,
+    actions), ``speed`` (where the ego speed comes from: ``"heads"`` reads it from each chunk,
+    ``"kinematic"`` integrates the acceleration actions with the simulator's vehicle model; see
+    ``EngineConfig``; ``info["speed_read"]`` is the heads' reading either way), ``reward``,
     ``include_ego``, ``render_mode``.
 
     ## Version history
@@ -160,13 +165,14 @@ class XWorldEnv(gym.Env):
         num_steps: int | None = None,
         window: int | None = None,
         noise: str | None = None,
+        speed: str = "heads",
         reward: RewardConfig | dict | None = None,
         include_ego: bool = True,
         render_mode: str | None = None,
     ) -> None:
         check_env_arguments(family, render_mode)
         self.runtime = load_runtime(checkpoint, scenario_bank, device, dtype, num_steps, window,
-                                    noise, decode_dtype)
+                                    noise, decode_dtype, speed)
         self.engine = self.runtime.engine
         self.engine.executor = make_executor(cache)
         self.cache_policy = getattr(self.engine.executor, "name", "none")
@@ -216,6 +222,7 @@ class XWorldEnv(gym.Env):
             "ego": dict(zip(EGO_FIELDS, self._ego.tolist())),
             "collision_prob": collision,
             "off_road_prob": off_road,
+            "speed_read": float(out.speed_read[0]),
             "reward_terms": terms,
             "cache": self.cache_info(),
         }

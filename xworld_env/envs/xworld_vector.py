@@ -34,7 +34,7 @@ class XWorldVectorEnv(VectorEnv):
         autoreset_mode: ``AutoresetMode.NEXT_STEP`` (default) or ``AutoresetMode.SAME_STEP``.
         Others: as ``XWorldEnv`` (``cache``, ``family``, ``checkpoint``, ``scenario_bank``,
             ``device``, ``dtype``, ``decode_dtype``, ``num_steps``, ``window``, ``noise``,
-            ``reward``, ``include_ego``, ``render_mode``).
+            ``speed``, ``reward``, ``include_ego``, ``render_mode``).
     """
 
     metadata = {"render_modes": ["rgb_array"], "render_fps": 4,
@@ -53,6 +53,7 @@ class XWorldVectorEnv(VectorEnv):
         num_steps: int | None = None,
         window: int | None = None,
         noise: str | None = None,
+        speed: str = "heads",
         reward: RewardConfig | dict | None = None,
         include_ego: bool = True,
         render_mode: str | None = None,
@@ -69,7 +70,7 @@ class XWorldVectorEnv(VectorEnv):
             raise ValueError(f"max_episode_steps must be >= 1 or None, got {max_episode_steps}")
         self.metadata = {**self.metadata, "autoreset_mode": mode}
         self.runtime = load_runtime(checkpoint, scenario_bank, device, dtype, num_steps, window,
-                                    noise, decode_dtype)
+                                    noise, decode_dtype, speed)
         self.engine = self.runtime.engine
         self.engine.executor = make_executor(cache)
         self.num_envs = num_envs
@@ -126,6 +127,7 @@ class XWorldVectorEnv(VectorEnv):
         self._ego = out.ego.float().cpu().numpy()
         collision = out.collision_prob.float().cpu().numpy()
         off_road = out.off_road_prob.float().cpu().numpy()
+        speed_read = out.speed_read.float().cpu().numpy()
         self._steps += 1
         rewards = np.zeros(self.num_envs, np.float64)
         terminated = np.zeros(self.num_envs, bool)
@@ -140,7 +142,8 @@ class XWorldVectorEnv(VectorEnv):
             truncated[i] = (self.max_episode_steps is not None
                             and self._steps[i] >= self.max_episode_steps)
             info = {**self._world_info(i), "collision_prob": float(collision[i]),
-                    "off_road_prob": float(off_road[i]), "reward_terms": terms}
+                    "off_road_prob": float(off_road[i]), "speed_read": float(speed_read[i]),
+                    "reward_terms": terms}
             if cache is not None:
                 info["cache_reused"] = int(cache[i])
             infos = self._add_info(infos, info, i)
