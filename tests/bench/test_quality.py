@@ -1,6 +1,7 @@
 """``xworld bench quality`` on a tiny random world model: result layout, PNG, copy baseline."""
 
 import argparse
+import dataclasses
 import json
 import math
 
@@ -184,6 +185,11 @@ def test_a_model_blind_to_its_actions_has_no_throttle_response(tiny_checkpoint):
     assert blind["speed_gap_sim"] == seeing["speed_gap_sim"]
     # The heads' reading of the simulator's chunks does not involve the DiT at all.
     assert blind["speed_gap_encoded"] == seeing["speed_gap_encoded"]
+    # The probe reads the model's speed with the heads, whatever the engine's ego speed follows
+    # (the kinematic speed alone would differ by the simulator's gap).
+    engine.config = dataclasses.replace(engine.config, speed="kinematic")
+    kinematic = throttle_response(engine, episodes, CONTEXT, 2, progress=False)
+    assert kinematic["speed_gap_model"] == 0 and kinematic["motion_gap_model"] == 0
 
 
 def test_copy_baseline_is_last_context_frame(quality):

@@ -51,7 +51,7 @@ from tqdm import tqdm
 from xworld_env.bench.heldout import HELDOUT_BASE_SEED, HeldoutEpisode, record_heldout
 from xworld_env.bench.machine import machine_info
 from xworld_env.bench.metrics import finite_mean, frame_motion, psnr
-from xworld_env.engine import NOISE_MODES, WorldModelEngine
+from xworld_env.engine import NOISE_MODES, SPEED_SOURCES, WorldModelEngine
 from xworld_env.envs.xworld import DEFAULT_CHECKPOINT, load_runtime
 from xworld_env.model.autoencoder import to_uint8
 from xworld_env.sim.sim_env import XWorldSimEnv
@@ -148,12 +148,11 @@ def roll_out(
         seeds=seeds,
     )
     frames, latents, speeds = [], [], []
-    speed = EGO_FIELDS.index("speed")
     for k in tqdm(range(actions.shape[1]), desc=desc, leave=False, disable=not progress):
         out = engine.step_chunk(actions[:, k])
         frames.append(out.frames.cpu().numpy())
         latents.append(out.latents.float().cpu())
-        speeds.append(out.ego[:, speed].float().cpu().numpy())
+        speeds.append(out.speed_read.float().cpu().numpy())
     return Rollout(np.stack(frames, axis=1), torch.stack(latents, dim=1), np.stack(speeds, axis=1))
 
 
@@ -678,6 +677,7 @@ def run(
     json_path: str | Path | None = None,
     progress: bool = True,
     noise: str | None = None,
+    speed: str = "heads",
 ) -> dict:
     """Measures the world model against the teacher simulator on held-out episodes.
 
@@ -697,6 +697,9 @@ def run(
         progress: show tqdm bars.
         noise: the engine's noise mode (``EngineConfig.noise``: ``fixed`` or ``fresh``); None
             (default): the checkpoint's, as the env runs it.
+        speed: where the engine's ego speed comes from (``EngineConfig.speed``), which
+            conditions every next chunk; the throttle probe reads the speed with the heads
+            either way.
 
     Returns:
         ``{"families", "overall", "bars", "machine", "settings"}`` as written to the JSON, with
@@ -717,7 +720,7 @@ def run(
                          f"got {noise!r}")
     started = time.perf_counter()
     # Quality is measured on the engine as the env runs it; the bank is loaded but unused.
-    runtime = load_runtime(checkpoint, None, device, "float32", noise=noise)
+    runtime = load_runtime(checkpoint, None, device, "float32", noise=noise, speed=speed)
     engine = runtime.engine
 
     held: dict[str, list[HeldoutEpisode]] = {}
@@ -783,6 +786,7 @@ def run(
             "window": engine.config.kv_cache.window,
             "executor": type(engine.executor).__name__,
             "noise": engine.config.noise,
+            "speed": engine.config.speed,
             "still_fraction": STILL_FRACTION,
             "noise_seed": "the episode's seed",
             "counterfactual_actions": "next episode of the family (one episode: negated)",
@@ -873,7 +877,8 @@ def print_table(result: dict) -> None:
     device = f", {machine['cuda_device']}" if "cuda_device" in machine else ""
     print(f"({s['episodes']} episode(s) x {len(s['families'])} family(ies), "
           f"context {s['context']}, horizon {s['horizon']}, "
-          f"{s['stable_chunks']}-chunk stability rollout, full compute, {s['noise']} noise; "
+          f"{s['stable_chunks']}-chunk stability rollout, full compute, {s['noise']} noise, "
+          f"speed from {s.get('speed', 'heads')}; "
           f"{s['seconds']:.0f} s on {machine['cpu_count']} CPU cores{device})")
 
 
@@ -901,6 +906,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="noise mode of the engine: one draw per episode reused for every "
                              "chunk (fixed) or new noise every chunk (fresh); default: the "
                              "checkpoint's, as the env runs it")
+    parser.add_argument("--speed", choices=SPEED_SOURCES, default="heads",
+                        help="where the ego speed that conditions each next chunk comes from: "
+                             "read by the heads, or the pedals integrated with the simulator's "
+                             "vehicle model (kinematic); default heads")
     parser.add_argument("--json", default=None,
                         help="write the results here, and the PNG strip beside it")
 
@@ -918,6 +927,7 @@ def main(args: argparse.Namespace) -> dict:
         device=args.device,
         json_path=args.json,
         noise=args.noise,
+        speed=args.speed,
     )
     print_table(result)
     if args.json:
