@@ -30,12 +30,14 @@ def test_run_demo_writes_the_video_and_reports_speed_fidelity_and_motion(calm_ch
     from xworld_env.demo import run_demo
 
     # Episodes that run on: motion is taken within an episode.
-    result = run_demo(tmp_path / "demo.gif", steps=4, checkpoint=str(calm_checkpoint))
+    result = run_demo(tmp_path / "demo.gif", steps=4, checkpoint=str(calm_checkpoint),
+                      speed="kinematic")
     assert (tmp_path / "demo.gif").stat().st_size > 0
     assert result["steps"] == 4 and result["speedup"] > 0
     assert 0.0 <= result["skip_rate"] <= 1.0
     assert result["psnr_vs_full_min_db"] <= result["psnr_vs_full_mean_db"]
     assert result["motion"] >= 0.0 and result["full_compute_motion"] >= 0.0
+    assert result["speed"] == "kinematic" and -1.0 <= result["mean_throttle"] <= 1.0
 
 
 def test_run_demo_motion_leaves_out_the_jumps_of_resets(tiny_checkpoint, tmp_path):

@@ -95,6 +95,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--decode-dtype", default="auto", choices=DECODE_PRECISIONS,
                    help="decoder precision of both runs (default auto: bfloat16 on CPUs with "
                         "AMX or AVX512-BF16 when --dtype is float32)")
+    p.add_argument("--speed", default="heads", choices=("heads", "kinematic"),
+                   help="where the ego speed comes from: read by the heads (default), or the "
+                        "pedals integrated with the simulator's vehicle model")
     p.add_argument("--checkpoint", default=None, help="world model folder (default: shipped)")
     p.set_defaults(func=_demo)
 

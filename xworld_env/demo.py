@@ -62,14 +62,16 @@ def _late_motion(run: dict) -> float:
 def run_demo(out: str | Path = "xworld_demo.gif", steps: int = 40, seed: int = 0,
              family: str | None = "highway", checkpoint: str | None = None,
              cache: str = "xcache", fps: int = 4, dtype: str = "float32",
-             decode_dtype: str = "auto") -> dict:
+             decode_dtype: str = "auto", speed: str = "heads") -> dict:
     """Drives with ``cache``, replays the same actions with full compute, writes the video.
-    Both runs compute in precision ``dtype`` and decode in ``decode_dtype``."""
+    Both runs compute in precision ``dtype``, decode in ``decode_dtype`` and take the ego speed
+    from ``speed`` (the envs' ``speed``)."""
     env = XWorldEnv(cache=cache, family=family, checkpoint=checkpoint, render_mode="rgb_array",
-                    dtype=dtype, decode_dtype=decode_dtype)
+                    dtype=dtype, decode_dtype=decode_dtype, speed=speed)
     fast = drive(env, steps, seed, family, desc=f"drive ({cache})")
     full_env = XWorldEnv(cache="none", family=family, checkpoint=checkpoint,
-                         render_mode="rgb_array", dtype=dtype, decode_dtype=decode_dtype)
+                         render_mode="rgb_array", dtype=dtype, decode_dtype=decode_dtype,
+                         speed=speed)
     full = drive(full_env, len(fast["actions"]), seed, family, actions=fast["actions"],
                  ends=set(fast["ends"]), desc="replay (full compute)")
     out = Path(out)
@@ -87,6 +89,8 @@ def run_demo(out: str | Path = "xworld_demo.gif", steps: int = 40, seed: int = 0
         "skip_rate": fast["skip_rate"],
         "dtype": dtype,
         "decode_dtype": env.engine.decode_dtype,
+        "speed": speed,
+        "mean_throttle": float(np.mean([a[0] for a in fast["actions"]])),
         "psnr_vs_full_mean_db": float(np.mean(finite)) if finite else float("inf"),
         "psnr_vs_full_min_db": float(np.min(finite)) if finite else float("inf"),
         # How much the world still moves: the views' change from one step to the next over the
@@ -102,10 +106,11 @@ def run_demo(out: str | Path = "xworld_demo.gif", steps: int = 40, seed: int = 0
 def main(args) -> dict:
     result = run_demo(args.out, steps=args.steps, seed=args.seed, family=args.family,
                       checkpoint=args.checkpoint, cache=args.cache,
-                      dtype=args.dtype, decode_dtype=args.decode_dtype)
+                      dtype=args.dtype, decode_dtype=args.decode_dtype, speed=args.speed)
     print(f"wrote {result['video']} ({result['steps']} steps in {result['episodes']} "
           f"episode(s), family {result['family']}; DiT in {result['dtype']}, decoder in "
-          f"{result['decode_dtype']})")
+          f"{result['decode_dtype']}; ego speed from {result['speed']}, mean throttle "
+          f"{result['mean_throttle']:+.2f})")
     print(f"steps/s with {args.cache}: {result['steps_per_s']:.1f}   "
           f"full compute: {result['full_compute_steps_per_s']:.1f}   "
           f"speedup: {result['speedup']:.2f}x")

@@ -11,10 +11,12 @@ import torch
 
 from xworld_env.bench.heldout import record_heldout
 from xworld_env.bench.quality import (
+    DRIFT_CHUNKS,
     STEER_CHUNKS,
     THROTTLE_CHUNKS,
     add_arguments,
     copy_baseline,
+    drift_response,
     hold_in_sim,
     run,
     standard_error,
@@ -79,6 +81,9 @@ def test_result_layout_and_files(quality):
     # The throttle probe: the simulator drives faster under throttle than under braking.
     assert fam["speed_gap_sim"] > 0 and result["settings"]["throttle_chunks"] == THROTTLE_CHUNKS
     assert result["overall"]["throttle_response"] == fam["throttle_response"]
+    assert result["settings"]["drift_chunks"] == DRIFT_CHUNKS
+    for key in ("drift_end_sim", "drift_end_model", "drift_offset_model"):
+        assert result["overall"][key] == fam[key] and fam[key] >= 0.0
     assert all(type(v) is bool for v in result["bars"].values())
 
 
@@ -93,6 +98,21 @@ def test_steering_probe_figures(quality):
     assert -1.0 <= fam["steer_alignment"] <= 1.0
     for key in ("steer_gap_sim", "steer_gap_model", "steer_response", "steer_alignment"):
         assert overall[key] == pytest.approx(fam[key])
+
+
+def test_drift_probe_counts_the_runs_that_end(tiny_checkpoint, calm_checkpoint):
+    episodes = record_heldout("highway", 2, 2, context=CONTEXT, min_valid=CONTEXT + 1)
+    results = {}
+    for name, path in (("random heads", tiny_checkpoint), ("calm heads", calm_checkpoint)):
+        engine = load_runtime(path, None, "cpu", "float32").engine
+        results[name] = drift_response(engine, episodes, CONTEXT, 3, progress=False)
+    # The simulator's ends do not depend on the model; the random heads of the tiny model read
+    # an event from every chunk, the calm ones from none.
+    assert results["random heads"]["drift_end_sim"] == results["calm heads"]["drift_end_sim"]
+    assert 0.0 < results["calm heads"]["drift_end_sim"] <= 1.0
+    assert results["random heads"]["drift_end_model"] == 1.0
+    assert results["calm heads"]["drift_end_model"] == 0.0
+    assert all(r["drift_offset_model"] >= 0.0 for r in results.values())
 
 
 def test_steer_pair_against_hand_values():
@@ -112,15 +132,19 @@ def test_steer_pair_against_hand_values():
 def test_hold_in_sim_replays_the_recorded_context():
     (episode,) = record_heldout("merge", 1, 2, context=CONTEXT, min_valid=CONTEXT + 2)
     # Holding the recorded action reproduces the recording's chunk and ego speed.
-    frames, speeds = hold_in_sim(episode, CONTEXT, episode.actions[CONTEXT], 1)
+    frames, speeds, ended = hold_in_sim(episode, CONTEXT, episode.actions[CONTEXT], 1)
     np.testing.assert_array_equal(frames[0], episode.frames[CONTEXT])
     assert speeds == [pytest.approx(float(episode.ego[CONTEXT][0]))]
-    left, _ = hold_in_sim(episode, CONTEXT, np.array([0.0, 1.0], np.float32), 2)
-    right, _ = hold_in_sim(episode, CONTEXT, np.array([0.0, -1.0], np.float32), 2)
+    assert not ended  # the recording goes on after this chunk
+    left = hold_in_sim(episode, CONTEXT, np.array([0.0, 1.0], np.float32), 2).frames
+    right = hold_in_sim(episode, CONTEXT, np.array([0.0, -1.0], np.float32), 2).frames
     assert 1 <= len(left) <= 2 and not np.array_equal(left[0], right[0])
-    _, fast = hold_in_sim(episode, CONTEXT, np.array([1.0, 0.0], np.float32), 2)
-    _, slow = hold_in_sim(episode, CONTEXT, np.array([-1.0, 0.0], np.float32), 2)
+    fast = hold_in_sim(episode, CONTEXT, np.array([1.0, 0.0], np.float32), 2).speeds
+    slow = hold_in_sim(episode, CONTEXT, np.array([-1.0, 0.0], np.float32), 2).speeds
     assert fast[0] > slow[0]
+    # Full steering leaves the road: the run stops at the chunk that ends the episode.
+    off = hold_in_sim(episode, CONTEXT, np.array([0.0, -1.0], np.float32), 8)
+    assert off.ended and len(off.frames) < 8
 
 
 def conditioned_engine(tiny_checkpoint):

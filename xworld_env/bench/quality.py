@@ -22,6 +22,11 @@ recorded actions; the decoded views are compared with the simulator's frames, ne
   way round; ``throttle_response_encoded``, the heads' reading of the simulator's own chunks, and
   ``motion_response``, how much more the model's views move under throttle than under braking
   against the simulator's, tell the heads' part from the DiT's;
+* ``drift_end_sim`` / ``drift_end_model`` / ``drift_offset_model`` (:func:`drift_response`):
+  from the same start, holding a moderate steering input, how many runs the simulator and the
+  heads end off the road (or in a collision), and the lane offset the heads read at the end:
+  whether steering away from the lane has the consequence in the model that it has in the
+  simulator;
 * ``motion_model`` / ``motion_sim`` / ``motion_ratio``: how much the views change from one frame
   to the next (mean absolute change, pixel levels 0-255) in the rollout and in the simulator over
   the same chunks, and their ratio: a world model whose rollouts settle into a still scene scores
@@ -41,6 +46,7 @@ import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -52,6 +58,7 @@ from xworld_env.bench.heldout import HELDOUT_BASE_SEED, HeldoutEpisode, record_h
 from xworld_env.bench.machine import machine_info
 from xworld_env.bench.metrics import finite_mean, frame_motion, psnr
 from xworld_env.engine import NOISE_MODES, SPEED_SOURCES, WorldModelEngine
+from xworld_env.envs.rewards import RewardConfig
 from xworld_env.envs.xworld import DEFAULT_CHECKPOINT, load_runtime
 from xworld_env.model.autoencoder import to_uint8
 from xworld_env.sim.sim_env import XWorldSimEnv
@@ -82,6 +89,12 @@ THROTTLE_ACTIONS = {"throttle": 1.0, "brake": -1.0}
 THROTTLE_KEYS = ("speed_gap_sim", "speed_gap_model", "throttle_response", "speed_gap_encoded",
                  "throttle_response_encoded", "motion_gap_sim", "motion_gap_model",
                  "motion_response")
+#: Chunks of the drift probe (``drift_response``) after the context.
+DRIFT_CHUNKS = 6
+#: The drift probe's steering inputs (moderate, held); throttle stays 0.
+DRIFT_ACTIONS = {"left": 0.35, "right": -0.35}
+#: The drift probe's figures that ``overall`` averages over the families.
+DRIFT_KEYS = ("drift_end_sim", "drift_end_model", "drift_offset_model")
 #: Autoencoder PSNR below which no rollout can look right (the ``ae_psnr_ge_30`` bar).
 AE_PSNR_BAR_DB = 30.0
 
@@ -307,9 +320,23 @@ def _motion(model: float, sim: float) -> dict[str, float]:
     return {"motion_model": model, "motion_sim": sim, "motion_ratio": ratio}
 
 
+class SimHold(NamedTuple):
+    """A simulator run under one held action (:func:`hold_in_sim`).
+
+    Attributes:
+        frames: the run's chunks, uint8 (f, v, H, W, 3) each.
+        speeds: the ego speed after each chunk (m/s).
+        ended: whether the episode ended on a collision or off the road within the run.
+    """
+
+    frames: list[np.ndarray]
+    speeds: list[float]
+    ended: bool
+
+
 def hold_in_sim(
     episode: HeldoutEpisode, context: int, action: np.ndarray, chunks: int
-) -> tuple[list[np.ndarray], list[float]]:
+) -> SimHold:
     """The simulator's chunks, and the ego speed after each, under one constant ``action``
     after the episode's context.
 
@@ -323,14 +350,14 @@ def hold_in_sim(
         env.reset(seed=episode.seed, options={"family": episode.family})
         for t in range(context):
             env.step(episode.actions[t])
-        frames, speeds = [], []
+        frames, speeds, terminated = [], [], False
         for _ in range(chunks):
             _, _, terminated, truncated, info = env.step(action)
             frames.append(env.last_chunk.copy())
             speeds.append(float(info["ego"]["speed"]))
             if terminated or truncated:
                 break
-        return frames, speeds
+        return SimHold(frames, speeds, bool(terminated))
     finally:
         env.close()
 
@@ -356,7 +383,7 @@ def probe_runs(
     held: dict[str, np.ndarray],
     desc: str,
     progress: bool = True,
-) -> tuple[dict[str, list[tuple[list[np.ndarray], list[float]]]], dict[str, Rollout]]:
+) -> tuple[dict[str, list[SimHold]], dict[str, Rollout]]:
     """The runs of a probe: from each episode's context, every action of ``held`` held for
     ``chunks`` chunks, in the simulator and in the model (the episode's noise seed for every
     action, so the runs differ only by their action).
@@ -401,7 +428,7 @@ def steering_response(
                             f"steering {episodes[0].family}", progress)
     gap_sim, gap_model, alignment = [], [], []
     for i in range(len(episodes)):
-        (left, _), (right, _) = sim["left"][i], sim["right"][i]
+        left, right = sim["left"][i].frames, sim["right"][i].frames
         for k in range(min(len(left), len(right))):
             pair = steer_pair(left[k], right[k], model["left"].frames[i, k],
                               model["right"].frames[i, k])
@@ -450,7 +477,7 @@ def throttle_response(
     speed = EGO_FIELDS.index("speed")
     gap_sim, gap_model, gap_encoded, move_sim, move_model = [], [], [], [], []
     for i in range(len(episodes)):
-        (fast_frames, fast), (slow_frames, slow) = sim["throttle"][i], sim["brake"][i]
+        (fast_frames, fast, _), (slow_frames, slow, _) = sim["throttle"][i], sim["brake"][i]
         n = min(len(fast), len(slow))
         if n == 0:
             continue
@@ -477,6 +504,50 @@ def throttle_response(
         "motion_gap_model": move_m,
         "motion_response": move_m / move_s if move_s > 0 else math.nan,
         "throttle_chunks_compared": len(gap_sim),
+    }
+
+
+def drift_response(
+    engine: WorldModelEngine,
+    episodes: list[HeldoutEpisode],
+    context: int,
+    chunks: int = DRIFT_CHUNKS,
+    progress: bool = True,
+) -> dict:
+    """Whether the world model lets a car that keeps steering leave the road.
+
+    From each episode's context, the simulator and the model (same noise seed for both
+    directions) each hold a moderate steering input to the left and to the right
+    (``DRIFT_ACTIONS``, throttle 0) for ``chunks`` chunks:
+
+    * ``drift_end_sim``: the share of these runs that the simulator ends on a collision or off
+      the road;
+    * ``drift_end_model``: the share that the heads end, reading a collision or off-road
+      probability above the env's termination threshold from some chunk of the run;
+    * ``drift_offset_model``: the mean absolute lane offset (m) the heads read from each run's
+      last chunk: a car that keeps steering drifts ever further from its lane centre until it
+      leaves the road, a model that does not carry its lateral motion on reads an offset that
+      settles.
+    """
+    steer = {name: np.array([0.0, value], np.float32) for name, value in DRIFT_ACTIONS.items()}
+    sim, model = probe_runs(engine, episodes, context, chunks, steer,
+                            f"drift {episodes[0].family}", progress)
+    threshold = RewardConfig().event_threshold
+    offset = EGO_FIELDS.index("lane_offset")
+    ended_sim, ended_model, offsets = [], [], []
+    for name in steer:
+        latents = model[name].latents
+        with torch.no_grad():
+            heads = [engine.heads(latents[:, k].to(engine.device)) for k in range(chunks)]
+        events = torch.stack([torch.maximum(h.collision_logit, h.off_road_logit).float().cpu()
+                              for h in heads], dim=1).sigmoid()  # (worlds, chunks)
+        ended_sim += [run.ended for run in sim[name]]
+        ended_model += (events > threshold).any(dim=1).tolist()
+        offsets += heads[-1].ego[:, offset].abs().float().cpu().tolist()
+    return {
+        "drift_end_sim": float(np.mean(ended_sim)),
+        "drift_end_model": float(np.mean(ended_model)),
+        "drift_offset_model": float(np.mean(offsets)),
     }
 
 
@@ -637,8 +708,8 @@ def _overall(families: dict, heads_sim: dict, heads_model: dict) -> dict:
         "action_sensitivity_se_db": math.sqrt(
             sum(f["action_sensitivity_se_db"] ** 2 for f in fams)
         ) / len(fams),
-        **{key: mean([f[key] for f in fams]) for key in (*STEER_KEYS, *THROTTLE_KEYS)
-           if key in fams[0]},
+        **{key: mean([f[key] for f in fams])
+           for key in (*STEER_KEYS, *THROTTLE_KEYS, *DRIFT_KEYS) if key in fams[0]},
         **_motion(mean([f["motion_model"] for f in fams]), mean([f["motion_sim"] for f in fams])),
         "stable_finite": all(f["stable"]["finite"] for f in fams),
         "stable_collapsed": any(f["stable"]["collapsed"] for f in fams),
@@ -673,6 +744,7 @@ def run(
     context: int = 2,
     steer_chunks: int = STEER_CHUNKS,
     throttle_chunks: int = THROTTLE_CHUNKS,
+    drift_chunks: int = DRIFT_CHUNKS,
     base_seed: int = HELDOUT_BASE_SEED,
     json_path: str | Path | None = None,
     progress: bool = True,
@@ -692,6 +764,7 @@ def run(
         context: simulator chunks that start each rollout.
         steer_chunks: chunks of the steering probe (``steering_response``); 0 skips it.
         throttle_chunks: chunks of the throttle probe (``throttle_response``); 0 skips it.
+        drift_chunks: chunks of the drift probe (``drift_response``); 0 skips it.
         base_seed: first held-out seed (see :mod:`xworld_env.bench.heldout`).
         json_path: where to write the JSON; the PNG strip goes beside it (same stem, ``.png``).
         progress: show tqdm bars.
@@ -710,9 +783,9 @@ def run(
             "episodes, horizon, context and stable_chunks must be >= 1, got "
             f"{episodes}, {horizon}, {context}, {stable_chunks}"
         )
-    if steer_chunks < 0 or throttle_chunks < 0:
-        raise ValueError(f"steer_chunks and throttle_chunks must be >= 0 (0 skips the probe), "
-                         f"got {steer_chunks} and {throttle_chunks}")
+    if min(steer_chunks, throttle_chunks, drift_chunks) < 0:
+        raise ValueError("steer_chunks, throttle_chunks and drift_chunks must be >= 0 (0 skips "
+                         f"the probe), got {steer_chunks}, {throttle_chunks} and {drift_chunks}")
     if not families:
         raise ValueError("families must name at least one family")
     if noise is not None and noise not in NOISE_MODES:
@@ -743,6 +816,8 @@ def run(
         if throttle_chunks:
             metrics.update(throttle_response(engine, held[family], context, throttle_chunks,
                                              progress))
+        if drift_chunks:
+            metrics.update(drift_response(engine, held[family], context, drift_chunks, progress))
         metrics["heads_sim"] = evaluate_heads(engine.heads, heads_sim)
         metrics["heads_model"] = evaluate_heads(engine.heads, heads_model) if heads_model else {}
         sim_parts.append(heads_sim)
@@ -779,6 +854,7 @@ def run(
             "steer_chunks": steer_chunks,
             "steer_actions": {k: [0.0, v] for k, v in STEER_ACTIONS.items()},
             "throttle_chunks": throttle_chunks,
+            "drift_chunks": drift_chunks,
             "throttle_actions": {k: [v, 0.0] for k, v in THROTTLE_ACTIONS.items()},
             "device": device,
             "base_seed": base_seed,
@@ -868,6 +944,15 @@ def print_table(result: dict) -> None:
         print("(sim read: the heads' reading of the simulator's own chunks; motion: how much more "
               "the views change from frame to frame under throttle than under braking, pixel "
               "levels)")
+    if "drift_end_model" in result["overall"]:
+        print(f"\ndrift probe ({result['settings']['drift_chunks']} chunks holding steering "
+              f"{DRIFT_ACTIONS['left']:g} left and right from each context)")
+        print(f"{'family':<13}{'ended sim':>11}{'ended model':>13}{'|offset| model m':>18}")
+        for name, r in rows:
+            print(f"{name:<13}{_fmt(r['drift_end_sim'], 11)}{_fmt(r['drift_end_model'], 13)}"
+                  f"{_fmt(r['drift_offset_model'], 18)}")
+        print("(ended: share of the runs that end on a collision or off the road; the model's "
+              "by its heads' probabilities above the env's termination threshold)")
     bars = ", ".join(f"{k}: {'yes' if v else 'no'}" for k, v in result["bars"].items())
     print("(motion: mean change from one frame to the next, pixel levels 0-255, over the compared "
           "chunks; 'still': the stability rollout's last tenth moves less than "
@@ -901,6 +986,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="chunks of the throttle probe, full throttle against full braking "
                              "in model and simulator, compared by ego speed (default "
                              f"{THROTTLE_CHUNKS}; 0 skips)")
+    parser.add_argument("--drift-chunks", type=int, default=DRIFT_CHUNKS,
+                        help="chunks of the drift probe, a moderate steering held left and right "
+                             "in model and simulator, compared by how many runs end off the road "
+                             f"(default {DRIFT_CHUNKS}; 0 skips)")
     parser.add_argument("--device", default="cpu", help="torch device (default cpu)")
     parser.add_argument("--noise", choices=NOISE_MODES, default=None,
                         help="noise mode of the engine: one draw per episode reused for every "
@@ -924,6 +1013,7 @@ def main(args: argparse.Namespace) -> dict:
         stable_chunks=args.stable_chunks,
         steer_chunks=args.steer_chunks,
         throttle_chunks=args.throttle_chunks,
+        drift_chunks=args.drift_chunks,
         device=args.device,
         json_path=args.json,
         noise=args.noise,
