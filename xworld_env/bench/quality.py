@@ -854,8 +854,9 @@ def run(
             "steer_chunks": steer_chunks,
             "steer_actions": {k: [0.0, v] for k, v in STEER_ACTIONS.items()},
             "throttle_chunks": throttle_chunks,
-            "drift_chunks": drift_chunks,
             "throttle_actions": {k: [v, 0.0] for k, v in THROTTLE_ACTIONS.items()},
+            "drift_chunks": drift_chunks,
+            "drift_actions": {k: [0.0, v] for k, v in DRIFT_ACTIONS.items()},
             "device": device,
             "base_seed": base_seed,
             "num_steps": engine.sampler.num_steps,
@@ -963,7 +964,7 @@ def print_table(result: dict) -> None:
     print(f"({s['episodes']} episode(s) x {len(s['families'])} family(ies), "
           f"context {s['context']}, horizon {s['horizon']}, "
           f"{s['stable_chunks']}-chunk stability rollout, full compute, {s['noise']} noise, "
-          f"speed from {s.get('speed', 'heads')}; "
+          f"speed from {s['speed']}; "
           f"{s['seconds']:.0f} s on {machine['cpu_count']} CPU cores{device})")
 
 
