@@ -234,10 +234,12 @@ def test_arguments_defaults():
     assert (args.episodes, args.horizon, args.stable_chunks) == (3, 20, 200)
     assert tuple(args.families) == FAMILIES and args.json is None and args.device == "cpu"
     assert args.steer_chunks == STEER_CHUNKS and args.throttle_chunks == THROTTLE_CHUNKS
+    assert args.drift_chunks == DRIFT_CHUNKS and args.speed == "heads"
     args = parser.parse_args(["--families", "merge", "--stable-chunks", "5", "--json", "q.json",
-                              "--steer-chunks", "0", "--throttle-chunks", "0"])
+                              "--steer-chunks", "0", "--throttle-chunks", "0", "--drift-chunks",
+                              "0", "--speed", "kinematic"])
     assert args.families == ["merge"] and args.stable_chunks == 5 and args.steer_chunks == 0
-    assert args.throttle_chunks == 0
+    assert args.throttle_chunks == args.drift_chunks == 0 and args.speed == "kinematic"
 
 
 def test_standard_error_of_the_mean():
@@ -246,13 +248,18 @@ def test_standard_error_of_the_mean():
     assert math.isnan(standard_error([1.0])) and math.isnan(standard_error([]))
 
 
-def test_noise_mode_is_checked_and_applied(tiny_checkpoint):
+def test_noise_mode_and_speed_source_are_checked_and_applied(tiny_checkpoint):
     with pytest.raises(ValueError, match="noise must be one of"):
         run(checkpoint=tiny_checkpoint, noise="frozen", progress=False)
+    with pytest.raises(ValueError, match="speed must be one of"):
+        run(checkpoint=tiny_checkpoint, speed="gps", progress=False)
+    with pytest.raises(ValueError, match="drift_chunks must be >= 0"):
+        run(checkpoint=tiny_checkpoint, drift_chunks=-1, progress=False)
     result = run(checkpoint=tiny_checkpoint, episodes=1, horizon=1, families=("merge",),
-                 stable_chunks=2, steer_chunks=0, throttle_chunks=0, noise="fixed",
-                 progress=False)
-    assert result["settings"]["noise"] == "fixed"
+                 stable_chunks=2, steer_chunks=0, throttle_chunks=0, drift_chunks=0,
+                 noise="fixed", speed="kinematic", progress=False)
+    assert (result["settings"]["noise"], result["settings"]["speed"]) == ("fixed", "kinematic")
+    assert "drift_end_model" not in result["overall"]  # the probe skipped
     parser = argparse.ArgumentParser()
     add_arguments(parser)
     assert parser.parse_args(["--noise", "fixed"]).noise == "fixed"
