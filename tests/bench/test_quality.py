@@ -82,7 +82,7 @@ def test_result_layout_and_files(quality):
     assert fam["speed_gap_sim"] > 0 and result["settings"]["throttle_chunks"] == THROTTLE_CHUNKS
     assert result["overall"]["throttle_response"] == fam["throttle_response"]
     assert result["settings"]["drift_chunks"] == DRIFT_CHUNKS
-    for key in ("drift_end_sim", "drift_end_model", "drift_offset_model"):
+    for key in ("drift_end_sim", "drift_end_model", "drift_end_encoded", "drift_offset_model"):
         assert result["overall"][key] == fam[key] and fam[key] >= 0.0
     assert all(type(v) is bool for v in result["bars"].values())
 
@@ -107,11 +107,11 @@ def test_drift_probe_counts_the_runs_that_end(tiny_checkpoint, calm_checkpoint):
         engine = load_runtime(path, None, "cpu", "float32").engine
         results[name] = drift_response(engine, episodes, CONTEXT, 3, progress=False)
     # The simulator's ends do not depend on the model; the random heads of the tiny model read
-    # an event from every chunk, the calm ones from none.
+    # an event from every chunk, generated or encoded, the calm ones from none.
     assert results["random heads"]["drift_end_sim"] == results["calm heads"]["drift_end_sim"]
     assert 0.0 < results["calm heads"]["drift_end_sim"] <= 1.0
-    assert results["random heads"]["drift_end_model"] == 1.0
-    assert results["calm heads"]["drift_end_model"] == 0.0
+    for key in ("drift_end_model", "drift_end_encoded"):  # on generated and on encoded chunks
+        assert results["random heads"][key] == 1.0 and results["calm heads"][key] == 0.0
     assert all(r["drift_offset_model"] >= 0.0 for r in results.values())
 
 

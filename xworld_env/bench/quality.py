@@ -94,7 +94,7 @@ DRIFT_CHUNKS = 6
 #: The drift probe's steering inputs (moderate, held); throttle stays 0.
 DRIFT_ACTIONS = {"left": 0.35, "right": -0.35}
 #: The drift probe's figures that ``overall`` averages over the families.
-DRIFT_KEYS = ("drift_end_sim", "drift_end_model", "drift_offset_model")
+DRIFT_KEYS = ("drift_end_sim", "drift_end_model", "drift_end_encoded", "drift_offset_model")
 #: Autoencoder PSNR below which no rollout can look right (the ``ae_psnr_ge_30`` bar).
 AE_PSNR_BAR_DB = 30.0
 
@@ -527,26 +527,39 @@ def drift_response(
     * ``drift_offset_model``: the mean absolute lane offset (m) the heads read from each run's
       last chunk: a car that keeps steering drifts ever further from its lane centre until it
       leaves the road, a model that does not carry its lateral motion on reads an offset that
-      settles.
+      settles;
+    * ``drift_end_encoded``: the share of the simulator's runs that the heads end reading the
+      simulator's own chunks (encoded by the autoencoder): near ``drift_end_sim`` when the heads
+      see the road end where there is one, so that what the model misses is the DiT's.
     """
     steer = {name: np.array([0.0, value], np.float32) for name, value in DRIFT_ACTIONS.items()}
     sim, model = probe_runs(engine, episodes, context, chunks, steer,
                             f"drift {episodes[0].family}", progress)
     threshold = RewardConfig().event_threshold
     offset = EGO_FIELDS.index("lane_offset")
-    ended_sim, ended_model, offsets = [], [], []
+
+    def event_read(latents: torch.Tensor) -> torch.Tensor:
+        """(n, v, f, h, w, c) latents -> (n,) the larger event probability the heads read."""
+        with torch.no_grad():
+            out = engine.heads(latents.to(engine.device))
+        return torch.maximum(out.collision_logit, out.off_road_logit).float().cpu().sigmoid()
+
+    ended_sim, ended_model, ended_encoded, offsets = [], [], [], []
     for name in steer:
         latents = model[name].latents
-        with torch.no_grad():
-            heads = [engine.heads(latents[:, k].to(engine.device)) for k in range(chunks)]
-        events = torch.stack([torch.maximum(h.collision_logit, h.off_road_logit).float().cpu()
-                              for h in heads], dim=1).sigmoid()  # (worlds, chunks)
-        ended_sim += [run.ended for run in sim[name]]
+        events = torch.stack([event_read(latents[:, k]) for k in range(chunks)], dim=1)
         ended_model += (events > threshold).any(dim=1).tolist()
-        offsets += heads[-1].ego[:, offset].abs().float().cpu().tolist()
+        with torch.no_grad():
+            last = engine.heads(latents[:, -1].to(engine.device))
+        offsets += last.ego[:, offset].abs().float().cpu().tolist()
+        for run in sim[name]:
+            ended_sim.append(run.ended)
+            encoded = engine.encode(np.stack(run.frames))
+            ended_encoded.append(bool((event_read(encoded) > threshold).any()))
     return {
         "drift_end_sim": float(np.mean(ended_sim)),
         "drift_end_model": float(np.mean(ended_model)),
+        "drift_end_encoded": float(np.mean(ended_encoded)),
         "drift_offset_model": float(np.mean(offsets)),
     }
 
@@ -948,12 +961,14 @@ def print_table(result: dict) -> None:
     if "drift_end_model" in result["overall"]:
         print(f"\ndrift probe ({result['settings']['drift_chunks']} chunks holding steering "
               f"{DRIFT_ACTIONS['left']:g} left and right from each context)")
-        print(f"{'family':<13}{'ended sim':>11}{'ended model':>13}{'|offset| model m':>18}")
+        print(f"{'family':<13}{'ended sim':>11}{'ended model':>13}{'sim read':>10}"
+              f"{'|offset| model m':>18}")
         for name, r in rows:
             print(f"{name:<13}{_fmt(r['drift_end_sim'], 11)}{_fmt(r['drift_end_model'], 13)}"
-                  f"{_fmt(r['drift_offset_model'], 18)}")
+                  f"{_fmt(r['drift_end_encoded'], 10)}{_fmt(r['drift_offset_model'], 18)}")
         print("(ended: share of the runs that end on a collision or off the road; the model's "
-              "by its heads' probabilities above the env's termination threshold)")
+              "by its heads' probabilities above the env's termination threshold; sim read: the "
+              "heads' reading of the simulator's own chunks)")
     bars = ", ".join(f"{k}: {'yes' if v else 'no'}" for k, v in result["bars"].items())
     print("(motion: mean change from one frame to the next, pixel levels 0-255, over the compared "
           "chunks; 'still': the stability rollout's last tenth moves less than "
