@@ -538,24 +538,25 @@ def drift_response(
     threshold = RewardConfig().event_threshold
     offset = EGO_FIELDS.index("lane_offset")
 
-    def event_read(latents: torch.Tensor) -> torch.Tensor:
-        """(n, v, f, h, w, c) latents -> (n,) the larger event probability the heads read."""
+    def read(latents: torch.Tensor):
+        """The heads on (n, v, f, h, w, c) latents."""
         with torch.no_grad():
-            out = engine.heads(latents.to(engine.device))
-        return torch.maximum(out.collision_logit, out.off_road_logit).float().cpu().sigmoid()
+            return engine.heads(latents.to(engine.device))
+
+    def ends(out) -> torch.Tensor:
+        """(n,) whether the heads' larger event probability is above the threshold."""
+        event = torch.maximum(out.collision_logit, out.off_road_logit).float().cpu().sigmoid()
+        return event > threshold
 
     ended_sim, ended_model, ended_encoded, offsets = [], [], [], []
     for name in steer:
         latents = model[name].latents
-        events = torch.stack([event_read(latents[:, k]) for k in range(chunks)], dim=1)
-        ended_model += (events > threshold).any(dim=1).tolist()
-        with torch.no_grad():
-            last = engine.heads(latents[:, -1].to(engine.device))
-        offsets += last.ego[:, offset].abs().float().cpu().tolist()
+        outs = [read(latents[:, k]) for k in range(chunks)]
+        ended_model += torch.stack([ends(out) for out in outs], dim=1).any(dim=1).tolist()
+        offsets += outs[-1].ego[:, offset].abs().float().cpu().tolist()
         for run in sim[name]:
             ended_sim.append(run.ended)
-            encoded = engine.encode(np.stack(run.frames))
-            ended_encoded.append(bool((event_read(encoded) > threshold).any()))
+            ended_encoded.append(bool(ends(read(engine.encode(np.stack(run.frames)))).any()))
     return {
         "drift_end_sim": float(np.mean(ended_sim)),
         "drift_end_model": float(np.mean(ended_model)),
