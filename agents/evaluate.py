@@ -26,6 +26,8 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
+from xworld_env.cli import NOISES, SPEEDS
+
 #: Policies evaluated by name rather than from a file.
 REFERENCE_POLICIES = ("random", "idle", "lane-keeper", "autopilot")
 #: Reference policies that read the simulator's state rather than the observation: they drive
@@ -259,9 +261,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="world (XWorld-v0) and/or sim (XWorldSim-v0)")
     parser.add_argument("--checkpoint", default=None, help="world model (default: shipped)")
     parser.add_argument("--scenario-bank", default=None)
-    parser.add_argument("--noise", default=None, choices=["fixed", "fresh"],
+    parser.add_argument("--noise", default=None, choices=list(NOISES),
                         help="the world model's noise (default: the checkpoint's)")
-    parser.add_argument("--speed", default="heads", choices=["heads", "kinematic"],
+    parser.add_argument("--speed", default="heads", choices=list(SPEEDS),
                         help="where the world model's ego speed comes from (EngineConfig.speed)")
     parser.add_argument("--json", default=None, help="write the results here")
     args = parser.parse_args(argv)

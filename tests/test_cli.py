@@ -105,13 +105,14 @@ def test_bench_env_compares_decoder_precisions_side_by_side(tmp_path, tiny_check
         run(repeats=0)
 
 
-def test_precision_and_noise_choices_match_the_engine():
-    from xworld_env.cli import DECODE_PRECISIONS, NOISES, PRECISIONS
-    from xworld_env.engine import COMPUTE_DTYPES, DECODE_DTYPES, NOISE_MODES
+def test_precision_noise_and_speed_choices_match_the_engine():
+    from xworld_env.cli import DECODE_PRECISIONS, NOISES, PRECISIONS, SPEEDS
+    from xworld_env.engine import COMPUTE_DTYPES, DECODE_DTYPES, NOISE_MODES, SPEED_SOURCES
 
     assert set(PRECISIONS) == set(COMPUTE_DTYPES)
     assert set(DECODE_PRECISIONS) == set(DECODE_DTYPES)
     assert set(NOISES) == set(NOISE_MODES)
+    assert set(SPEEDS) == set(SPEED_SOURCES)
 
 
 def test_bench_env_repeats_take_rounds_and_medians(monkeypatch):

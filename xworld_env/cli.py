@@ -15,6 +15,8 @@ PRECISIONS = ("float32", "bfloat16", "float16")
 DECODE_PRECISIONS = ("auto", *PRECISIONS)
 #: Noise modes of the engine (``engine.NOISE_MODES``).
 NOISES = ("fresh", "fixed")
+#: Sources of the ego speed (``engine.SPEED_SOURCES``).
+SPEEDS = ("heads", "kinematic")
 
 
 def _render_sheet(args: argparse.Namespace) -> int:
@@ -95,7 +97,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--decode-dtype", default="auto", choices=DECODE_PRECISIONS,
                    help="decoder precision of both runs (default auto: bfloat16 on CPUs with "
                         "AMX or AVX512-BF16 when --dtype is float32)")
-    p.add_argument("--speed", default="heads", choices=("heads", "kinematic"),
+    p.add_argument("--speed", default="heads", choices=SPEEDS,
                    help="where the ego speed comes from: read by the heads (default), or the "
                         "pedals integrated with the simulator's vehicle model")
     p.add_argument("--checkpoint", default=None, help="world model folder (default: shipped)")
