@@ -25,7 +25,8 @@ class XWorldMetricsCallback(RLlibCallback):
     - ``engine/<stage>_ms_per_chunk``: DiT, KV-update, decode and heads time per chunk;
 
     and after each episode: ``xworld/final_collision_prob``, ``xworld/final_off_road_prob``
-    and ``xworld/mean_speed`` (m/s, from the ego head).
+    and ``xworld/mean_speed`` (m/s, the envs' ego speed: the heads' reading, or the kinematic
+    speed under ``world_speed: kinematic``).
     """
 
     def __init__(self) -> None:

@@ -2,7 +2,8 @@
 
 The Gymnasium API over ``WorldModelEngine`` with one world: ``reset`` starts from a scenario
 bank context, ``step`` generates one chunk under the chosen cache policy, reward and termination
-come from the heads through the same terms as the simulator's.
+come from the heads (the speed, optionally, from the pedals: ``speed="kinematic"``) through the
+same terms as the simulator's.
 """
 
 from __future__ import annotations
