@@ -9,6 +9,17 @@ from stable_baselines3.common.callbacks import BaseCallback
 from xworld_env.xcache.stats import skip_rate_between
 
 
+def action_figures(actions: np.ndarray) -> dict[str, float]:
+    """What a policy's deterministic actions (n, 2) for n observations say: ``action_spread``,
+    the larger of the two entries' standard deviations over the observations (near zero: the
+    policy drives open loop), and their means ``mean_throttle`` and ``mean_steer``."""
+    return {
+        "action_spread": float(actions.std(axis=0).max()),
+        "mean_throttle": float(actions[:, 0].mean()),
+        "mean_steer": float(actions[:, 1].mean()),
+    }
+
+
 class XCacheStatsCallback(BaseCallback):
     """Logs the cache policy's skip rates and the engine's stage timings after every rollout.
 
@@ -84,10 +95,6 @@ class ActionSpreadCallback(BaseCallback):
         observations = ({k: chosen(v) for k, v in observations.items()}
                         if isinstance(observations, dict) else chosen(observations))
         actions, _ = self.model.policy.predict(observations, deterministic=True)
-        self.last = {
-            "action_spread": float(actions.std(axis=0).max()),
-            "mean_throttle": float(actions[:, 0].mean()),
-            "mean_steer": float(actions[:, 1].mean()),
-        }
+        self.last = action_figures(actions)
         for key, value in self.last.items():
             self.logger.record(f"policy/{key}", value)

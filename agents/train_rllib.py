@@ -25,6 +25,9 @@ REPORTED = {
     ("env_runners", "xworld/final_collision_prob"): "final_collision_prob",
     ("env_runners", "xworld/mean_speed"): "mean_speed",
     ("env_runners", "engine/dit_ms_per_chunk"): "dit_ms_per_chunk",
+    ("env_runners", "policy/action_spread"): "action_spread",
+    ("env_runners", "policy/mean_throttle"): "mean_throttle",
+    ("env_runners", "policy/mean_steer"): "mean_steer",
     ("learners", "default_policy", "policy_loss"): "policy_loss",
     ("learners", "default_policy", "vf_loss"): "vf_loss",
 }

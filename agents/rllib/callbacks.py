@@ -2,12 +2,46 @@
 
 from __future__ import annotations
 
+import numpy as np
+import torch
 from ray.rllib.callbacks.callbacks import RLlibCallback
+from ray.rllib.core.columns import Columns
 
+from agents.callbacks import action_figures
 from xworld_env.xcache.stats import skip_rate_between
 
 #: Window (in samples or episodes) of the running means reported to RLlib.
 WINDOW = 100
+#: Observations of a sample the policy's deterministic actions are computed for.
+SPREAD_SAMPLES = 256
+
+
+def _stacked(observations) -> dict[str, np.ndarray]:
+    """An episode's observations as one array per key (episodes hold them stacked once
+    finalized, as a list of dicts before)."""
+    if isinstance(observations, dict):
+        return {k: np.asarray(v) for k, v in observations.items()}
+    if not len(observations):
+        return {}
+    return {k: np.stack([o[k] for o in observations]) for k in observations[0]}
+
+
+def deterministic_actions(module, episodes, samples: int = SPREAD_SAMPLES) -> np.ndarray | None:
+    """The policy's mean actions, clipped to the action space, for (up to ``samples``, evenly
+    spaced) observations of ``episodes``; None when they hold none."""
+    parts = [_stacked(ep.get_observations()) for ep in episodes]
+    parts = [p for p in parts if p and len(next(iter(p.values())))]
+    if not parts:
+        return None
+    batch = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+    n = len(next(iter(batch.values())))
+    pick = np.unique(np.linspace(0, n - 1, samples).round().astype(int))
+    with torch.no_grad():
+        out = module._forward({Columns.OBS: {k: torch.as_tensor(v[pick])
+                                             for k, v in batch.items()}})
+    space = module.action_space
+    mean = out[Columns.ACTION_DIST_INPUTS][:, : space.shape[0]].float().cpu().numpy()
+    return np.clip(mean, space.low, space.high)
 
 
 def _engine(env_runner):
@@ -24,6 +58,11 @@ class XWorldMetricsCallback(RLlibCallback):
     - ``xcache/reused_evaluations`` and ``xcache/eligible_evaluations`` (lifetime sums);
     - ``engine/<stage>_ms_per_chunk``: DiT, KV-update, decode and heads time per chunk;
 
+    - ``policy/action_spread``, ``policy/mean_throttle``, ``policy/mean_steer``: the policy's
+      deterministic actions for up to ``SPREAD_SAMPLES`` observations of that sample (as
+      ``agents.callbacks.ActionSpreadCallback`` logs for SB3; a spread near zero means the policy
+      drives open loop);
+
     and after each episode: ``xworld/final_collision_prob``, ``xworld/final_off_road_prob``
     and ``xworld/mean_speed`` (m/s, the envs' ego speed: the heads' reading, or the kinematic
     speed under ``world_speed: kinematic``).
@@ -36,8 +75,15 @@ class XWorldMetricsCallback(RLlibCallback):
 
     def on_sample_end(self, *, env_runner=None, metrics_logger=None, samples=None,
                       **kwargs) -> None:
+        if metrics_logger is None:
+            return
+        module = getattr(env_runner, "module", None)
+        actions = deterministic_actions(module, samples) if module and samples else None
+        if actions is not None:
+            for key, value in action_figures(actions).items():
+                metrics_logger.log_value(f"policy/{key}", value, window=WINDOW)
         engine = _engine(env_runner)
-        if engine is None or metrics_logger is None:
+        if engine is None:
             return
         stats = getattr(engine.executor, "stats", None)
         if stats is not None:

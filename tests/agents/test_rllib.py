@@ -9,6 +9,7 @@ ray = pytest.importorskip(
     "ray", reason='Ray RLlib is an optional extra: pip install -e ".[distributed]"'
 )
 
+from agents.rllib.callbacks import deterministic_actions  # noqa: E402
 from agents.rllib.config import RLlibTrainConfig  # noqa: E402
 from agents.train_rllib import load_algorithm  # noqa: E402
 from agents.train_rllib import main as train_main  # noqa: E402
@@ -38,6 +39,9 @@ def test_ppo_trains_samples_views_and_restores(local_ray, tiny_env_kwargs, tmp_p
     assert log[-1]["env_steps"] >= 2 * 16  # two train batches of 16 env steps
     assert 0.0 <= log[-1]["xcache_skip_rate"] <= 1.0
     assert np.isfinite(log[-1]["policy_loss"])
+    # The policy's deterministic actions over each sample, as the SB3 trainer logs them.
+    assert 0.0 <= log[-1]["action_spread"] <= 1.0
+    assert -1.0 <= log[-1]["mean_throttle"] <= 1.0 and -1.0 <= log[-1]["mean_steer"] <= 1.0
 
     algo = load_algorithm(tmp_path / "checkpoint_final")
     try:
@@ -49,6 +53,10 @@ def test_ppo_trains_samples_views_and_restores(local_ray, tiny_env_kwargs, tmp_p
         ) == [("XWorldVectorEnv", 2)]
         episodes = [ep for batch in _sample_episodes(algo) for ep in batch]
         assert episodes
+        actions = algo.env_runner_group.foreach_env_runner(
+            lambda r: deterministic_actions(r.module, r.sample(num_timesteps=4), samples=3),
+            local_env_runner=False)[0]
+        assert actions.shape == (3, 2) and np.all(np.abs(actions) <= 1.0)
         obs = episodes[0].get_observations()
         assert set(CAMERA_NAMES) <= set(obs)
         for name in CAMERA_NAMES:
