@@ -58,7 +58,7 @@ from xworld_env.bench.heldout import HELDOUT_BASE_SEED, HeldoutEpisode, record_h
 from xworld_env.bench.machine import machine_info
 from xworld_env.bench.metrics import finite_mean, frame_motion, psnr
 from xworld_env.engine import NOISE_MODES, SPEED_SOURCES, WorldModelEngine
-from xworld_env.envs.rewards import RewardConfig
+from xworld_env.envs.rewards import RewardConfig, is_terminal
 from xworld_env.envs.xworld import DEFAULT_CHECKPOINT, load_runtime
 from xworld_env.model.autoencoder import to_uint8
 from xworld_env.sim.sim_env import XWorldSimEnv
@@ -334,6 +334,13 @@ class SimHold(NamedTuple):
     ended: bool
 
 
+def read_heads(engine: WorldModelEngine, latents: torch.Tensor):
+    """The heads' outputs on chunk latents (n, v, f, h, w, c): generated ones, or simulator
+    chunks through ``engine.encode``."""
+    with torch.no_grad():
+        return engine.heads(latents.to(engine.device))
+
+
 def hold_in_sim(
     episode: HeldoutEpisode, context: int, action: np.ndarray, chunks: int
 ) -> SimHold:
@@ -481,10 +488,9 @@ def throttle_response(
         n = min(len(fast), len(slow))
         if n == 0:
             continue
-        with torch.no_grad():
-            read_fast, read_slow = (
-                engine.heads(engine.encode(np.stack(frames[:n]))).ego[:, speed].float().cpu()
-                for frames in (fast_frames, slow_frames))
+        read_fast, read_slow = (
+            read_heads(engine, engine.encode(np.stack(frames[:n]))).ego[:, speed].float().cpu()
+            for frames in (fast_frames, slow_frames))
         for k in range(n):
             gap_sim.append(fast[k] - slow[k])
             gap_model.append(float(model["throttle"].speeds[i, k] - model["brake"].speeds[i, k]))
@@ -535,28 +541,24 @@ def drift_response(
     steer = {name: np.array([0.0, value], np.float32) for name, value in DRIFT_ACTIONS.items()}
     sim, model = probe_runs(engine, episodes, context, chunks, steer,
                             f"drift {episodes[0].family}", progress)
-    threshold = RewardConfig().event_threshold
+    rewards = RewardConfig()
     offset = EGO_FIELDS.index("lane_offset")
 
-    def read(latents: torch.Tensor):
-        """The heads on (n, v, f, h, w, c) latents."""
-        with torch.no_grad():
-            return engine.heads(latents.to(engine.device))
-
-    def ends(out) -> torch.Tensor:
-        """(n,) whether the heads' larger event probability is above the threshold."""
-        event = torch.maximum(out.collision_logit, out.off_road_logit).float().cpu().sigmoid()
-        return event > threshold
+    def ends(out) -> list[bool]:
+        """Per chunk the heads read, whether the env would end the episode there."""
+        collision, off_road = (torch.sigmoid(x).float().cpu().tolist()
+                               for x in (out.collision_logit, out.off_road_logit))
+        return [is_terminal(c, o, rewards) for c, o in zip(collision, off_road, strict=True)]
 
     ended_sim, ended_model, ended_encoded, offsets = [], [], [], []
     for name in steer:
         latents = model[name].latents
-        outs = [read(latents[:, k]) for k in range(chunks)]
-        ended_model += torch.stack([ends(out) for out in outs], dim=1).any(dim=1).tolist()
+        outs = [read_heads(engine, latents[:, k]) for k in range(chunks)]
+        ended_model += [any(world) for world in zip(*(ends(out) for out in outs), strict=True)]
         offsets += outs[-1].ego[:, offset].abs().float().cpu().tolist()
         for run in sim[name]:
             ended_sim.append(run.ended)
-            ended_encoded.append(bool(ends(read(engine.encode(np.stack(run.frames)))).any()))
+            ended_encoded.append(any(ends(read_heads(engine, engine.encode(np.stack(run.frames))))))
     return {
         "drift_end_sim": float(np.mean(ended_sim)),
         "drift_end_model": float(np.mean(ended_model)),
