@@ -9,6 +9,11 @@ from stable_baselines3.common.callbacks import BaseCallback
 from xworld_env.xcache.stats import skip_rate_between
 
 
+def spaced_indices(n: int, samples: int) -> np.ndarray:
+    """Up to ``samples`` evenly spaced indices of ``n`` items, first and last included."""
+    return np.unique(np.linspace(0, n - 1, samples).round().astype(int))
+
+
 def action_figures(actions: np.ndarray) -> dict[str, float]:
     """What a policy's deterministic actions (n, 2) for n observations say: ``action_spread``,
     the larger of the two entries' standard deviations over the observations (near zero: the
@@ -84,8 +89,7 @@ class ActionSpreadCallback(BaseCallback):
 
     def _on_rollout_end(self) -> None:
         buffer = self.model.rollout_buffer
-        pick = np.unique(np.linspace(0, buffer.buffer_size * buffer.n_envs - 1,
-                                     self.samples).round().astype(int))
+        pick = spaced_indices(buffer.buffer_size * buffer.n_envs, self.samples)
 
         def chosen(x: np.ndarray) -> np.ndarray:
             # (steps, envs, ...) as collected; (steps * envs, ...) once training has read it.

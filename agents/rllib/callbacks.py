@@ -7,7 +7,7 @@ import torch
 from ray.rllib.callbacks.callbacks import RLlibCallback
 from ray.rllib.core.columns import Columns
 
-from agents.callbacks import action_figures
+from agents.callbacks import action_figures, spaced_indices
 from xworld_env.xcache.stats import skip_rate_between
 
 #: Window (in samples or episodes) of the running means reported to RLlib.
@@ -35,7 +35,7 @@ def deterministic_actions(module, episodes, samples: int = SPREAD_SAMPLES) -> np
         return None
     batch = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
     n = len(next(iter(batch.values())))
-    pick = np.unique(np.linspace(0, n - 1, samples).round().astype(int))
+    pick = spaced_indices(n, samples)
     with torch.no_grad():
         out = module._forward({Columns.OBS: {k: torch.as_tensor(v[pick])
                                              for k, v in batch.items()}})
