@@ -24,10 +24,12 @@ from xworld_env.training.world_model import (
     WorldModelTrainConfig,
     batch_of,
     encode_split,
+    ends_on_event,
     generate_last_chunk,
     latents_key,
     load_autoencoder,
     load_dit,
+    pick_windows,
     rollout_context,
     shared_chunk_noise,
     train_world_model,
@@ -286,6 +288,45 @@ def test_world_model_rejects_bad_rollout_settings():
         WorldModelTrainConfig(rollout_fraction=0.5, chunks=2)
     with pytest.raises(ValueError, match=r"rollout_noise must be one of \['independent'"):
         WorldModelTrainConfig(rollout_noise="fixed")
+
+
+def test_windows_that_end_on_an_event_are_found_and_drawn():
+    valid = torch.ones(2, 6, dtype=torch.bool)
+    valid[1, 4:] = False  # episode 1 ends on its chunk 3
+    collision, off_road = torch.zeros(2, 6, dtype=torch.bool), torch.zeros(2, 6, dtype=torch.bool)
+    collision[0, 2], off_road[1, 3] = True, True
+    data = {"valid": valid, "collision": collision, "off_road": off_road}
+    starts = window_starts(valid, 3)
+    events = ends_on_event(data, starts, 3)
+    # Windows of 3: episode 0 starts 0-3, episode 1 starts 0-1; ends on 2 (collision), 3 (off road).
+    assert starts[events].tolist() == [[0, 0], [1, 1]]
+
+    def draw(fraction, seed=0):
+        return pick_windows(starts, events, 4000, fraction, torch.Generator().manual_seed(seed))
+
+    uniform = starts[torch.randint(len(starts), (4000,),
+                                   generator=torch.Generator().manual_seed(0))]
+    assert torch.equal(draw(0.0), uniform)  # the uniform draw of runs without the option
+    assert ends_on_event(data, draw(1.0), 3).all()
+    share = ends_on_event(data, draw(0.25), 3).float().mean().item()
+    # A quarter from the events plus the uniform draw's own share (2 of 6) of the rest.
+    assert share == pytest.approx(0.25 + 0.75 * 2 / 6, abs=0.03)
+
+
+def test_event_fraction_is_checked_against_the_data(trained, tmp_path):
+    runs, common, _ = trained
+    with pytest.raises(ValueError, match=r"event_fraction must be in \[0, 1\], got -0.1"):
+        WorldModelTrainConfig(event_fraction=-0.1)
+    ae = load_autoencoder(common["autoencoder"], torch.device("cpu"))
+    data = encode_split(ae, common["data"], "train", None)
+    starts = window_starts(data["valid"], 3)
+    # The tiny highway episodes run their whole length without a collision or leaving the road.
+    assert not ends_on_event(data, starts, 3).any()
+    cfg = WorldModelTrainConfig(**common, run_dir=str(tmp_path), preset="test", window=2,
+                                chunks=3, batch=2, steps=1, event_fraction=0.5)
+    with pytest.raises(ValueError, match="event_fraction=0.5 needs windows of 3 chunks"):
+        train_world_model(cfg, progress=False)
+    assert not (tmp_path / "state.pt").exists()
 
 
 def test_world_model_rejects_an_unknown_precision():

@@ -23,6 +23,7 @@ from xworld_env.training.common import RunLog, resolve_device, resume, save_stat
 from xworld_env.training.world_model import (
     batch_of,
     encode_split,
+    ends_on_event,
     load_autoencoder,
     load_dit,
     rollout_latents,
@@ -106,8 +107,7 @@ def event_windows(data: dict, length: int, count: int,
     """(episode, start) of up to ``count`` windows of ``length`` valid chunks: every window that
     ends on a collision or off-road chunk first (events are rare), then others at random."""
     starts = window_starts(data["valid"], length)
-    e, last = starts[:, 0], starts[:, 1] + length - 1
-    event = data["collision"][e, last] | data["off_road"][e, last]
+    event = ends_on_event(data, starts, length)
     order = torch.randperm(len(starts), generator=generator)
     ranked = torch.cat([order[event[order]], order[~event[order]]])
     return starts[ranked[:count]]

@@ -82,6 +82,9 @@ class WorldModelTrainConfig:
             ``fixed`` noise feeds every chunk, so the model meets in training its own past
             generated from the very noise it is denoising (on the shipped model it did not
             make steady-action rollouts move: docs/performance.md, "Motion").
+        event_fraction: share of each batch's windows drawn from the windows that end on a
+            collision or off-road chunk (an episode's last), which are rare in the data (about
+            one window in forty); 0 (default) draws every window uniformly.
         init_from: a world-model run folder or a checkpoint folder whose DiT starts this run
             (fine-tuning; the preset must match). Ignored when ``run_dir`` already holds a
             state to resume.
@@ -113,6 +116,7 @@ class WorldModelTrainConfig:
     context_noise: float = 0.02
     rollout_fraction: float = 0.0
     rollout_noise: str = "independent"
+    event_fraction: float = 0.0
     init_from: str = ""
     action_field: bool = False
     dtype: str = "float32"
@@ -121,7 +125,7 @@ class WorldModelTrainConfig:
         for name in ("window", "chunks", "batch", "steps", "log_every", "save_every"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        for name in ("discrete_fraction", "rollout_fraction"):
+        for name in ("discrete_fraction", "rollout_fraction", "event_fraction"):
             if not 0 <= getattr(self, name) <= 1:
                 raise ValueError(f"{name} must be in [0, 1], got {getattr(self, name)}")
         if self.rollout_fraction > 0 and self.chunks < 3:
@@ -196,6 +200,25 @@ def window_starts(valid: torch.Tensor, length: int) -> torch.Tensor:
     return torch.tensor(starts)
 
 
+def ends_on_event(data: dict, starts: torch.Tensor, length: int) -> torch.Tensor:
+    """Which windows (rows of ``starts``) end on a collision or off-road chunk."""
+    last = starts[:, 1] + length - 1
+    return data["collision"][starts[:, 0], last] | data["off_road"][starts[:, 0], last]
+
+
+def pick_windows(starts: torch.Tensor, events: torch.Tensor, batch: int, event_fraction: float,
+                 generator: torch.Generator) -> torch.Tensor:
+    """``batch`` training windows: uniformly over ``starts``, or, with ``event_fraction`` > 0,
+    each one with that probability from the windows ``events`` marks."""
+    pick = starts[torch.randint(len(starts), (batch,), generator=generator)]
+    if event_fraction > 0:
+        pool = starts[events]
+        from_events = torch.rand(batch, generator=generator) < event_fraction
+        drawn = pool[torch.randint(len(pool), (batch,), generator=generator)]
+        pick = torch.where(from_events[:, None], drawn, pick)
+    return pick
+
+
 def batch_of(data: dict, starts: torch.Tensor, length: int) -> dict[str, torch.Tensor]:
     """Gathers windows: latents (b, t, ...), actions (b, t, 2), speed before each chunk (b, t)."""
     e, s = starts[:, 0], starts[:, 1]
@@ -246,6 +269,12 @@ def train_world_model(cfg: WorldModelTrainConfig, progress: bool = True) -> dict
             raise RuntimeError(f"unexpected state_dict mismatch adding the action field: {result}")
     step = resume(state_path, model, optimizer, generator)
     train_starts = window_starts(train["valid"], cfg.chunks)
+    train_events = ends_on_event(train, train_starts, cfg.chunks)
+    if cfg.event_fraction > 0 and not train_events.any():
+        raise ValueError(
+            f"event_fraction={cfg.event_fraction} needs windows of {cfg.chunks} chunks that end "
+            f"on a collision or off-road chunk; {cfg.data} has none"
+        )
     val_starts = window_starts(val["valid"], cfg.chunks)
     order = torch.randperm(len(val_starts), generator=torch.Generator().manual_seed(3))
     val_pick = val_starts[order[:64]]
@@ -258,7 +287,8 @@ def train_world_model(cfg: WorldModelTrainConfig, progress: bool = True) -> dict
         model.train()
         for group in optimizer.param_groups:
             group["lr"] = lr_at(step, cfg.steps, cfg.lr)
-        pick = train_starts[torch.randint(len(train_starts), (cfg.batch,), generator=generator)]
+        pick = pick_windows(train_starts, train_events, cfg.batch, cfg.event_fraction,
+                            generator)
         batch = {k: v.to(device) for k, v in batch_of(train, pick, cfg.chunks).items()}
         t = sample_flow_times(cfg.batch * cfg.chunks, inference_times, cfg.shift,
                               cfg.discrete_fraction, generator).view(cfg.batch, cfg.chunks)
