@@ -84,7 +84,8 @@ class WorldModelTrainConfig:
             make steady-action rollouts move: docs/performance.md, "Motion").
         event_fraction: share of each batch's windows drawn from the windows that end on a
             collision or off-road chunk (an episode's last), which are rare in the data (about
-            one window in forty); 0 (default) draws every window uniformly.
+            one window of 4 chunks in twenty in the ``explore`` data); 0 (default) draws every
+            window uniformly.
         init_from: a world-model run folder or a checkpoint folder whose DiT starts this run
             (fine-tuning; the preset must match). Ignored when ``run_dir`` already holds a
             state to resume.
