@@ -37,8 +37,8 @@ def deterministic_actions(module, episodes, samples: int = SPREAD_SAMPLES) -> np
     n = len(next(iter(batch.values())))
     pick = spaced_indices(n, samples)
     with torch.no_grad():
-        out = module._forward({Columns.OBS: {k: torch.as_tensor(v[pick])
-                                             for k, v in batch.items()}})
+        out = module.forward_inference({Columns.OBS: {k: torch.as_tensor(v[pick])
+                                                      for k, v in batch.items()}})
     space = module.action_space
     mean = out[Columns.ACTION_DIST_INPUTS][:, : space.shape[0]].float().cpu().numpy()
     return np.clip(mean, space.low, space.high)
