@@ -98,16 +98,22 @@ DEFAULT_SWEEP: dict[str, list[dict[str, Any]]] = {
     # The published reuse rule (the last computed residual as it is), with our relative change,
     # without it (the published gate), and with no gate at all (every eligible cell reused, as
     # the first-block cache's largest thresholds do).
-    + [{"reuse": "hold", "max_rel_change": t} for t in (0.001, 0.002, 0.003, _OFF)]
+    + [{"reuse": "hold", "max_rel_change": t}
+       for t in (0.001, 0.002, 0.003, 0.005, 0.01, 0.02, _OFF)]
     + [{"reuse": "hold", **_NO_GATE}]
+    # The published reuse rule gated on our relative change alone (cosine and deviation tests
+    # open): at high reuse, where linear reuse no longer gains, it decides almost as the
+    # first-block cache does (both compare block 0's output with its value at the last
+    # computation; X-Cache per view group).
+    + [{"reuse": "hold", **_NO_GATE, "max_rel_change": t} for t in (0.008, 0.015)]
     # One decision per block (published) beside the default one per pass.
     + [{"span": 1}]
     # The line continued as far as the run of reuses goes (no max_ahead), at the default
     # threshold, at 0.03 and with every eligible cell reused.
     + [{"max_ahead": _OFF}, {"max_error": 0.03, "max_ahead": _OFF},
        {"max_error": _OFF, **_NO_GATE, "max_ahead": _OFF}],
-    # Block 0's output changes by under 1% from one chunk to the next on the shipped model:
-    # thresholds of 0.02 and above reuse everything.
+    # Block 0's output changes by about 1% from one chunk to the next on the shipped model:
+    # these thresholds take its reuse from about half of the blocks to nearly all of them.
     "fbcache": [{"threshold": t} for t in (0.001, 0.002, 0.004, 0.008, 0.02)],
     "static": [{"k": k, "n": n} for k, n in ((1, 3), (1, 2), (2, 3), (3, 4))],
 }
