@@ -112,8 +112,8 @@ DEFAULT_SWEEP: dict[str, list[dict[str, Any]]] = {
     # threshold, at 0.03 and with every eligible cell reused.
     + [{"max_ahead": _OFF}, {"max_error": 0.03, "max_ahead": _OFF},
        {"max_error": _OFF, **_NO_GATE, "max_ahead": _OFF}],
-    # Block 0's output changes by about 1% from one chunk to the next on the shipped model:
-    # these thresholds take its reuse from about half of the blocks to nearly all of them.
+    # On the shipped model these thresholds take its reuse from 0.40 of the blocks to 0.93 on
+    # the sweep's episodes (docs/performance.md, "xworld bench xcache").
     "fbcache": [{"threshold": t} for t in (0.001, 0.002, 0.004, 0.008, 0.02)],
     "static": [{"k": k, "n": n} for k, n in ((1, 3), (1, 2), (2, 3), (3, 4))],
 }
