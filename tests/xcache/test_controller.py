@@ -25,7 +25,7 @@ from xworld_env.xcache.stats import CacheStats, skip_rate_between
 CONFIG = EngineConfig(sampler=SamplerConfig(num_steps=3), kv_cache=KVCacheConfig(window=2))
 #: Gate that passes unless an entry points the other way (cosine below -0.5).
 PERMISSIVE = {"floor": -0.5, "margin": 2.0, "max_deviation": math.inf,
-              "max_rel_change": math.inf, "max_error": math.inf}
+              "max_rel_change": math.inf, "max_error": math.inf, "max_drift": math.inf}
 
 
 def engine_with(executor, depth: int = 2) -> WorldModelEngine:
@@ -261,6 +261,7 @@ def test_static_reuse_alternates_and_fbcache_reuses():
         ("xcache", {"front_anchor": -1}, "front_anchor"),
         ("xcache", {"max_rel_change": 0.0}, "max_rel_change"),
         ("xcache", {"max_error": -1.0}, "max_error"),
+        ("xcache", {"max_drift": 0.0}, "max_drift must be > 0"),
         ("xcache", {"span": -1}, "span"),
         ("xcache", {"reuse": "quadratic"}, "reuse must be one of"),
         ("xcache", {"position": "speed"}, "position must be one of"),
@@ -290,8 +291,9 @@ def test_static_config_validation():
 
 
 @pytest.mark.parametrize(("reuse", "dtype", "expected"), [
-    ("linear", "float32", (math.inf, 0.02)), ("linear", "bfloat16", (0.008, math.inf)),
-    ("hold", "float32", (0.003, math.inf)), ("hold", "bfloat16", (0.005, math.inf)),
+    ("linear", "float32", (math.inf, 0.02, 0.02)), ("linear", "bfloat16", (0.008, math.inf, 0.02)),
+    ("hold", "float32", (0.003, math.inf, math.inf)),
+    ("hold", "bfloat16", (0.005, math.inf, math.inf)),
 ])
 def test_thresholds_follow_the_precision_the_blocks_run_in(reuse, dtype, expected):
     import dataclasses
@@ -300,7 +302,8 @@ def test_thresholds_follow_the_precision_the_blocks_run_in(reuse, dtype, expecte
 
     class Recording(XCache):
         def rel_change_threshold(self, device):
-            seen.append((super().rel_change_threshold(device), self.error_threshold(device)))
+            seen.append((super().rel_change_threshold(device), self.error_threshold(device),
+                         self.drift_threshold(device)))
             return seen[-1][0]
 
     engine = WorldModelEngine(dataclasses.replace(CONFIG, dtype=dtype), make_autoencoder(),
@@ -311,11 +314,16 @@ def test_thresholds_follow_the_precision_the_blocks_run_in(reuse, dtype, expecte
         engine.step_chunk(a)
     assert seen and set(seen) == {expected}
     # A number set by the user holds in every precision.
-    fixed = XCache(XCacheConfig(max_rel_change=0.002, max_error=0.01))
+    fixed = XCache(XCacheConfig(max_rel_change=0.002, max_error=0.01, max_drift=0.1))
     cpu = torch.device("cpu")
+
+    def thresholds():
+        return (fixed.rel_change_threshold(cpu), fixed.error_threshold(cpu),
+                fixed.drift_threshold(cpu))
+
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        assert (fixed.rel_change_threshold(cpu), fixed.error_threshold(cpu)) == (0.002, 0.01)
-    assert (fixed.rel_change_threshold(cpu), fixed.error_threshold(cpu)) == (0.002, 0.01)
+        assert thresholds() == (0.002, 0.01, 0.1)
+    assert thresholds() == (0.002, 0.01, 0.1)
 
 
 def span_residuals(depth: int, reuse: str, chunks: int, **settings):
@@ -508,3 +516,43 @@ def test_max_consecutive_bounds_a_run_of_reuses_per_world():
     free = XCache(XCacheConfig(**{**PERMISSIVE, "max_consecutive": 0}))
     engine, _ = rollout(free, acts, depth=3)
     assert engine.executor.stats.summary()["per_chunk"][1:] == [0.0] + [1.0] * 6
+
+
+def test_cell_measures_the_drift_of_its_residual_per_chunk():
+    from xworld_env.xcache.store import Cell
+
+    g = torch.Generator().manual_seed(2)
+    r = [torch.randn(2, 5, 4, generator=g) for _ in range(3)]
+    for keep in (True, False):
+        cell = Cell(2, keep_previous=keep)
+        cell.write(torch.arange(2), r[0].clone(), chunk=torch.tensor([1, 1]))
+        assert np.isinf(cell.drift).all()  # one computation: unknown
+        # World 0 computes again three chunks later; world 1 does not.
+        cell.write(torch.tensor([0]), r[1][:1].clone(), chunk=torch.tensor([4]))
+        change = (r[1][0] - r[0][0]).abs().mean() / r[1][0].abs().mean()
+        np.testing.assert_allclose(cell.drift[0], change.item() / 3, rtol=1e-5)
+        assert np.isinf(cell.drift[1])
+        cell.reset(torch.tensor([0]))
+        assert np.isinf(cell.drift).all()
+
+
+def test_max_drift_bounds_the_reuses_past_the_line():
+    # Every eligible cell passes the gate. Chunks 0 and 1 compute (warmup, then a second
+    # computation for the line). With max_ahead 1 the line covers as many chunks past the last
+    # computation as lay between the last two: chunk 2; chunk 3 lies one past it, and any drift
+    # there exceeds a tiny max_drift: computed. Then 3 - 1 = 2 chunks are covered (4, 5), and 6
+    # computes; then 7, 8, 9, and 10 computes.
+    acts = constant_actions(11)
+    engine, _ = rollout(XCache(XCacheConfig(**{**PERMISSIVE, "max_drift": 1e-9})), acts, depth=3)
+    summary = engine.executor.stats.summary()
+    assert summary["per_chunk"][1:] == [0.0, 1.0, 0.0, 1.0, 1.0, 0.0, 1.0, 1.0, 1.0, 0.0]
+    drifts = summary["drift_percentiles"]
+    assert drifts["p5"] >= 0.0 and drifts["p95"] > 1e-9
+    # A threshold above any drift: every eligible chunk reused, as with the bound off.
+    engine, _ = rollout(XCache(XCacheConfig(**{**PERMISSIVE, "max_drift": 1e9})), acts, depth=3)
+    assert engine.executor.stats.summary()["per_chunk"][1:] == [0.0] + [1.0] * 9
+    # Under the published rule a reuse follows no line: once a world knows its drift, every
+    # chunk past the last computation adds to it. With one computation the drift is unknown.
+    hold = XCacheConfig(**{**PERMISSIVE, "max_drift": 1e-9, "reuse": "hold"})
+    engine, _ = rollout(XCache(hold), acts[:4], depth=3)
+    assert engine.executor.stats.summary()["per_chunk"][1:] == [0.0, 0.0, 0.0]

@@ -85,16 +85,20 @@ DEFAULT_POLICIES: dict[str, dict[str, Any]] = {
 _OFF = math.inf
 # Every gate test open: the sweep's points that reuse every eligible cell.
 _NO_GATE = {"max_rel_change": _OFF, "floor": -1.0, "margin": 2.0, "max_deviation": _OFF}
+# Linear reuse without our two bounds on what a reuse adds (predicted error, drift).
+_UNBOUNDED = {"max_error": _OFF, "max_drift": _OFF}
 DEFAULT_SWEEP: dict[str, list[dict[str, Any]]] = {
-    # The default gate (linear reuse, predicted error) at other thresholds.
-    "xcache": [{"max_error": t} for t in (0.006, 0.01, 0.03, 0.05, 0.1, 0.2)]
+    # The default gate (linear reuse, predicted error, drift) at other drift thresholds, then
+    # without the drift bound at other predicted-error thresholds.
+    "xcache": [{"max_drift": t} for t in (0.01, 0.05, 0.1)]
+    + [{"max_drift": _OFF, "max_error": t} for t in (0.006, 0.01, 0.02, 0.03, 0.05, 0.1, 0.2)]
     # Linear reuse gated on the relative change alone (no fitted gain), then on the published
     # gate, then on the published cosine alone (no deviation bound), then beyond the gate, to
     # reach the speeds of the baselines' fastest points: every eligible cell reused.
-    + [{"max_error": _OFF, "max_rel_change": t} for t in (0.002, 0.004, 0.008, 0.02)]
-    + [{"max_error": _OFF, "max_rel_change": _OFF},
-       {"max_error": _OFF, "max_rel_change": _OFF, "max_deviation": _OFF},
-       {"max_error": _OFF, **_NO_GATE}]
+    + [{**_UNBOUNDED, "max_rel_change": t} for t in (0.002, 0.004, 0.008, 0.02)]
+    + [{**_UNBOUNDED, "max_rel_change": _OFF},
+       {**_UNBOUNDED, "max_rel_change": _OFF, "max_deviation": _OFF},
+       {**_UNBOUNDED, **_NO_GATE}]
     # The published reuse rule (the last computed residual as it is), with our relative change,
     # without it (the published gate), and with no gate at all (every eligible cell reused, as
     # the first-block cache's largest thresholds do).
@@ -111,7 +115,7 @@ DEFAULT_SWEEP: dict[str, list[dict[str, Any]]] = {
     # The line continued as far as the run of reuses goes (no max_ahead), at the default
     # threshold, at 0.03 and with every eligible cell reused.
     + [{"max_ahead": _OFF}, {"max_error": 0.03, "max_ahead": _OFF},
-       {"max_error": _OFF, **_NO_GATE, "max_ahead": _OFF}],
+       {**_UNBOUNDED, **_NO_GATE, "max_ahead": _OFF}],
     # On the shipped model these thresholds take its reuse from 0.40 of the blocks to 0.93 on
     # the sweep's episodes (docs/performance.md, "xworld bench xcache").
     "fbcache": [{"threshold": t} for t in (0.001, 0.002, 0.004, 0.008, 0.02)],
@@ -942,7 +946,7 @@ def write_plots(result: dict[str, Any], stem: Path) -> list[Path]:
 
 def _plot_group(point: dict[str, Any]) -> str:
     """The series a sweep point is drawn in: its policy, X-Cache's published reuse rule and
-    X-Cache without the predicted error apart."""
+    X-Cache without the drift bound or without both bounds apart."""
     if point["policy"] == "xcache":
         settings = point["settings"]
         if settings.get("reuse") == "hold":
@@ -950,7 +954,9 @@ def _plot_group(point: dict[str, Any]) -> str:
         if settings.get("max_ahead") == math.inf:
             return "xcache (no max_ahead)"
         if settings.get("max_error") == math.inf:
-            return "xcache (no predicted error)"
+            return "xcache (no predicted error, no drift bound)"
+        if settings.get("max_drift") == math.inf:
+            return "xcache (no drift bound)"
     return point["policy"]
 
 

@@ -85,6 +85,10 @@ DEFAULT_MAX_ERROR = {
     "linear": {"float32": 0.02, "low": math.inf},
     "hold": {"float32": math.inf, "low": math.inf},
 }
+DEFAULT_MAX_DRIFT = {
+    "linear": {"float32": 0.02, "low": 0.02},
+    "hold": {"float32": math.inf, "low": math.inf},
+}
 
 
 @dataclass(frozen=True)
@@ -160,6 +164,7 @@ class XCacheConfig:
     reuse: str = "linear"
     position: str = "time"
     max_ahead: float = 1.0
+    max_drift: float | None = None
     view_groups: tuple[tuple[str, ...], ...] = tuple(VIEW_GROUPS.values())
 
     def __post_init__(self) -> None:
@@ -175,6 +180,8 @@ class XCacheConfig:
              "max_rel_change must be > 0 (inf allowed) or None (by precision)"),
             (self.max_error is None or self.max_error > 0.0,
              "max_error must be > 0 (inf allowed) or None (by precision)"),
+            (self.max_drift is None or self.max_drift > 0.0,
+             "max_drift must be > 0 (inf allowed) or None (by precision)"),
             (isinstance(self.front_anchor, int) and self.front_anchor >= 0,
              "front_anchor must be an int >= 0"),
             (isinstance(self.tail_anchor, int) and self.tail_anchor >= 0,
@@ -298,6 +305,10 @@ class XCache(ChunkCacheExecutor):
         """``max_error``, or its default (as ``rel_change_threshold``)."""
         return self._threshold(self.config.max_error, DEFAULT_MAX_ERROR, device)
 
+    def drift_threshold(self, device: torch.device) -> float:
+        """``max_drift``, or its default (as ``rel_change_threshold``)."""
+        return self._threshold(self.config.max_drift, DEFAULT_MAX_DRIFT, device)
+
     def _threshold(self, value: float | None, defaults: dict, device: torch.device) -> float:
         if value is not None:
             return value
@@ -332,9 +343,10 @@ class XCache(ChunkCacheExecutor):
         has = cell.has.numpy()
         eligible = has & ~self.warm().numpy()
         reuse = np.zeros(b, dtype=bool)
-        cos = dev = rel = err = None
+        cos = dev = rel = err = drift = None
         ahead = None
         max_error = self.error_threshold(x.device)
+        max_drift = self.drift_threshold(x.device)
         if has.any():
             reference = cell.fingerprint
             if cfg.reuse == "linear":
@@ -347,9 +359,11 @@ class XCache(ChunkCacheExecutor):
             tau = cosine_threshold(ema, cfg.margin, cfg.floor)
             if math.isfinite(max_error):
                 err = cell.predicted_error(rel)
+            if math.isfinite(max_drift):
+                drift = self._drift(cell)
             reuse = eligible & reuse_decision(cos, dev, tau, cfg.max_deviation, rel,
                                               self.rel_change_threshold(x.device), err,
-                                              max_error)
+                                              max_error, drift, max_drift)
             if cfg.max_consecutive:
                 reuse &= cell.consecutive.numpy() < cfg.max_consecutive
             # A line needs two points: under ``linear`` a world computes the cell until it
@@ -358,7 +372,7 @@ class XCache(ChunkCacheExecutor):
         if cfg.batch_mode == "all" and not reuse.all():
             reuse[:] = False
         self.stats.gate_seconds += time.perf_counter() - started
-        self.stats.decided(s, l, eligible, reuse, cos, dev, rel, err)
+        self.stats.decided(s, l, eligible, reuse, cos, dev, rel, err, drift)
         consecutive = cell.consecutive.numpy()
         consecutive[reuse] += 1
         # Reused worlds take the span's whole residual here and pass through its other blocks;
@@ -397,6 +411,20 @@ class XCache(ChunkCacheExecutor):
             self._write(span.cell, idx, y - span.inputs, span.fingerprint, span.fit)
             self._span = None
         return out
+
+    def _drift(self, cell: Cell) -> np.ndarray:
+        """(b,) float32: the drift reusing ``cell`` now would carry, per world: its residual's
+        relative change per chunk between its last two computations (``Cell.drift``) times
+        the chunks this one lies past what its reuse follows (under ``linear``, the line up to
+        ``max_ahead`` intervals; under ``hold``, nothing past the last computation); infinite
+        where a world has fewer than two computations (its drift is unknown)."""
+        past = (self.chunk_index - cell.chunk).numpy().astype(np.float32)
+        if self.config.reuse == "linear":
+            gap = (cell.chunk - cell.previous_chunk).clamp_min(1).numpy().astype(np.float32)
+            past = past - np.float32(self.config.max_ahead) * gap
+        known = np.isfinite(cell.drift)
+        drift = np.where(known, cell.drift, np.float32(0.0)) * np.maximum(past, np.float32(0.0))
+        return np.where(known, drift, np.float32(np.inf)).astype(np.float32)
 
     def _ahead(self, cell: Cell, fp: Fingerprint) -> np.ndarray:
         """(b,) float32: how far along its line ``linear`` continues ``cell`` for input

@@ -155,12 +155,16 @@ def reuse_decision(
     cos: np.ndarray, dev: np.ndarray, tau_cos: np.ndarray, tau_dev: float,
     rel: np.ndarray | None = None, tau_rel: float = float("inf"),
     err: np.ndarray | None = None, tau_err: float = float("inf"),
+    drift: np.ndarray | None = None, tau_drift: float = float("inf"),
 ) -> np.ndarray:
     """Reuse only where every metric agrees: ``cos >= tau_cos``, ``dev < tau_dev`` and, when
-    given, ``rel < tau_rel`` and ``err < tau_err`` (the predicted error)."""
+    given, ``rel < tau_rel``, ``err < tau_err`` (the predicted error) and ``drift <
+    tau_drift`` (the drift a reuse would carry)."""
     reuse = (cos >= tau_cos) & (dev < tau_dev)
     if rel is not None:
         reuse &= rel < tau_rel
     if err is not None:
         reuse &= err < tau_err
+    if drift is not None:
+        reuse &= drift < tau_drift
     return reuse

@@ -43,6 +43,7 @@ class CacheStats:
         self.dev: deque[float] = deque(maxlen=_HISTORY)
         self.rel: deque[float] = deque(maxlen=_HISTORY)
         self.err: deque[float] = deque(maxlen=_HISTORY)
+        self.drift: deque[float] = deque(maxlen=_HISTORY)
         self.gate_seconds = 0.0
         self.gated_passes = 0
         self.mixed_passes = 0
@@ -72,11 +73,11 @@ class CacheStats:
         self, s: int, l: int, eligible: np.ndarray | torch.Tensor,  # noqa: E741
         reuse: np.ndarray | torch.Tensor, cos: np.ndarray | None = None,
         dev: np.ndarray | None = None, rel: np.ndarray | None = None,
-        err: np.ndarray | None = None,
+        err: np.ndarray | None = None, drift: np.ndarray | None = None,
     ) -> None:
         """One cell's decision for a batch: ``eligible`` and ``reuse`` are (b,) bool masks
-        (host arrays or CPU tensors); ``cos``, ``dev``, ``rel`` and ``err`` (the predicted
-        error) the gate's metrics.
+        (host arrays or CPU tensors); ``cos``, ``dev``, ``rel``, ``err`` (the predicted
+        error) and ``drift`` (the drift a reuse would carry) the gate's metrics.
 
         Worlds not eligible (warmup, nothing stored) are computed and count only in
         ``skip_rate_all``.
@@ -101,7 +102,7 @@ class CacheStats:
         self._track_pass(s, eligible, reuse)
         if n_eligible:
             for values, metric in ((self.cos, cos), (self.dev, dev), (self.rel, rel),
-                                   (self.err, err)):
+                                   (self.err, err), (self.drift, drift)):
                 if metric is not None:
                     picked = np.asarray(metric)[eligible]
                     values.extend(picked[np.isfinite(picked)].tolist())
@@ -168,6 +169,7 @@ class CacheStats:
             "dev_percentiles": _percentiles(self.dev),
             "rel_percentiles": _percentiles(self.rel),
             "error_percentiles": _percentiles(self.err),
+            "drift_percentiles": _percentiles(self.drift),
             "gate_seconds": self.gate_seconds,
             "gated_passes": gated,
             "pass_agreement": 1.0 - mixed / gated if gated else 1.0,

@@ -44,6 +44,9 @@ class Cell:
         # Running sums of the gain fit (``gate.fit_gain``), float64 host arrays.
         self.gain_num = np.zeros(batch_size)
         self.gain_den = np.zeros(batch_size)
+        # Relative L1 change of the residual per chunk between the last two computations
+        # (inf until a world has two: unknown), a float32 host array.
+        self.drift = np.full(batch_size, np.inf, dtype=np.float32)
 
     def reusable(self) -> torch.Tensor:
         """(b,) bool: worlds the cell could reuse for, by what it holds: a computation, and
@@ -106,6 +109,8 @@ class Cell:
             chunk: the worlds' chunk numbers (since their reset) of this computation.
         """
         every = self._every_world(worlds)
+        if chunk is not None:
+            self._measure_drift(worlds, residual, chunk)
         if self.keep_previous:
             self._keep_previous(worlds, every)
         if chunk is not None:
@@ -124,6 +129,22 @@ class Cell:
             self._write_fingerprint(worlds, fingerprint, every)
         self.has[worlds.cpu()] = True
         self.consecutive[worlds.cpu()] = 0
+
+    def _measure_drift(self, worlds: torch.Tensor, residual: torch.Tensor,
+                       chunk: torch.Tensor) -> None:
+        """Sets ``drift`` of the worlds that had a computation, before it is overwritten:
+        ``mean|new - last| / mean|new|`` over the chunks between the two."""
+        host = worlds.cpu()
+        had = self.has[host]
+        if self.residual is None or not bool(had.any()):
+            return
+        last = self.residual[worlds]
+        change = (residual - last).abs().flatten(1).mean(1)
+        scale = residual.abs().flatten(1).mean(1).clamp_min(1e-12)
+        gap = (chunk.cpu() - self.chunk[host]).clamp_min(1).float()
+        drift = (change / scale).float().cpu() / gap
+        index = host.numpy()[had.numpy()]
+        self.drift[index] = drift.numpy()[had.numpy()]
 
     def _keep_previous(self, worlds: torch.Tensor, every: bool) -> None:
         """Moves the worlds' last computation to ``previous_*`` before it is overwritten."""
@@ -199,6 +220,7 @@ class Cell:
         self.has_previous[index] = False
         self.gain_num[index] = 0.0
         self.gain_den[index] = 0.0
+        self.drift[index] = np.inf
 
 
 def _merged(
