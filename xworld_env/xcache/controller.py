@@ -34,6 +34,14 @@ only through block 0's attention to the past). Each cell fits, per world, the ga
 relative change to the relative error reuse would have made, on its own computations, and a
 world reuses only while ``gain * relative change`` stays below ``max_error``.
 
+And the *drift bound* (``XCacheConfig.max_drift``, on by default for linear reuse). Every cell
+measures, per world, how far its residual moved per chunk between its last two computations; a
+world reuses the cell only while that drift times the chunks the reuse lies past what it
+follows (the line's ``max_ahead`` intervals, or the last computation under ``hold``) stays
+below ``max_drift``. Without it a near-still closed-loop world locks: once every pass of a
+chunk is reused, the next chunk meets nearly the same inputs and the same residuals come back,
+where full compute would move on (docs/performance.md, "X-Cache drift").
+
 Guardrails (as published): passes that write the KV cache always compute every block;
 the first ``front_anchor`` (and last ``tail_anchor``) blocks always compute; the first
 ``warmup_chunks`` chunks after a reset compute everything; step-0 protection and a cap on
@@ -144,6 +152,13 @@ class XCacheConfig:
             residual continued this far: the two computations say how the cell moved over one
             interval, not over many, and a line continued over a long run runs away
             (default 1: as far as the two computations lie apart).
+        max_drift: reuse only while the drift a world's reuse would carry stays below this
+            (``inf``: off): the relative L1 change per chunk of the cell's residual between its
+            last two computations, times the chunks the reuse lies past what it follows (under
+            ``linear``, ``max_ahead`` intervals of the line; under ``hold``, the last
+            computation). A world with one computation of the cell (drift unknown) computes.
+            ``None`` (default): ``DEFAULT_MAX_DRIFT`` (``linear``: 0.02 in any precision;
+            ``hold``: off).
         view_groups: camera names of each fingerprint view group.
     """
 
