@@ -433,13 +433,8 @@ class XCache(ChunkCacheExecutor):
         the chunks this one lies past what its reuse follows (under ``linear``, the line up to
         ``max_ahead`` intervals; under ``hold``, nothing past the last computation); infinite
         where a world has fewer than two computations (its drift is unknown)."""
-        past = (self.chunk_index - cell.chunk).numpy().astype(np.float32)
-        if self.config.reuse == "linear":
-            gap = (cell.chunk - cell.previous_chunk).clamp_min(1).numpy().astype(np.float32)
-            past = past - np.float32(self.config.max_ahead) * gap
-        known = np.isfinite(cell.drift)
-        drift = np.where(known, cell.drift, np.float32(0.0)) * np.maximum(past, np.float32(0.0))
-        return np.where(known, drift, np.float32(np.inf)).astype(np.float32)
+        covered = self.config.max_ahead if self.config.reuse == "linear" else 0.0
+        return cell.drift_past(self.chunk_index, covered)
 
     def _ahead(self, cell: Cell, fp: Fingerprint) -> np.ndarray:
         """(b,) float32: how far along its line ``linear`` continues ``cell`` for input

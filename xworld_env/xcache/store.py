@@ -106,7 +106,8 @@ class Cell:
             fingerprint: their input fingerprints (X-Cache).
             reference: any other per-world tensor a policy compares against (e.g. block 0's
                 output for first-block caching).
-            chunk: the worlds' chunk numbers (since their reset) of this computation.
+            chunk: the worlds' chunk numbers (since their reset) of this computation; with
+                it, the worlds that had a computation get their ``drift`` measured first.
         """
         every = self._every_world(worlds)
         if chunk is not None:
@@ -166,12 +167,24 @@ class Cell:
                 self.previous_fingerprint, worlds, self.fingerprint.select(worlds),
                 self.batch_size)
 
+    def interval(self) -> torch.Tensor:
+        """(b,) long: chunks between each world's last two computations, at least 1."""
+        return (self.chunk - self.previous_chunk).clamp_min(1)
+
+    def drift_past(self, now: torch.Tensor, covered: float) -> np.ndarray:
+        """(b,) float32: ``drift`` times the chunks ``now`` (per world) lies past the last
+        computation beyond ``covered`` intervals (``interval``); infinite where a world's drift
+        is unknown."""
+        past = (now.cpu() - self.chunk).float() - covered * self.interval().float()
+        known = np.isfinite(self.drift)
+        lag = np.where(known, self.drift, np.float32(0.0)) * past.clamp_min(0.0).numpy()
+        return np.where(known, lag, np.float32(np.inf)).astype(np.float32)
+
     def steps_ahead(self, now: torch.Tensor) -> np.ndarray:
         """(b,) float32: how far chunk ``now`` (per world) lies past the last computation, in
         units of the interval between the last two computations; 0 where a world has fewer
         than two."""
-        gap = (self.chunk - self.previous_chunk).clamp_min(1)
-        ahead = (now.cpu() - self.chunk).float() / gap
+        ahead = (now.cpu() - self.chunk).float() / self.interval()
         return torch.where(self.has_previous, ahead, 0.0).numpy()
 
     def extrapolated_fingerprint(self, ahead: np.ndarray) -> Fingerprint:
