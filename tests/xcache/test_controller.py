@@ -546,8 +546,7 @@ def test_max_drift_bounds_the_reuses_past_the_line():
     engine, _ = rollout(XCache(XCacheConfig(**{**PERMISSIVE, "max_drift": 1e-9})), acts, depth=3)
     summary = engine.executor.stats.summary()
     assert summary["per_chunk"][1:] == [0.0, 1.0, 0.0, 1.0, 1.0, 0.0, 1.0, 1.0, 1.0, 0.0]
-    drifts = summary["drift_percentiles"]
-    assert drifts["p5"] >= 0.0 and drifts["p95"] > 1e-9
+    assert summary["drift_percentiles"]["p95"] > 1e-9  # what vetoed chunks 3, 6 and 10
     # A threshold above any drift: every eligible chunk reused, as with the bound off.
     engine, _ = rollout(XCache(XCacheConfig(**{**PERMISSIVE, "max_drift": 1e9})), acts, depth=3)
     assert engine.executor.stats.summary()["per_chunk"][1:] == [0.0] + [1.0] * 9

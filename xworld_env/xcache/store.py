@@ -2,8 +2,9 @@
 
 A cell remembers, for every world, the residual (block output minus input) from the last time
 it was computed, the fingerprint of the input that produced it, the chunk it was computed in,
-the EMA of the cosine seen at the cell, how many times in a row it has been reused, and the
-running sums of the fit that predicts its reuse error from the fingerprint's change. A cell
+the EMA of the cosine seen at the cell, how many times in a row it has been reused, the
+running sums of the fit that predicts its reuse error from the fingerprint's change, and its
+drift: how fast its residual moved between its last two computations. A cell
 that keeps history (``Cell.keep_previous``) also remembers the computation before the last one,
 for reuse that extrapolates along the line through the two (X-Cache ``reuse="linear"``).
 """
