@@ -61,10 +61,7 @@ class Cell:
         against ``residual``, what those worlds just computed:
         ``mean|residual - reused| / mean|residual|``. Call it before ``write``; meaningful
         where ``reusable()``."""
-        reused = self.extrapolated_residual(ahead, worlds)
-        diff = (residual - reused).abs().flatten(1).mean(1)
-        scale = residual.abs().flatten(1).mean(1).clamp_min(1e-12)
-        return (diff / scale).float().cpu().numpy()
+        return _relative_l1(residual, self.extrapolated_residual(ahead, worlds)).numpy()
 
     def calibrate(self, worlds: torch.Tensor, residual: torch.Tensor, rel: np.ndarray,
                   ahead: np.ndarray, decay: float) -> None:
@@ -140,11 +137,8 @@ class Cell:
         had = self.has[host]
         if self.residual is None or not bool(had.any()):
             return
-        last = self.residual[worlds]
-        change = (residual - last).abs().flatten(1).mean(1)
-        scale = residual.abs().flatten(1).mean(1).clamp_min(1e-12)
         gap = (chunk.cpu() - self.chunk[host]).clamp_min(1).float()
-        drift = (change / scale).float().cpu() / gap
+        drift = _relative_l1(residual, self.residual[worlds]) / gap
         index = host.numpy()[had.numpy()]
         self.drift[index] = drift.numpy()[had.numpy()]
 
@@ -235,6 +229,13 @@ class Cell:
         self.gain_num[index] = 0.0
         self.gain_den[index] = 0.0
         self.drift[index] = np.inf
+
+
+def _relative_l1(new: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
+    """Per world, ``mean|new - reference| / mean|new|``: a (b,) float32 CPU tensor."""
+    diff = (new - reference).abs().flatten(1).mean(1)
+    scale = new.abs().flatten(1).mean(1).clamp_min(1e-12)
+    return (diff / scale).float().cpu()
 
 
 def _merged(
