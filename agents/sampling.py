@@ -32,8 +32,8 @@ from xworld_env.bench.machine import machine_info, write_json
 from xworld_env.xcache.stats import skip_rate_between
 
 #: Exploration settings compared, as ``AgentTrainConfig`` fields: SB3's default (independent
-#: Gaussian noise every step), gSDE with new noise weights every 8 steps, and gSDE with one draw
-#: per rollout, as ``agents.train`` runs it by default.
+#: Gaussian noise every step), gSDE as ``agents.train`` runs it by default (new noise weights
+#: every 8 steps) and gSDE with one draw per rollout.
 EXPLORATIONS = {
     "gaussian": {"use_sde": False, "log_std_init": 0.0},
     "gsde": {"use_sde": True, "sde_sample_freq": 8, "log_std_init": -2.0},

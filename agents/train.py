@@ -49,9 +49,7 @@ class AgentTrainConfig(WorldSettings):
             the scene does and X-Cache keeps reusing. False: SB3's default, independent Gaussian
             noise every step, whose abrupt action changes veto nearly all reuse
             (``python -m agents.sampling`` measures both).
-        sde_sample_freq: steps between new gSDE noise weights (-1, the default: once per
-            rollout, which keeps X-Cache reusing through the rollout; a positive number: every
-            that many steps).
+        sde_sample_freq: steps between new gSDE noise weights (-1: once per rollout).
         log_std_init: initial log standard deviation of the exploration noise (of every gSDE
             weight with ``use_sde``; of the action noise itself without).
         features_dim: size of the seven-view features.
@@ -71,7 +69,7 @@ class AgentTrainConfig(WorldSettings):
     learning_rate: float = 3e-4
     gamma: float = 0.98
     use_sde: bool = True
-    sde_sample_freq: int = -1
+    sde_sample_freq: int = 8
     log_std_init: float = -2.0
     features_dim: int = 256
     run_dir: str = "runs/agent"

@@ -35,8 +35,8 @@ def test_train_tiny_then_evaluate(tiny_env_kwargs, tmp_path):
     assert policy.is_file()
     from stable_baselines3 import PPO
 
-    saved = PPO.load(policy, device="cpu")  # gSDE, one draw per rollout, unless told otherwise
-    assert saved.use_sde and saved.sde_sample_freq == -1
+    saved = PPO.load(policy, device="cpu")  # explores with gSDE unless told otherwise
+    assert saved.use_sde and saved.sde_sample_freq == 8
     result = evaluate(str(policy), episodes=1, max_steps=2, family="highway",
                       **tiny_env_kwargs)
     for name in ("XWorld-v0", "XWorldSim-v0"):
