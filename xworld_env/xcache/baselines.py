@@ -66,10 +66,11 @@ class FirstBlockCache(ChunkCacheExecutor):
                 prev = cell.reference
                 change = (y0.flatten(1) - prev).abs().mean(1) / (prev.abs().mean(1) + 1e-6)
                 skip = eligible & (change.cpu() < self.config.threshold)
-            self._skip, self._eligible, self._first_out = skip, eligible, y0
+            self._skip, self._first_out = skip, y0
+            # One decision for blocks 1 .. L-1, recorded for each of them.
+            self.stats.decided(s, 1, eligible, skip, blocks=last)
             return y0
         skip = self._skip
-        self.stats.decided(s, l, self._eligible, skip)
         if l < last:
             if bool(skip.all()):
                 return x

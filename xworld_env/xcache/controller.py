@@ -387,7 +387,7 @@ class XCache(ChunkCacheExecutor):
         if cfg.batch_mode == "all" and not reuse.all():
             reuse[:] = False
         self.stats.gate_seconds += time.perf_counter() - started
-        self.stats.decided(s, l, eligible, reuse, cos, dev, rel, err, drift)
+        self.stats.decided(s, l, eligible, reuse, cos, dev, rel, err, drift, blocks=last - l + 1)
         consecutive = cell.consecutive.numpy()
         consecutive[reuse] += 1
         # Reused worlds take the span's whole residual here and pass through its other blocks;
@@ -413,9 +413,9 @@ class XCache(ChunkCacheExecutor):
     def _inside_span(
         self, s: int, l: int, last: int, block, x: torch.Tensor, ctx: BlockContext  # noqa: E741
     ) -> torch.Tensor:
-        """Block ``l`` after the first of its span: the span's first block decided."""
+        """Block ``l`` after the first of its span: the span's first block decided (and
+        recorded the decision for every block of the span)."""
         span = self._span
-        self.stats.decided(s, l, span.eligible, span.reuse)
         if span.worlds is None:
             return x
         reused = x if span.reuse.any() else None

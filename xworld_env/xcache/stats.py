@@ -73,11 +73,13 @@ class CacheStats:
         self, s: int, l: int, eligible: np.ndarray | torch.Tensor,  # noqa: E741
         reuse: np.ndarray | torch.Tensor, cos: np.ndarray | None = None,
         dev: np.ndarray | None = None, rel: np.ndarray | None = None,
-        err: np.ndarray | None = None, drift: np.ndarray | None = None,
+        err: np.ndarray | None = None, drift: np.ndarray | None = None, blocks: int = 1,
     ) -> None:
-        """One cell's decision for a batch: ``eligible`` and ``reuse`` are (b,) bool masks
-        (host arrays or CPU tensors); ``cos``, ``dev``, ``rel``, ``err`` (the predicted
-        error) and ``drift`` (the drift a reuse would carry) the gate's metrics.
+        """One decision for a batch at step ``s``, covering ``blocks`` consecutive blocks from
+        ``l`` (a span decided once counts as that many block evaluations, each under its own
+        block): ``eligible`` and ``reuse`` are (b,) bool masks (host arrays or CPU tensors);
+        ``cos``, ``dev``, ``rel``, ``err`` (the predicted error) and ``drift`` (the drift a
+        reuse would carry) the gate's metrics, recorded once.
 
         Worlds not eligible (warmup, nothing stored) are computed and count only in
         ``skip_rate_all``.
@@ -85,20 +87,21 @@ class CacheStats:
         eligible, reuse = np.asarray(eligible), np.asarray(reuse)
         b = reuse.size
         n_eligible, n_reused = int(eligible.sum()), int(reuse.sum())
-        key = (s, l)
-        self.eligible[key] = self.eligible.get(key, 0) + n_eligible
-        self.reused[key] = self.reused.get(key, 0) + n_reused
-        self.all_evals += b
-        self.all_reused += n_reused
-        self.world_eligible[:b] += eligible
-        self.world_reused[:b] += reuse
+        for block in range(l, l + blocks):
+            key = (s, block)
+            self.eligible[key] = self.eligible.get(key, 0) + n_eligible
+            self.reused[key] = self.reused.get(key, 0) + n_reused
+        self.all_evals += b * blocks
+        self.all_reused += n_reused * blocks
+        self.world_eligible[:b] += eligible * blocks
+        self.world_reused[:b] += reuse * blocks
         if len(self.chunk_world_reused) >= b:
-            self.chunk_world_reused[:b] += reuse
+            self.chunk_world_reused[:b] += reuse * blocks
         if self.chunks:
             row = self.chunks[-1]
-            row["eligible"] += n_eligible
-            row["reused"] += n_reused
-            row["evaluations"] += b
+            row["eligible"] += n_eligible * blocks
+            row["reused"] += n_reused * blocks
+            row["evaluations"] += b * blocks
         self._track_pass(s, eligible, reuse)
         if n_eligible:
             for values, metric in ((self.cos, cos), (self.dev, dev), (self.rel, rel),
