@@ -399,7 +399,7 @@ class XCache(ChunkCacheExecutor):
         if rel is not None and math.isfinite(max_error):
             fit = (rel, np.zeros(b, np.float32) if ahead is None else ahead)
         if reuse.all():
-            self._span = _OpenSpan(cell, eligible, reuse, None, None, fp, fit)
+            self._span = _OpenSpan(cell, reuse, None, None, fp, fit)
             return x + residual
         reused_out = x + residual if reuse.any() else None
         compute = torch.from_numpy(~reuse).to(x.device)
@@ -407,7 +407,7 @@ class XCache(ChunkCacheExecutor):
         if first == last:
             self._write(cell, idx, y - x_in, fp, fit)
         else:
-            self._span = _OpenSpan(cell, eligible, reuse, idx, x_in, fp, fit)
+            self._span = _OpenSpan(cell, reuse, idx, x_in, fp, fit)
         return out
 
     def _inside_span(
@@ -469,7 +469,7 @@ class _OpenSpan:
 
     Attributes:
         cell: the span's cell (its first block's).
-        eligible, reuse: (b,) host masks of the decision.
+        reuse: (b,) host mask of the decision.
         worlds: indices of the worlds that compute the span (None: every world reuses).
         inputs: their inputs to the span's first block.
         fingerprint: the fingerprint of every world's input to the span's first block.
@@ -478,7 +478,6 @@ class _OpenSpan:
     """
 
     cell: Cell
-    eligible: np.ndarray
     reuse: np.ndarray
     worlds: torch.Tensor | None
     inputs: torch.Tensor | None
