@@ -349,7 +349,7 @@ class XCache(ChunkCacheExecutor):
             return block(x, ctx)
         first, last = self.span_of(l)
         if l != first:
-            return self._inside_span(s, l, last, block, x, ctx)
+            return self._inside_span(l, last, block, x, ctx)
         cfg = self.config
         cell = self.store.cell(s, l)
         started = time.perf_counter()
@@ -411,7 +411,7 @@ class XCache(ChunkCacheExecutor):
         return out
 
     def _inside_span(
-        self, s: int, l: int, last: int, block, x: torch.Tensor, ctx: BlockContext  # noqa: E741
+        self, l: int, last: int, block, x: torch.Tensor, ctx: BlockContext  # noqa: E741
     ) -> torch.Tensor:
         """Block ``l`` after the first of its span: the span's first block decided (and
         recorded the decision for every block of the span)."""
