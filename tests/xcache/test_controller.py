@@ -173,6 +173,23 @@ def test_skip_rate_between_two_counts():
     assert skip_rate_between(before, stats.counts()) == pytest.approx(2 / 3)
 
 
+def test_one_decision_over_several_blocks_counts_as_each_of_them():
+    eligible, reuse = np.array([True, True, False]), np.array([True, False, False])
+    once, per_block = CacheStats(), CacheStats()
+    for stats in (once, per_block):
+        stats.begin_chunk(3, 5)
+    once.decided(2, 1, eligible, reuse, cos=np.array([0.99, 0.9, 0.5]), blocks=3)
+    per_block.decided(2, 1, eligible, reuse, cos=np.array([0.99, 0.9, 0.5]))
+    for l in (2, 3):  # noqa: E741
+        per_block.decided(2, l, eligible, reuse)
+    a, b = once.summary(), per_block.summary()
+    assert a == b
+    assert a["per_block"] == {1: 0.5, 2: 0.5, 3: 0.5} and a["eligible_evaluations"] == 6
+    assert once.last_chunk() == per_block.last_chunk() == {"eligible": 6, "reused": 3,
+                                                           "evaluations": 15 + 9}
+    assert once.last_chunk_per_world(3) == [3, 0, 0]
+
+
 def test_spans_cut_the_non_anchor_blocks():
     executor = XCache(XCacheConfig(span=3, front_anchor=1, tail_anchor=1))
     executor.begin_chunk(1, 8)  # blocks 1..6 gate, in spans of 3
