@@ -49,6 +49,27 @@ def test_default_config_compresses_8x():
         AutoencoderConfig(image_size=60)
 
 
+@torch.no_grad()
+def test_decoder_widths_set_apart_from_the_encoder():
+    mirrored = Autoencoder(AutoencoderConfig(channels=(4, 6, 8)))
+    wide = Autoencoder(AutoencoderConfig(channels=(4, 6, 8), decoder_channels=(16, 12, 10)))
+    assert mirrored.config.decoder_widths == (8, 6, 4)
+
+    def widths(ae):
+        return [m.out_channels for m in ae.decoder.net if isinstance(m, torch.nn.Conv2d)]
+
+    assert widths(mirrored) == [8, 8, 8, 6, 6, 4, 4, 3]
+    assert widths(wide) == [16, 16, 16, 12, 12, 10, 10, 3]
+    # The encoders are alike: one state loads into the other's encoder.
+    wide.encoder.load_state_dict(mirrored.encoder.state_dict())
+    images = torch.rand(2, 64, 64, 3)
+    torch.testing.assert_close(wide.encode(images), mirrored.encode(images), rtol=0, atol=0)
+    assert wide(images).shape == images.shape
+    for bad in ((16, 12), (16, 0, 8)):
+        with pytest.raises(ValueError, match="decoder_channels .* each of the 3 stages"):
+            AutoencoderConfig(channels=(4, 6, 8), decoder_channels=bad)
+
+
 def test_wrong_shapes_are_rejected():
     ae = Autoencoder(AutoencoderConfig(channels=(4, 4, 4)))
     with pytest.raises(ValueError, match="images of shape"):

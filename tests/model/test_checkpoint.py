@@ -7,6 +7,7 @@ import json
 import pytest
 import torch
 
+from xworld_env.model.autoencoder import Autoencoder, AutoencoderConfig
 from xworld_env.model.checkpoint import (
     CONFIG_NAME,
     FORMAT_VERSION,
@@ -47,6 +48,16 @@ def test_round_trip_restores_every_tensor_and_config(saved):
         ):
             assert key == key2 and torch.equal(a, b), key
     assert float(loaded.autoencoder.latent_scale[0]) == 2.5
+
+
+def test_round_trip_keeps_a_decoder_wider_than_its_encoder(tmp_path):
+    torch.manual_seed(0)
+    wide = Autoencoder(AutoencoderConfig(channels=(8, 8, 8), decoder_channels=(16, 12, 8)))
+    path = save_bundle(tmp_path / "ckpt", WorldModelBundle(wide, make_dit(), make_heads(), {}))
+    loaded = load_bundle(path).autoencoder
+    assert loaded.config == wide.config and loaded.config.decoder_channels == (16, 12, 8)
+    latents = torch.randn(2, 8, 8, 8)
+    assert torch.equal(loaded.decode(latents), wide.decode(latents))
 
 
 def test_missing_checkpoint_names_the_path(tmp_path):

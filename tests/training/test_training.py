@@ -16,7 +16,11 @@ from xworld_env.model.checkpoint import CheckpointError, load_bundle
 from xworld_env.model.dit import CausalDiT, dit_config
 from xworld_env.model.sampler import FlowSampler, SamplerConfig, draw_noise
 from xworld_env.training import run_stage
-from xworld_env.training.autoencoder import AutoencoderTrainConfig, train_autoencoder
+from xworld_env.training.autoencoder import (
+    AutoencoderTrainConfig,
+    train_autoencoder,
+    widen_decoder,
+)
 from xworld_env.training.bundle import BundleConfig, assemble
 from xworld_env.training.heads import HeadsTrainConfig, auroc, event_windows, train_heads
 from xworld_env.training.losses import flow_matching_loss, sample_flow_times
@@ -97,6 +101,28 @@ def test_decoder_fine_tune_keeps_the_encoder_and_latents(trained, tmp_path):
     # Encoder weights and the latent calibration untouched, the decoder trained.
     assert all(torch.equal(base[k], tuned[k]) for k in base if not k.startswith("decoder."))
     assert any(not torch.equal(base[k], tuned[k]) for k in base if k.startswith("decoder."))
+
+
+def test_a_wider_decoder_trains_on_the_frozen_encoders_latents(trained, tmp_path):
+    _, common, _ = trained
+    base = load_autoencoder(common["autoencoder"], "cpu")
+    widths = tuple(2 * w for w in base.config.decoder_widths)
+    cfg = AutoencoderTrainConfig(data=common["data"], run_dir=str(tmp_path), steps=2,
+                                 batch_images=8, val_images=16,
+                                 finetune_decoder=common["autoencoder"], decoder_channels=widths)
+    assert train_autoencoder(cfg, progress=False)["val_psnr"] > 0
+    tuned = load_autoencoder(tmp_path / "autoencoder.pt", "cpu")
+    assert tuned.config.decoder_widths == widths
+    assert tuned.config.channels == base.config.channels
+    images = torch.rand(3, 64, 64, 3)
+    assert torch.equal(tuned.encode(images), base.encode(images))
+    assert tuned(images).shape == images.shape
+    # Widening alone keeps the reconstructions; training then moves them.
+    widened = widen_decoder(base, widths)
+    torch.testing.assert_close(widened(images), base(images), rtol=0, atol=1e-6)
+    assert not torch.allclose(tuned(images), base(images), atol=1e-4)
+    with pytest.raises(ValueError, match="at least the width"):
+        widen_decoder(base, tuple(w - 1 for w in base.config.decoder_widths))
 
 
 def test_latents_cache_is_read_only_for_the_autoencoder_and_data_it_was_made_from(trained,

@@ -22,11 +22,15 @@ class AutoencoderConfig:
         image_size: image side ``H = W`` in pixels.
         latent_channels: latent channels ``c``.
         channels: feature channels after each stride-2 stage; three stages give 8x compression.
+        decoder_channels: the decoder's feature channels per upsampling stage, from the latent
+            side outwards; ``None`` mirrors the encoder (``channels`` reversed). One entry per
+            stage, so that a wider decoder can be trained on a frozen encoder's latents.
     """
 
     image_size: int = 64
     latent_channels: int = 8
     channels: tuple[int, ...] = (16, 32, 64)
+    decoder_channels: tuple[int, ...] | None = None
 
     def __post_init__(self) -> None:
         if self.image_size % self.downsample:
@@ -34,6 +38,22 @@ class AutoencoderConfig:
                 f"image_size {self.image_size} is not divisible by the downsampling factor "
                 f"{self.downsample} of {len(self.channels)} stages"
             )
+        if self.decoder_channels is not None and (
+            len(self.decoder_channels) != len(self.channels)
+            or any(int(c) < 1 for c in self.decoder_channels)
+        ):
+            raise ValueError(
+                f"decoder_channels {tuple(self.decoder_channels)} must give a positive width for "
+                f"each of the {len(self.channels)} stages of channels {tuple(self.channels)}, "
+                "or be None to mirror the encoder"
+            )
+
+    @property
+    def decoder_widths(self) -> tuple[int, ...]:
+        """The decoder's widths per stage, from the latent side outwards."""
+        if self.decoder_channels is None:
+            return tuple(self.channels[::-1])
+        return tuple(self.decoder_channels)
 
     @property
     def downsample(self) -> int:
@@ -73,7 +93,7 @@ class Decoder(nn.Module):
 
     def __init__(self, config: AutoencoderConfig) -> None:
         super().__init__()
-        widths = config.channels[::-1]
+        widths = config.decoder_widths
         layers: list[nn.Module] = [_conv(config.latent_channels, widths[0]), nn.SiLU()]
         cin = widths[0]
         for cout in widths:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -55,6 +56,11 @@ class AutoencoderTrainConfig:
             that its latents (and the DiT and heads trained on them) stay valid; the
             architecture is that checkpoint's, and ``latent_channels`` and ``channels`` are not
             used.
+        decoder_channels: the decoder's widths per stage from the latent side outwards (one per
+            entry of ``channels``); empty mirrors the encoder. With ``finetune_decoder``, wider
+            stages than the given decoder's train a decoder of that shape on
+            the frozen encoder's latents, widened from the given decoder (see
+            :func:`widen_decoder`); empty keeps the given decoder's widths.
     """
 
     data: str = "data/xworld_sim"
@@ -70,6 +76,7 @@ class AutoencoderTrainConfig:
     save_every: int = 250
     val_images: int = 512
     finetune_decoder: str = ""
+    decoder_channels: tuple[int, ...] = ()
 
     def __post_init__(self) -> None:
         for name in ("steps", "batch_images", "log_every", "save_every", "val_images"):
@@ -91,10 +98,40 @@ def load_autoencoder(path: str | Path, device: torch.device | str) -> Autoencode
         )
     state = load_training_state(path)
     config = dict(state["config"])
-    config["channels"] = tuple(config["channels"])
-    model = Autoencoder(AutoencoderConfig(**config))
+    model = Autoencoder(
+        AutoencoderConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in config.items()})
+    )
     model.load_state_dict(state["model"])
     return model.to(device).eval().requires_grad_(False)
+
+
+def widen_decoder(model: Autoencoder, decoder_channels: tuple[int, ...]) -> Autoencoder:
+    """A copy of ``model`` whose decoder has widths ``decoder_channels`` (each at least the
+    present one), with the same output: every convolution keeps its weights in its first
+    channels, and the added channels get fresh weights in and zero weights into the kept
+    channels, so that the training that follows starts from the given decoder's
+    reconstructions. Encoder and latent
+    calibration are copied unchanged."""
+    old = model.config.decoder_widths
+    new = tuple(int(c) for c in decoder_channels)
+    if len(new) != len(old) or any(n < o for n, o in zip(new, old, strict=True)):
+        raise ValueError(
+            f"decoder_channels {new} must give each of the {len(old)} stages at least the "
+            f"width of the decoder it starts from, {old}"
+        )
+    wide = Autoencoder(dataclasses.replace(model.config, decoder_channels=new))
+    wide = wide.to(model.latent_scale.device)
+    kept = {k: v for k, v in model.state_dict().items() if not k.startswith("decoder.")}
+    wide.load_state_dict(kept, strict=False)
+    convs = [(a, b) for a, b in zip(model.decoder.net, wide.decoder.net, strict=True)
+             if isinstance(a, torch.nn.Conv2d)]
+    with torch.no_grad():
+        for small, large in convs:
+            cout, cin = small.weight.shape[:2]
+            large.weight[:cout, :cin] = small.weight
+            large.weight[:cout, cin:] = 0.0  # added inputs do not reach the kept outputs
+            large.bias[:cout] = small.bias
+    return wide.eval().requires_grad_(False)
 
 
 def image_pool(root: str, split: str) -> torch.Tensor:
@@ -136,13 +173,17 @@ def train_autoencoder(cfg: AutoencoderTrainConfig, progress: bool = True) -> dic
     device = resolve_device(cfg.device)
     generator = seed_everything(cfg.seed)
     run_dir = Path(cfg.run_dir)
+    decoder_channels = tuple(cfg.decoder_channels) or None
     if cfg.finetune_decoder:
         model = load_autoencoder(cfg.finetune_decoder, device)
+        if decoder_channels and decoder_channels != model.config.decoder_widths:
+            model = widen_decoder(model, decoder_channels)
         model.decoder.requires_grad_(True)
         trained = model.decoder
     else:
         model = Autoencoder(
-            AutoencoderConfig(latent_channels=cfg.latent_channels, channels=tuple(cfg.channels))
+            AutoencoderConfig(latent_channels=cfg.latent_channels, channels=tuple(cfg.channels),
+                              decoder_channels=decoder_channels)
         ).to(device)
         trained = model
     optimizer = torch.optim.AdamW(trained.parameters(), lr=cfg.lr, weight_decay=1e-4)
