@@ -163,6 +163,14 @@ def write_reconstructions(
                          [f"image {i}" for i in range(len(images))])
 
 
+@torch.no_grad()
+def heldout_psnr(model: Autoencoder, images: torch.Tensor, device: torch.device) -> float:
+    """Reconstruction PSNR (dB) of held-out uint8 images (n, H, W, 3), in batches of 128."""
+    with evaluating(model):
+        recon = torch.cat([model(v.to(device).float() / 255.0) for v in images.split(128)])
+    return psnr(recon.cpu(), images.float() / 255.0)
+
+
 def reconstruction_loss(recon: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     """MSE plus half the L1: MSE drives PSNR, L1 keeps thin lane markings from washing out."""
     return F.mse_loss(recon, target) + 0.5 * F.l1_loss(recon, target)
@@ -220,14 +228,16 @@ def train_autoencoder(cfg: AutoencoderTrainConfig, progress: bool = True) -> dic
         if step % cfg.save_every == 0 or step == cfg.steps:
             save_state(state_path, model, optimizer, generator, step)
             write_reconstructions(model, val[:SAMPLE_IMAGES].to(device), run_dir, step)
+            if step < cfg.steps:  # the final figure is written below, after calibration
+                held_out = heldout_psnr(model, val, device)
+                bar.set_postfix(loss=f"{loss.item():.4f}", val_psnr=f"{held_out:.2f}")
+                log.write(step, val_psnr=held_out)
     bar.close()
     model.eval()
     if not cfg.finetune_decoder:  # a fine-tuned decoder keeps the latents it was given
         pick = torch.randperm(len(train), generator=torch.Generator().manual_seed(2))[:4096]
         model.calibrate(train[pick].to(device))
-    with torch.no_grad():
-        recon = torch.cat([model(v.to(device).float() / 255.0) for v in val.split(128)])
-    val_psnr = psnr(recon.cpu(), val.float() / 255.0)
+    val_psnr = heldout_psnr(model, val, device)
     log.write(step, val_psnr=val_psnr)
     save_training_state(
         run_dir / "autoencoder.pt",
