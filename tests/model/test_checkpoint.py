@@ -60,6 +60,13 @@ def test_round_trip_keeps_a_decoder_wider_than_its_encoder(tmp_path):
     assert torch.equal(loaded.decode(latents), wide.decode(latents))
 
 
+def test_a_config_from_before_decoder_widths_loads_a_mirrored_decoder(saved):
+    path, bundle = saved
+    edit_config(path, lambda c: c["autoencoder"].pop("decoder_channels"))
+    loaded = load_bundle(path).autoencoder
+    assert loaded.config == bundle.autoencoder.config and loaded.config.decoder_channels is None
+
+
 def test_missing_checkpoint_names_the_path(tmp_path):
     with pytest.raises(CheckpointError, match="no such file") as err:
         load_bundle(tmp_path / "nowhere")

@@ -138,6 +138,7 @@ def save_bundle(
 # Config fields added after format version 1 was fixed, with the value that gives the behaviour
 # of checkpoints written before they existed.
 _ADDED_FIELDS: dict[type, dict[str, Any]] = {
+    AutoencoderConfig: {"decoder_channels": None},
     DiTConfig: {"action_field": False},
     HeadsConfig: {"temporal": False},
 }

@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
+from xworld_env.engine import autocast_to
 from xworld_env.model.autoencoder import Autoencoder, AutoencoderConfig
 from xworld_env.model.checkpoint import (
     CheckpointError,
@@ -20,6 +21,7 @@ from xworld_env.model.checkpoint import (
     save_training_state,
 )
 from xworld_env.training.common import (
+    TRAIN_DTYPES,
     RunLog,
     evaluating,
     load_split,
@@ -61,6 +63,9 @@ class AutoencoderTrainConfig:
             stages than the given decoder's train a decoder of that shape on
             the frozen encoder's latents, widened from the given decoder (see
             :func:`widen_decoder`); empty keeps the given decoder's widths.
+        dtype: compute precision of the training passes, ``float32`` or ``bfloat16``
+            (autocast: weights, gradients and optimizer state stay float32; the held-out PSNR
+            is always measured in float32).
     """
 
     data: str = "data/xworld_sim"
@@ -77,6 +82,7 @@ class AutoencoderTrainConfig:
     val_images: int = 512
     finetune_decoder: str = ""
     decoder_channels: tuple[int, ...] = ()
+    dtype: str = "float32"
 
     def __post_init__(self) -> None:
         for name in ("steps", "batch_images", "log_every", "save_every", "val_images"):
@@ -84,6 +90,8 @@ class AutoencoderTrainConfig:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.lr <= 0:
             raise ValueError(f"lr must be positive, got {self.lr}")
+        if self.dtype not in TRAIN_DTYPES:
+            raise ValueError(f"dtype must be one of {list(TRAIN_DTYPES)}, got {self.dtype!r}")
 
 
 def load_autoencoder(path: str | Path, device: torch.device | str) -> Autoencoder:
@@ -210,13 +218,14 @@ def train_autoencoder(cfg: AutoencoderTrainConfig, progress: bool = True) -> dic
             group["lr"] = lr_at(step, cfg.steps, cfg.lr)
         index = torch.randint(len(train), (cfg.batch_images,), generator=generator)
         images = train[index].to(device).float() / 255.0
-        if cfg.finetune_decoder:
-            with torch.no_grad():
-                latents = model.encode(images)
-            recon = model.decode(latents)
-        else:
-            recon = model(images)
-        loss = reconstruction_loss(recon, images)
+        with autocast_to(device, cfg.dtype):
+            if cfg.finetune_decoder:
+                with torch.no_grad():
+                    latents = model.encode(images)
+                recon = model.decode(latents)
+            else:
+                recon = model(images)
+        loss = reconstruction_loss(recon.float(), images)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()

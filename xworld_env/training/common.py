@@ -16,6 +16,10 @@ import torch
 from xworld_env.data.dataset import load_shard
 from xworld_env.data.shards import is_validation_seed, read_manifest
 
+#: Compute precisions of the training passes (autocast; the weights stay float32): the
+#: engine's, less float16, which would need loss scaling.
+TRAIN_DTYPES = ("bfloat16", "float32")
+
 
 def seed_everything(seed: int) -> torch.Generator:
     """Seeds Python, numpy and torch; returns a torch generator for batch sampling."""

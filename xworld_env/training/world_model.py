@@ -30,6 +30,7 @@ from xworld_env.model.kv_cache import KVCacheConfig, RollingKVCache
 from xworld_env.model.sampler import FlowSampler, SamplerConfig, draw_noise
 from xworld_env.training.autoencoder import load_autoencoder, lr_at
 from xworld_env.training.common import (
+    TRAIN_DTYPES,
     RunLog,
     evaluating,
     load_split,
@@ -45,9 +46,6 @@ from xworld_env.types import CAMERA_NAMES, EGO_FIELDS
 STATE_NAME = "state.pt"
 #: Held-out windows whose last chunk is generated for every saved sample sheet.
 SAMPLE_WINDOWS = 2
-#: Compute precisions of the training passes (autocast; the weights stay float32): the
-#: engine's, less float16, which would need loss scaling.
-TRAIN_DTYPES = ("bfloat16", "float32")
 #: Noise of the rolled-out windows' chunks (``WorldModelTrainConfig.rollout_noise``).
 ROLLOUT_NOISE = ("independent", "shared")
 _SPEED = EGO_FIELDS.index("speed")
