@@ -4,6 +4,7 @@ import copy
 import dataclasses
 import json
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -104,7 +105,7 @@ def test_decoder_fine_tune_keeps_the_encoder_and_latents(trained, tmp_path):
 
 
 def test_a_wider_decoder_trains_on_the_frozen_encoders_latents(trained, tmp_path):
-    _, common, _ = trained
+    runs, common, _ = trained
     base = load_autoencoder(common["autoencoder"], "cpu")
     widths = tuple(2 * w for w in base.config.decoder_widths)
     cfg = AutoencoderTrainConfig(data=common["data"], run_dir=str(tmp_path), steps=2,
@@ -123,6 +124,15 @@ def test_a_wider_decoder_trains_on_the_frozen_encoders_latents(trained, tmp_path
     assert not torch.allclose(tuned(images), base(images), atol=1e-4)
     with pytest.raises(ValueError, match="at least the width"):
         widen_decoder(base, tuple(w - 1 for w in base.config.decoder_widths))
+    # Bundled, the record names the autoencoder the decoder started from, with its record.
+    bundle = load_bundle(assemble(BundleConfig(
+        autoencoder=str(tmp_path / "autoencoder.pt"), world_model=str(runs / "wm"),
+        heads=str(runs / "heads"), out=str(tmp_path / "bundle"), noise="fixed")))
+    record = bundle.metadata["autoencoder"]
+    assert record["step"] == 2 and record["finetune_decoder"] == common["autoencoder"]
+    assert record["init_record"]["step"] == json.loads(
+        (Path(common["autoencoder"]).parent / "log.jsonl").read_text().splitlines()[-1])["step"]
+    assert bundle.autoencoder.config.decoder_widths == widths
 
 
 def test_latents_cache_is_read_only_for_the_autoencoder_and_data_it_was_made_from(trained,

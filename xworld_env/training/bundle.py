@@ -68,6 +68,24 @@ def _record(source: str, stage: str, run_dir: Path) -> dict:
     return _last_log(run_dir)
 
 
+def _autoencoder_record(source: str, _seen: frozenset[Path] = frozenset()) -> dict:
+    """The autoencoder's training record; a decoder fine-tune's names the autoencoder it
+    started from (``finetune_decoder``) and carries that one's record in ``init_record``, as
+    a fine-tuned DiT's does."""
+    run_dir = Path(source).parent
+    record = _record(source, "autoencoder", run_dir)
+    config_path = run_dir / "config.json"
+    if is_checkpoint(source) or not config_path.is_file():
+        return record
+    start = json.loads(config_path.read_text()).get("finetune_decoder")
+    if start:
+        record["finetune_decoder"] = start
+        seen = _seen | {run_dir.resolve()}
+        if Path(start).exists() and Path(start).resolve().parent not in seen:
+            record["init_record"] = _autoencoder_record(start, seen)
+    return record
+
+
 def _heads(source: str) -> Heads:
     if is_checkpoint(source):
         return load_bundle(source).heads
@@ -110,7 +128,7 @@ def assemble(cfg: BundleConfig) -> Path:
     engine, world_model = _world_model(cfg.world_model)
     metadata = {
         "engine": engine | {"noise": cfg.noise},
-        "autoencoder": _record(cfg.autoencoder, "autoencoder", Path(cfg.autoencoder).parent),
+        "autoencoder": _autoencoder_record(cfg.autoencoder),
         "world_model": world_model,
         "heads": _record(cfg.heads, "heads", Path(cfg.heads)),
     }
