@@ -137,12 +137,12 @@ def test_record_video(tiny_env_kwargs, tmp_path):
     from gymnasium.wrappers import RecordVideo
 
     env = RecordVideo(gym.make("XWorld-v0", render_mode="rgb_array", **tiny_env_kwargs),
-                      video_folder=str(tmp_path), episode_trigger=lambda e: True)
+                      video_folder=str(tmp_path / "videos"), episode_trigger=lambda e: True)
     env.reset(seed=0)
     for _ in range(3):
         env.step(np.zeros(2, np.float32))
     env.close()
-    videos = list(tmp_path.glob("*.mp4"))
+    videos = list((tmp_path / "videos").glob("*.mp4"))
     assert videos and videos[0].stat().st_size > 0
 
 
