@@ -13,7 +13,12 @@ import torch
 from xworld_env.config import build, compose
 from xworld_env.data.generate import GenerateConfig, generate
 from xworld_env.engine import EngineConfig, WorldModelEngine
-from xworld_env.model.checkpoint import CheckpointError, load_bundle
+from xworld_env.model.checkpoint import (
+    CheckpointError,
+    load_bundle,
+    load_training_state,
+    save_training_state,
+)
 from xworld_env.model.dit import CausalDiT, dit_config
 from xworld_env.model.sampler import FlowSampler, SamplerConfig, draw_noise
 from xworld_env.training import run_stage
@@ -133,6 +138,15 @@ def test_a_wider_decoder_trains_on_the_frozen_encoders_latents(trained, tmp_path
     assert record["init_record"]["step"] == json.loads(
         (Path(common["autoencoder"]).parent / "log.jsonl").read_text().splitlines()[-1])["step"]
     assert bundle.autoencoder.config.decoder_widths == widths
+
+
+def test_a_run_state_with_another_architecture_names_its_fields(trained, tmp_path):
+    _, common, _ = trained
+    state = load_training_state(common["autoencoder"])
+    state["config"] = state["config"] | {"colour": "red"}
+    save_training_state(tmp_path / "autoencoder.pt", state)
+    with pytest.raises(CheckpointError, match=r"unknown fields \['colour'\]"):
+        load_autoencoder(tmp_path / "autoencoder.pt", "cpu")
 
 
 def test_latents_cache_is_read_only_for_the_autoencoder_and_data_it_was_made_from(trained,

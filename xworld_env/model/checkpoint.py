@@ -144,7 +144,11 @@ _ADDED_FIELDS: dict[type, dict[str, Any]] = {
 }
 
 
-def _build_config(cls: type[_Config], values: Any, path: Path, section: str) -> _Config:
+def build_config(cls: type[_Config], values: Any, path: str | os.PathLike, section: str) -> _Config:
+    """``cls`` from the JSON-style dict ``values`` (lists become tuples; fields added since
+    format version 1 take their earlier behaviour), read from ``section`` of ``path``: a
+    checkpoint's config or a training run's state. Mismatched fields raise
+    :class:`CheckpointError` naming them."""
     names = {f.name for f in dataclasses.fields(cls)}
     if not isinstance(values, dict):
         raise CheckpointError(f"{path}: section {section!r} must be an object of {cls.__name__}")
@@ -190,11 +194,11 @@ def read_config(path: str | os.PathLike) -> dict[str, Any]:
             f"{config_path}: format_version {version!r}, expected {FORMAT_VERSION}; "
             "re-export the checkpoint with this version of xworld-env"
         )
-    raw["autoencoder"] = _build_config(
+    raw["autoencoder"] = build_config(
         AutoencoderConfig, raw.get("autoencoder"), config_path, "autoencoder"
     )
-    raw["dit"] = _build_config(DiTConfig, raw.get("dit"), config_path, "dit")
-    raw["heads"] = _build_config(HeadsConfig, raw.get("heads"), config_path, "heads")
+    raw["dit"] = build_config(DiTConfig, raw.get("dit"), config_path, "dit")
+    raw["heads"] = build_config(HeadsConfig, raw.get("heads"), config_path, "heads")
     weights = raw.get("weights")
     if not isinstance(weights, dict) or not isinstance(weights.get("sha256"), str):
         raise CheckpointError(f"{config_path}: missing 'weights' entry with the file's sha256")

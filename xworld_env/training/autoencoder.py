@@ -15,6 +15,7 @@ from xworld_env.engine import autocast_to
 from xworld_env.model.autoencoder import Autoencoder, AutoencoderConfig
 from xworld_env.model.checkpoint import (
     CheckpointError,
+    build_config,
     is_checkpoint,
     load_bundle,
     load_training_state,
@@ -105,10 +106,7 @@ def load_autoencoder(path: str | Path, device: torch.device | str) -> Autoencode
             "(config.json and model.safetensors)"
         )
     state = load_training_state(path)
-    config = dict(state["config"])
-    model = Autoencoder(
-        AutoencoderConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in config.items()})
-    )
+    model = Autoencoder(build_config(AutoencoderConfig, state["config"], path, "config"))
     model.load_state_dict(state["model"])
     return model.to(device).eval().requires_grad_(False)
 
@@ -118,8 +116,7 @@ def widen_decoder(model: Autoencoder, decoder_channels: tuple[int, ...]) -> Auto
     present one), with the same output: every convolution keeps its weights in its first
     channels, and the added channels get fresh weights in and zero weights into the kept
     channels, so that the training that follows starts from the given decoder's
-    reconstructions. Encoder and latent
-    calibration are copied unchanged."""
+    reconstructions. Encoder and latent calibration are copied unchanged."""
     old = model.config.decoder_widths
     new = tuple(int(c) for c in decoder_channels)
     if len(new) != len(old) or any(n < o for n, o in zip(new, old, strict=True)):

@@ -9,6 +9,7 @@ from pathlib import Path
 from xworld_env.engine import NOISE_MODES
 from xworld_env.model.checkpoint import (
     WorldModelBundle,
+    build_config,
     is_checkpoint,
     load_bundle,
     load_training_state,
@@ -89,10 +90,9 @@ def _autoencoder_record(source: str, _seen: frozenset[Path] = frozenset()) -> di
 def _heads(source: str) -> Heads:
     if is_checkpoint(source):
         return load_bundle(source).heads
-    state = load_training_state(Path(source) / "state.pt")
-    config = dict(state["config"])
-    config["ego_scale"] = tuple(config["ego_scale"])
-    heads = Heads(HeadsConfig(**config))
+    path = Path(source) / "state.pt"
+    state = load_training_state(path)
+    heads = Heads(build_config(HeadsConfig, state["config"], path, "config"))
     heads.load_state_dict(state["model"])
     return heads
 

@@ -21,6 +21,7 @@ from xworld_env.engine import autocast_to
 from xworld_env.model.autoencoder import Autoencoder
 from xworld_env.model.checkpoint import (
     CheckpointError,
+    build_config,
     is_checkpoint,
     load_bundle,
     load_training_state,
@@ -473,11 +474,8 @@ def load_dit(run_dir: str | Path, device: torch.device | str = "cpu") -> CausalD
             "folder (config.json and model.safetensors)"
         )
 
-    state = load_training_state(Path(run_dir) / STATE_NAME)
-    config = dict(state["config"])
-    for key, value in config.items():
-        if isinstance(value, list):
-            config[key] = tuple(value)
-    model = CausalDiT(DiTConfig(**config))
+    path = Path(run_dir) / STATE_NAME
+    state = load_training_state(path)
+    model = CausalDiT(build_config(DiTConfig, state["config"], path, "config"))
     model.load_state_dict(state["model"])
     return model.to(device).eval()
