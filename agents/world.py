@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from xworld_env.engine import COMPUTE_DTYPES, DECODE_DTYPES, NOISE_MODES, SPEED_SOURCES
+from xworld_env.engine import DECODE_DTYPES, DIT_DTYPES, NOISE_MODES, SPEED_SOURCES
 from xworld_env.xcache import make_executor
 
 
@@ -22,9 +22,9 @@ class WorldSettings:
         family: scenario family of every episode (None: random).
         max_episode_steps: truncation of each episode.
         world_dtype: compute precision of the world model (``float32``, ``bfloat16``,
-            ``float16``; the envs' ``dtype``).
+            ``float16``, ``int8`` on the CPU; the envs' ``dtype``).
         world_decode_dtype: precision of the world model's image decoder (``auto``, or one of
-            the above; the envs' ``decode_dtype``).
+            the above but ``int8``; the envs' ``decode_dtype``).
         world_noise: the world model's noise (the envs' ``noise``): ``fixed`` per episode,
             ``fresh`` every chunk, or None for the checkpoint's (``fixed`` for the shipped one,
             under which X-Cache reuses and the world stands still under steady actions).
@@ -45,8 +45,8 @@ class WorldSettings:
 
     def __post_init__(self) -> None:
         make_executor(self.cache)  # a bad policy or setting fails here, naming what is accepted
-        if self.world_dtype not in COMPUTE_DTYPES:
-            raise ValueError(f"world_dtype must be one of {sorted(COMPUTE_DTYPES)}, "
+        if self.world_dtype not in DIT_DTYPES:
+            raise ValueError(f"world_dtype must be one of {list(DIT_DTYPES)}, "
                              f"got {self.world_dtype!r}")
         if self.world_decode_dtype not in DECODE_DTYPES:
             raise ValueError(f"world_decode_dtype must be one of {list(DECODE_DTYPES)}, "

@@ -56,7 +56,7 @@ def test_bench_env_times_baselines_beside_xcache(tmp_path, tiny_checkpoint, caps
         run(baselines=("tecache",))
 
 
-@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16", "int8"])
 def test_demo_writes_a_video(tmp_path, tiny_checkpoint, capsys, dtype):
     out = tmp_path / "demo.gif"
     args = ["demo", "--steps", "3", "--out", str(out), "--checkpoint", str(tiny_checkpoint),
@@ -73,17 +73,22 @@ def test_bad_override_exits_with_a_message(capsys, tmp_path):
     assert main(["train", "heads", "steps=0"]) == 2
 
 
-def test_bench_env_compares_precisions_side_by_side(tmp_path, tiny_checkpoint):
+@pytest.mark.parametrize("other", ["bfloat16", "int8"])
+def test_bench_env_compares_precisions_side_by_side(tmp_path, tiny_checkpoint, other):
+    from xworld_env.bench.env import run
+
     path = tmp_path / "env.json"
     args = ["bench", "env", "--steps", "1", "--sizes", "2", "--checkpoint", str(tiny_checkpoint),
-            "--dtype", "float32", "bfloat16", "--json", str(path)]
+            "--dtype", "float32", other, "--json", str(path)]
     assert main(args) == 0
     result = json.loads(path.read_text())
-    assert result["dtype"] == "float32" and set(result["precisions"]) == {"float32", "bfloat16"}
+    assert result["dtype"] == "float32" and set(result["precisions"]) == {"float32", other}
     assert result["single"] == result["precisions"]["float32"]["single"]
-    bf16 = result["precisions"]["bfloat16"]
-    ratio = result["speedup"]["bfloat16"]["batched"]["2"]["none"]
-    assert abs(ratio - bf16["batched"]["2"]["none"] / result["batched"]["2"]["none"]) < 1e-9
+    low = result["precisions"][other]
+    ratio = result["speedup"][other]["batched"]["2"]["none"]
+    assert abs(ratio - low["batched"]["2"]["none"] / result["batched"]["2"]["none"]) < 1e-9
+    with pytest.raises(ValueError, match="dtype must be one of"):
+        run(dtypes=("int4",))
 
 
 def test_bench_env_compares_decoder_precisions_side_by_side(tmp_path, tiny_checkpoint):
@@ -107,9 +112,9 @@ def test_bench_env_compares_decoder_precisions_side_by_side(tmp_path, tiny_check
 
 def test_precision_noise_and_speed_choices_match_the_engine():
     from xworld_env.cli import DECODE_PRECISIONS, NOISES, PRECISIONS, SPEEDS
-    from xworld_env.engine import COMPUTE_DTYPES, DECODE_DTYPES, NOISE_MODES, SPEED_SOURCES
+    from xworld_env.engine import DECODE_DTYPES, DIT_DTYPES, NOISE_MODES, SPEED_SOURCES
 
-    assert set(PRECISIONS) == set(COMPUTE_DTYPES)
+    assert set(PRECISIONS) == set(DIT_DTYPES)
     assert set(DECODE_PRECISIONS) == set(DECODE_DTYPES)
     assert set(NOISES) == set(NOISE_MODES)
     assert set(SPEEDS) == set(SPEED_SOURCES)

@@ -8,11 +8,11 @@ from __future__ import annotations
 import argparse
 import sys
 
-#: World-model compute precisions the commands accept (``engine.COMPUTE_DTYPES``; spelled out
-#: here so that building the parser does not import torch).
-PRECISIONS = ("float32", "bfloat16", "float16")
+#: World-model precisions the commands accept (``engine.DIT_DTYPES``; spelled out here so that
+#: building the parser does not import torch).
+PRECISIONS = ("float32", "bfloat16", "float16", "int8")
 #: Decoder precisions (``engine.DECODE_DTYPES``).
-DECODE_PRECISIONS = ("auto", *PRECISIONS)
+DECODE_PRECISIONS = ("auto", "float32", "bfloat16", "float16")
 #: Noise modes of the engine (``engine.NOISE_MODES``).
 NOISES = ("fresh", "fixed")
 #: Sources of the ego speed (``engine.SPEED_SOURCES``).
@@ -96,7 +96,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="compute precision of both runs (default float32)")
     p.add_argument("--decode-dtype", default="auto", choices=DECODE_PRECISIONS,
                    help="decoder precision of both runs (default auto: bfloat16 on CPUs with "
-                        "AMX or AVX512-BF16 when --dtype is float32)")
+                        "AMX or AVX512-BF16 when --dtype is float32 or int8)")
     p.add_argument("--speed", default="heads", choices=SPEEDS,
                    help="where the ego speed comes from: read by the heads (default), or the "
                         "pedals integrated with the simulator's vehicle model")
@@ -123,7 +123,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--decode-dtype", nargs="+", default=["auto"], choices=DECODE_PRECISIONS,
                    help="decoder precisions, measured side by side with every --dtype "
                         "(default auto: bfloat16 on CPUs with AMX or AVX512-BF16 when the DiT runs "
-                        "in float32)")
+                        "in float32 or int8)")
     p.add_argument("--baselines", nargs="*", default=[], choices=["fbcache", "static"],
                    help="baseline caches to time beside X-Cache, at their defaults (default none)")
     p.add_argument("--noise", choices=NOISES, default=None,

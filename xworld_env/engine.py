@@ -29,6 +29,7 @@ from xworld_env.model.checkpoint import WorldModelBundle
 from xworld_env.model.dit import BlockExecutor, CausalDiT, FullCompute
 from xworld_env.model.heads import Heads
 from xworld_env.model.kv_cache import KVCacheConfig, RollingKVCache
+from xworld_env.model.quantize import int8_blocks, quantize_blocks
 from xworld_env.model.sampler import FlowSampler, SamplerConfig, draw_noise
 from xworld_env.types import EGO_FIELDS
 
@@ -40,6 +41,10 @@ DECODE_MODES = ("all", "last")
 COMPUTE_DTYPES: dict[str, torch.dtype] = {
     "float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16,
 }
+#: Precisions of the DiT: a compute precision, or ``int8`` (CPU only: the blocks' token-wise
+#: linear layers in int8 with dynamic quantization, everything else and the decoder as float32;
+#: ``xworld_env.model.quantize``).
+DIT_DTYPES = (*COMPUTE_DTYPES, "int8")
 
 
 #: Where a world's ego speed comes from after each chunk (``EngineConfig.speed``).
@@ -53,9 +58,10 @@ BF16_CPU_FLAGS = ("amx_bf16", "avx512_bf16")
 
 
 def autocast_to(device: torch.device, dtype: str) -> contextlib.AbstractContextManager:
-    """Autocast on ``device`` to ``dtype`` (a key of ``COMPUTE_DTYPES``). For float32, autocast
-    off: no change on its own, and float32 again inside a lower-precision region."""
-    target = COMPUTE_DTYPES[dtype]
+    """Autocast on ``device`` to ``dtype`` (one of ``DIT_DTYPES``). For float32 and int8 (whose
+    quantized layers do not autocast), autocast off: no change on its own, and float32 again
+    inside a lower-precision region."""
+    target = COMPUTE_DTYPES.get(dtype, torch.float32)
     return torch.autocast(device.type, dtype=target, enabled=target != torch.float32)
 
 
@@ -86,13 +92,14 @@ def resolve_decode_dtype(
     decode_dtype: str, dtype: str, device: torch.device, flags: frozenset[str] | None = None
 ) -> str:
     """The decoder's precision: ``decode_dtype`` itself unless it is ``"auto"``, which means
-    ``bfloat16`` where the DiT computes in float32 on a device with native bfloat16 arithmetic
-    (``native_bfloat16``), the DiT's precision ``dtype`` otherwise."""
+    ``bfloat16`` where the DiT computes in float32 or int8 on a device with native bfloat16
+    arithmetic (``native_bfloat16``), the DiT's precision ``dtype`` otherwise (float32 for
+    int8)."""
     if decode_dtype != "auto":
         return decode_dtype
-    if dtype == "float32" and native_bfloat16(device, flags):
+    if dtype in ("float32", "int8") and native_bfloat16(device, flags):
         return "bfloat16"
-    return dtype
+    return "float32" if dtype == "int8" else dtype
 
 
 _SPEED = EGO_FIELDS.index("speed")
@@ -112,9 +119,12 @@ class EngineConfig:
             standard normal; successive chunks share it). What X-Cache needs to reuse; on the
             shipped model it also lets a world under steady actions settle into a still scene
             (docs/performance.md, "Motion").
-        dtype: compute precision of the DiT and the decoder, a key of ``COMPUTE_DTYPES``.
+        dtype: compute precision of the DiT and the decoder, one of ``DIT_DTYPES``.
             On a CPU with AMX, ``bfloat16`` made full-compute env steps 1.5x (one world) to 2x
             (16 worlds) faster; on CPUs without AMX or AVX512-BF16 it is slower than ``float32``.
+            ``int8`` (CPU only) runs the DiT blocks' token-wise linear layers in int8
+            (``xworld_env.model.quantize``) and the rest, the decoder included, as float32;
+            its rollouts differ from float32's by its rounding (docs/performance.md, "int8").
         decode_dtype: precision of the decoder that turns latents into camera images, a key of
             ``COMPUTE_DTYPES`` or ``"auto"`` (``resolve_decode_dtype``: bfloat16 on hardware
             with native bfloat16 arithmetic, else ``dtype``). The images are only observed:
@@ -143,8 +153,8 @@ class EngineConfig:
     def __post_init__(self) -> None:
         if self.noise not in NOISE_MODES:
             raise ValueError(f"noise must be one of {NOISE_MODES}, got {self.noise!r}")
-        if self.dtype not in COMPUTE_DTYPES:
-            raise ValueError(f"dtype must be one of {sorted(COMPUTE_DTYPES)}, got {self.dtype!r}")
+        if self.dtype not in DIT_DTYPES:
+            raise ValueError(f"dtype must be one of {list(DIT_DTYPES)}, got {self.dtype!r}")
         if self.decode_dtype not in DECODE_DTYPES:
             raise ValueError(
                 f"decode_dtype must be one of {list(DECODE_DTYPES)}, got {self.decode_dtype!r}"
@@ -228,7 +238,7 @@ class WorldModelEngine:
             )
         self.config = config
         self.autoencoder = autoencoder.eval()
-        self.dit = dit.eval()
+        self.dit = quantize_blocks(dit) if config.dtype == "int8" else dit.eval()
         self.heads = heads.eval()
         self.sampler = FlowSampler(config.sampler)
         self.executor: BlockExecutor = FullCompute()
@@ -436,6 +446,8 @@ class WorldModelEngine:
         stack = contextlib.ExitStack()
         stack.enter_context(torch.no_grad())
         stack.enter_context(autocast_to(self.device, self.config.dtype))
+        if self.config.dtype == "int8":
+            stack.enter_context(int8_blocks())
         return stack
 
     def _draw_fixed(self, generators: list[torch.Generator]) -> Tensor:

@@ -224,7 +224,7 @@ def test_bfloat16_compute_stays_close_to_float32():
         assert b.latents.dtype == torch.float32 and b.frames.dtype == torch.uint8
         assert float(psnr(a.frames.numpy(), b.frames.numpy())) > 25.0
     with pytest.raises(ValueError, match="dtype must be one of"):
-        EngineConfig(dtype="int8")
+        EngineConfig(dtype="int4")
 
 
 def test_decoder_precision_changes_the_pixels_not_the_rollout():

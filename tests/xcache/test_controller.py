@@ -12,6 +12,7 @@ from tests.model.conftest import make_autoencoder, make_dit, make_heads
 from xworld_env.engine import EngineConfig, WorldModelEngine
 from xworld_env.model.dit import FullCompute
 from xworld_env.model.kv_cache import KVCacheConfig
+from xworld_env.model.quantize import int8_blocks
 from xworld_env.model.sampler import SamplerConfig
 from xworld_env.xcache import (
     FirstBlockCacheConfig,
@@ -311,6 +312,7 @@ def test_static_config_validation():
     ("linear", "float32", (math.inf, 0.02, 0.02)), ("linear", "bfloat16", (0.008, math.inf, 0.02)),
     ("hold", "float32", (0.003, math.inf, math.inf)),
     ("hold", "bfloat16", (0.005, math.inf, math.inf)),
+    ("linear", "int8", (math.inf, 0.06, 0.05)), ("hold", "int8", (0.006, math.inf, math.inf)),
 ])
 def test_thresholds_follow_the_precision_the_blocks_run_in(reuse, dtype, expected):
     import dataclasses
@@ -339,6 +341,8 @@ def test_thresholds_follow_the_precision_the_blocks_run_in(reuse, dtype, expecte
                 fixed.drift_threshold(cpu))
 
     with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert thresholds() == (0.002, 0.01, 0.1)
+    with int8_blocks():
         assert thresholds() == (0.002, 0.01, 0.1)
     assert thresholds() == (0.002, 0.01, 0.1)
 

@@ -63,7 +63,7 @@ from xworld_env.bench.metrics import (
     ssim_per_frame,
     stitch,
 )
-from xworld_env.engine import COMPUTE_DTYPES, DECODE_DTYPES, NOISE_MODES, WorldModelEngine
+from xworld_env.engine import DECODE_DTYPES, DIT_DTYPES, NOISE_MODES, WorldModelEngine
 from xworld_env.envs.rewards import RewardConfig, reward_terms
 from xworld_env.envs.xworld import DEFAULT_CHECKPOINT, load_runtime
 from xworld_env.types import FAMILIES
@@ -992,7 +992,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "full, for each T given; no value: skip (default: those of "
                              f"{' '.join(map(str, DEFAULT_DRIFT_CHUNKS))} below --chunks)")
     parser.add_argument("--device", default="cpu", help="torch device, e.g. cuda (default cpu)")
-    parser.add_argument("--dtype", default="float32", choices=sorted(COMPUTE_DTYPES),
+    parser.add_argument("--dtype", default="float32", choices=DIT_DTYPES,
                         help="DiT precision (default float32)")
     parser.add_argument("--decode-dtype", default="float32", choices=DECODE_DTYPES,
                         help="decoder precision of every policy (default float32, for exact "

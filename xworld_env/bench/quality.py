@@ -57,7 +57,7 @@ from tqdm import tqdm
 from xworld_env.bench.heldout import HELDOUT_BASE_SEED, HeldoutEpisode, record_heldout
 from xworld_env.bench.machine import machine_info
 from xworld_env.bench.metrics import finite_mean, frame_motion, psnr
-from xworld_env.engine import NOISE_MODES, SPEED_SOURCES, WorldModelEngine
+from xworld_env.engine import DIT_DTYPES, NOISE_MODES, SPEED_SOURCES, WorldModelEngine
 from xworld_env.envs.rewards import RewardConfig, is_terminal
 from xworld_env.envs.xworld import DEFAULT_CHECKPOINT, load_runtime
 from xworld_env.model.autoencoder import to_uint8
@@ -766,6 +766,7 @@ def run(
     progress: bool = True,
     noise: str | None = None,
     speed: str = "heads",
+    dtype: str = "float32",
 ) -> dict:
     """Measures the world model against the teacher simulator on held-out episodes.
 
@@ -789,6 +790,7 @@ def run(
         speed: where the engine's ego speed comes from (``EngineConfig.speed``), which
             conditions every next chunk; the throttle probe reads the speed with the heads
             either way.
+        dtype: the DiT's precision (``EngineConfig.dtype``, e.g. ``int8`` on the CPU).
 
     Returns:
         ``{"families", "overall", "bars", "machine", "settings"}`` as written to the JSON, with
@@ -809,7 +811,7 @@ def run(
                          f"got {noise!r}")
     started = time.perf_counter()
     # Quality is measured on the engine as the env runs it; the bank is loaded but unused.
-    runtime = load_runtime(checkpoint, None, device, "float32", noise=noise, speed=speed)
+    runtime = load_runtime(checkpoint, None, device, dtype, noise=noise, speed=speed)
     engine = runtime.engine
 
     held: dict[str, list[HeldoutEpisode]] = {}
@@ -874,6 +876,7 @@ def run(
             "drift_chunks": drift_chunks,
             "drift_actions": {k: [0.0, v] for k, v in DRIFT_ACTIONS.items()},
             "device": device,
+            "dtype": dtype,
             "base_seed": base_seed,
             "num_steps": engine.sampler.num_steps,
             "window": engine.config.kv_cache.window,
@@ -1010,6 +1013,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "in model and simulator, compared by how many runs end off the road "
                              f"(default {DRIFT_CHUNKS}; 0 skips)")
     parser.add_argument("--device", default="cpu", help="torch device (default cpu)")
+    parser.add_argument("--dtype", choices=DIT_DTYPES, default="float32",
+                        help="the DiT's precision (default float32; int8: CPU only)")
     parser.add_argument("--noise", choices=NOISE_MODES, default=None,
                         help="noise mode of the engine: one draw per episode reused for every "
                              "chunk (fixed) or new noise every chunk (fresh); default: the "
@@ -1037,6 +1042,7 @@ def main(args: argparse.Namespace) -> dict:
         json_path=args.json,
         noise=args.noise,
         speed=args.speed,
+        dtype=args.dtype,
     )
     print_table(result)
     if args.json:

@@ -138,9 +138,10 @@ class XWorldEnv(gym.Env):
     ## Arguments
     ``cache`` (``"xcache"``, ``"none"``, ``"fbcache"``, ``"static"``, a policy config or a dict),
     ``family``, ``checkpoint``, ``scenario_bank``, ``device``, ``dtype`` (compute precision:
-    ``"float32"``, ``"bfloat16"``, ``"float16"``, see ``EngineConfig``), ``decode_dtype``
-    (the decoder's precision, default ``"auto"``: bfloat16 on CPUs with AMX or AVX512-BF16
-    when ``dtype`` is float32; see ``EngineConfig``), ``num_steps``,
+    ``"float32"``, ``"bfloat16"``, ``"float16"``, or ``"int8"`` on the CPU; see
+    ``EngineConfig``), ``decode_dtype`` (the decoder's precision, default ``"auto"``: bfloat16
+    on CPUs with AMX or AVX512-BF16 when ``dtype`` is float32 or int8; see ``EngineConfig``),
+    ``num_steps``,
     ``window``, ``noise`` (``"fresh"`` or ``"fixed"``, see ``EngineConfig``; the shipped
     checkpoint's ``"fixed"`` lets X-Cache reuse, and its world stands still under steady
     actions), ``speed`` (where the ego speed comes from: ``"heads"`` reads it from each chunk,

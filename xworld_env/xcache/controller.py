@@ -58,6 +58,7 @@ import numpy as np
 import torch
 
 from xworld_env.model.dit import BlockContext
+from xworld_env.model.quantize import int8_active
 from xworld_env.types import CAMERA_NAMES, VIEW_GROUPS
 from xworld_env.xcache.fingerprint import DEFAULT_BUDGET, Fingerprint, fingerprint
 from xworld_env.xcache.gate import (
@@ -80,22 +81,23 @@ POSITIONS = ("time", "input")
 #: Positions along the line ``input`` may continue a cell to, in intervals between its last
 #: two computations: from back at the previous one to four intervals past the last.
 LINE_RANGE = (-1.0, 4.0)
-#: ``max_rel_change`` and ``max_error`` when they are left to the reuse rule and the precision:
-#: blocks computed in float32, and under bfloat16 / float16 autocast, whose rounding adds its own
-#: chunk-to-chunk change to every block input (and ``linear`` extrapolates it).
-#: docs/performance.md, "X-Cache reuse", "X-Cache predicted error" and "bfloat16", has the
-#: sweeps behind them.
+#: ``max_rel_change``, ``max_error`` and ``max_drift`` when they are left to the reuse rule and
+#: the precision: blocks computed in float32; under bfloat16 / float16 autocast (``low``); and
+#: with int8 linear layers (``int8``, ``xworld_env.model.quantize``). Rounding to a lower
+#: precision adds its own chunk-to-chunk change to every block input and residual (and
+#: ``linear`` extrapolates it). docs/performance.md, "X-Cache reuse", "X-Cache predicted error",
+#: "bfloat16" and "int8", has the sweeps behind them.
 DEFAULT_MAX_REL_CHANGE = {
-    "linear": {"float32": math.inf, "low": 0.008},
-    "hold": {"float32": 0.003, "low": 0.005},
+    "linear": {"float32": math.inf, "low": 0.008, "int8": math.inf},
+    "hold": {"float32": 0.003, "low": 0.005, "int8": 0.006},
 }
 DEFAULT_MAX_ERROR = {
-    "linear": {"float32": 0.02, "low": math.inf},
-    "hold": {"float32": math.inf, "low": math.inf},
+    "linear": {"float32": 0.02, "low": math.inf, "int8": 0.06},
+    "hold": {"float32": math.inf, "low": math.inf, "int8": math.inf},
 }
 DEFAULT_MAX_DRIFT = {
-    "linear": {"float32": 0.02, "low": 0.02},
-    "hold": {"float32": math.inf, "low": math.inf},
+    "linear": {"float32": 0.02, "low": 0.02, "int8": 0.05},
+    "hold": {"float32": math.inf, "low": math.inf, "int8": math.inf},
 }
 
 
@@ -112,15 +114,16 @@ class XCacheConfig:
         max_rel_change: reuse only while the relative L1 change of the fingerprint samples
             stays below this (``inf``: off). ``None`` (default): by ``reuse`` and the
             precision the blocks compute in, ``DEFAULT_MAX_REL_CHANGE`` (``linear``: off in
-            float32, 0.008 under bfloat16 or float16 autocast; ``hold``: 0.003 and 0.005); a
-            number holds in any precision.
+            float32 and int8, 0.008 under bfloat16 or float16 autocast; ``hold``: 0.003, 0.005
+            and 0.006 in int8); a number holds in any precision.
         max_error: reuse only while the predicted relative L1 error of the residual a world
             would add stays below this (``inf``: off). The prediction is the relative change
             times a gain the cell fits, per world, to its own computations: whenever a world
             computes a cell it could have reused, the residual reuse would have added is
             compared with the computed one (``gate.fit_gain``; older samples decay by
             ``1 - ema_alpha``); a world reuses a cell only once it has such a sample. ``None``
-            (default): ``DEFAULT_MAX_ERROR`` (``linear`` in float32: 0.02; otherwise off).
+            (default): ``DEFAULT_MAX_ERROR`` (``linear``: 0.02 in float32, 0.06 in int8;
+            otherwise off).
             With both thresholds off the gate is the published two-metric one.
         front_anchor: first blocks that always compute (``Fn``).
         tail_anchor: last blocks that always compute (``Bn``).
@@ -157,7 +160,7 @@ class XCacheConfig:
             last two computations, times the chunks the reuse lies past what it follows (under
             ``linear``, ``max_ahead`` intervals of the line; under ``hold``, the last
             computation). A world with one computation of the cell (drift unknown) computes.
-            ``None`` (default): ``DEFAULT_MAX_DRIFT`` (``linear``: 0.02 in any precision;
+            ``None`` (default): ``DEFAULT_MAX_DRIFT`` (``linear``: 0.02, 0.05 in int8;
             ``hold``: off).
         view_groups: camera names of each fingerprint view group.
     """
@@ -313,7 +316,8 @@ class XCache(ChunkCacheExecutor):
 
     def rel_change_threshold(self, device: torch.device) -> float:
         """``max_rel_change``, or its default for ``reuse`` and the precision blocks on
-        ``device`` compute in now (float32, or lower under autocast)."""
+        ``device`` compute in now (float32, lower under autocast, or int8 inside
+        ``int8_blocks``)."""
         return self._threshold(self.config.max_rel_change, DEFAULT_MAX_REL_CHANGE, device)
 
     def error_threshold(self, device: torch.device) -> float:
@@ -327,9 +331,14 @@ class XCache(ChunkCacheExecutor):
     def _threshold(self, value: float | None, defaults: dict, device: torch.device) -> float:
         if value is not None:
             return value
-        low = torch.is_autocast_enabled(device.type) and (
-            torch.get_autocast_dtype(device.type) != torch.float32)
-        return defaults[self.config.reuse]["low" if low else "float32"]
+        if int8_active():
+            precision = "int8"
+        elif torch.is_autocast_enabled(device.type) and (
+                torch.get_autocast_dtype(device.type) != torch.float32):
+            precision = "low"
+        else:
+            precision = "float32"
+        return defaults[self.config.reuse][precision]
 
     def span_of(self, l: int) -> tuple[int, int]:  # noqa: E741
         """``(first, last)`` block of the span that non-anchor block ``l`` belongs to."""
