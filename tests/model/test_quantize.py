@@ -9,15 +9,19 @@ import torch
 from torch import nn
 
 from xworld_env.engine import EngineConfig, resolve_decode_dtype
-from xworld_env.model.quantize import QUANTIZED_LAYERS, int8_active, int8_blocks, quantize_blocks
+from xworld_env.model.quantize import (
+    QUANTIZED_LAYERS,
+    Int8Linear,
+    int8_active,
+    int8_blocks,
+    quantize_blocks,
+)
 
 from .conftest import make_dit
 from .test_engine import CONFIG, actions, context, make_engine, rollout
 
 
 def test_quantize_blocks_copies_and_quantizes_the_token_layers_only():
-    from torch.ao.nn.quantized.dynamic import Linear as Int8Linear
-
     dit = make_dit()
     before = {k: v.clone() for k, v in dit.state_dict().items()}
     quantized = quantize_blocks(dit)
@@ -61,6 +65,39 @@ def test_int8_engine_stays_close_to_float32_and_is_deterministic():
         error = (a.latents - b.latents).norm() / a.latents.norm()
         assert float(error) < 0.05  # ... and small
         assert float(psnr(a.frames.numpy(), b.frames.numpy())) > 30.0
+
+
+def test_int8_linear_quantizes_each_world_on_its_own():
+    torch.manual_seed(0)
+    linear = nn.Linear(16, 8)
+    layer = Int8Linear(linear)
+    small = torch.randn(1, 5, 16)
+    large = 50 * torch.randn(1, 5, 16)  # a world whose range would coarsen a shared scale
+    together = layer(torch.cat([small, large]))
+    assert together.shape == (2, 5, 8)
+    assert torch.equal(together[0], layer(small)[0])
+    assert torch.equal(together[1], layer(large)[0])
+    with torch.no_grad():
+        exact = linear(small)
+    assert float((layer(small) - exact).abs().max()) < 0.05 * float(exact.abs().max())
+
+
+def test_int8_worlds_of_a_batch_roll_out_as_they_would_alone():
+    acts = actions(2, 3)
+    config = dataclasses.replace(CONFIG, dtype="int8")
+    frames, acts_ctx, ego = context(2)
+    frames[1] = 255 - frames[1]  # the two worlds see different scenes
+    batch = make_engine(config)
+    batch.start(frames, acts_ctx, ego, seeds=[0, 1])
+    together = rollout(batch, acts)
+    # World 0's activations span less than world 1's: rounded with a scale shared by the batch
+    # its latents would move by about 3e-3. Float sums that differ in their last bit between a
+    # batch and one world can still tip an int8 rounding, which moves world 1 by up to 1e-3.
+    for w, atol in ((0, 1e-5), (1, 2e-3)):
+        alone = make_engine(config)
+        alone.start(frames[w:w + 1], acts_ctx[w:w + 1], ego[w:w + 1], seeds=[w])
+        for a, b in zip(rollout(alone, acts[:, w:w + 1]), together, strict=True):
+            torch.testing.assert_close(b.latents[w], a.latents[0], rtol=0, atol=atol)
 
 
 def test_int8_is_a_dit_precision_only():
