@@ -123,8 +123,9 @@ class EngineConfig:
             On a CPU with AMX, ``bfloat16`` made full-compute env steps 1.5x (one world) to 2x
             (16 worlds) faster; on CPUs without AMX or AVX512-BF16 it is slower than ``float32``.
             ``int8`` (CPU only) runs the DiT blocks' token-wise linear layers in int8
-            (``xworld_env.model.quantize``) and the rest, the decoder included, as float32;
-            its rollouts differ from float32's by its rounding (docs/performance.md, "int8").
+            (``xworld_env.model.quantize``) and the rest of the DiT in float32, with the
+            decoder as for float32; its rollouts differ from float32's by its rounding
+            (docs/performance.md, "int8").
         decode_dtype: precision of the decoder that turns latents into camera images, a key of
             ``COMPUTE_DTYPES`` or ``"auto"`` (``resolve_decode_dtype``: bfloat16 on hardware
             with native bfloat16 arithmetic, else ``dtype``). The images are only observed:
