@@ -49,6 +49,7 @@ def test_world_settings_pass_both_precisions_to_the_envs():
     kwargs = WorldSettings(world_dtype="bfloat16", world_decode_dtype="float32").world_kwargs("cpu")
     assert (kwargs["dtype"], kwargs["decode_dtype"]) == ("bfloat16", "float32")
     assert WorldSettings().world_kwargs("cpu")["decode_dtype"] == "auto"
+    assert WorldSettings(world_dtype="int8").world_kwargs("cpu")["dtype"] == "int8"
     with pytest.raises(ValueError, match=r"world_decode_dtype must be one of \['auto'"):
         WorldSettings(world_decode_dtype="int8")
 
@@ -70,7 +71,7 @@ def test_world_noise_and_speed_reach_the_worlds(tiny_env_kwargs):
 
 
 def test_train_rejects_an_unknown_world_dtype(tiny_env_kwargs, tmp_path):
-    overrides = ["agent=tiny", f"agent.run_dir={tmp_path}", "agent.world_dtype=int8",
+    overrides = ["agent=tiny", f"agent.run_dir={tmp_path}", "agent.world_dtype=int4",
                  f"agent.checkpoint={tiny_env_kwargs['checkpoint']}",
                  f"agent.scenario_bank={tiny_env_kwargs['scenario_bank']}"]
     with pytest.raises(ValueError, match="dtype must be one of"):

@@ -85,7 +85,7 @@ def test_invalid_settings_name_the_bad_values():
     with pytest.raises(ValueError, match="runner_device"):
         RLlibTrainConfig(runner_device="tpu")
     with pytest.raises(ValueError, match="world_dtype must be one of"):
-        RLlibTrainConfig(world_dtype="int8")
+        RLlibTrainConfig(world_dtype="int4")
     with pytest.raises(ValueError, match="world_decode_dtype must be one of"):
         RLlibTrainConfig(world_decode_dtype="int8")
 

@@ -110,7 +110,7 @@ def test_lifecycle_errors(tiny_env_kwargs):
     ("kwargs", "error", "message"),
     [
         ({"cache": "turbo"}, ValueError, "accepted: xcache, none"),
-        ({"dtype": "int8"}, ValueError, "dtype"),
+        ({"dtype": "int4"}, ValueError, "dtype"),
         ({"decode_dtype": "int4"}, ValueError, "decode_dtype must be one of"),
         ({"speed": "gps"}, ValueError, r"speed must be one of \('heads', 'kinematic'\)"),
         ({"family": "moon"}, ValueError, "accepted"),
