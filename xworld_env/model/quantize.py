@@ -36,8 +36,9 @@ class Int8Linear(nn.Module):
     Dynamic quantization takes each call's input scale from the whole input; a batch of worlds
     would then round every world by the largest one's range, so that a world's output depended
     on the others in its batch. This layer quantizes each world's slice (the first axis of an
-    input of three or more axes) on its own, which keeps a world's rollout its own, and on this
-    CPU is faster at 16 worlds than one call over all of them.
+    input of three or more axes) on its own, which keeps a world's rollout its own; the price is
+    one call per world, slower than one call over the batch at 16 worlds (docs/performance.md,
+    "int8").
 
     Args:
         linear: the float layer (its weights are copied into int8, one scale per output
