@@ -61,7 +61,7 @@ def autocast_to(device: torch.device, dtype: str) -> contextlib.AbstractContextM
     """Autocast on ``device`` to ``dtype`` (one of ``DIT_DTYPES``). For float32 and int8 (whose
     quantized layers do not autocast), autocast off: no change on its own, and float32 again
     inside a lower-precision region."""
-    target = COMPUTE_DTYPES.get(dtype, torch.float32)
+    target = torch.float32 if dtype == "int8" else COMPUTE_DTYPES[dtype]
     return torch.autocast(device.type, dtype=target, enabled=target != torch.float32)
 
 
