@@ -47,6 +47,12 @@ COMPUTE_DTYPES: dict[str, torch.dtype] = {
 DIT_DTYPES = (*COMPUTE_DTYPES, "int8")
 
 
+def float_dtype(dtype: str) -> str:
+    """The compute precision of everything but int8's quantized layers: ``dtype`` itself, or
+    float32 for ``int8``."""
+    return "float32" if dtype == "int8" else dtype
+
+
 #: Where a world's ego speed comes from after each chunk (``EngineConfig.speed``).
 SPEED_SOURCES = ("heads", "kinematic")
 
@@ -61,7 +67,7 @@ def autocast_to(device: torch.device, dtype: str) -> contextlib.AbstractContextM
     """Autocast on ``device`` to ``dtype`` (one of ``DIT_DTYPES``). For float32 and int8 (whose
     quantized layers do not autocast), autocast off: no change on its own, and float32 again
     inside a lower-precision region."""
-    target = torch.float32 if dtype == "int8" else COMPUTE_DTYPES[dtype]
+    target = COMPUTE_DTYPES[float_dtype(dtype)]
     return torch.autocast(device.type, dtype=target, enabled=target != torch.float32)
 
 
@@ -97,9 +103,10 @@ def resolve_decode_dtype(
     int8)."""
     if decode_dtype != "auto":
         return decode_dtype
-    if dtype in ("float32", "int8") and native_bfloat16(device, flags):
+    dtype = float_dtype(dtype)
+    if dtype == "float32" and native_bfloat16(device, flags):
         return "bfloat16"
-    return "float32" if dtype == "int8" else dtype
+    return dtype
 
 
 _SPEED = EGO_FIELDS.index("speed")
