@@ -121,10 +121,8 @@ def run(steps: int = 40, sizes: tuple[int, ...] = (1, 4, 8, 16), seed: int = 0,
     unknown = sorted(set(baselines) - set(BASELINES))
     if unknown or len(set(baselines)) != len(baselines):
         raise ValueError(f"baselines must be distinct names from {BASELINES}, got {baselines}")
-    for dt in dtypes:
-        EngineConfig(dtype=dt)  # rejects unknown names before anything runs
-    for dd in decode_dtypes:
-        EngineConfig(decode_dtype=dd)
+    for dt, dd in labels.values():
+        EngineConfig(dtype=dt, decode_dtype=dd)  # rejects unknown names before anything runs
     # Every measurement: (row, policy name, cache, label, precision); row "single" or N.
     jobs = [("single", cache, cache, label, precision)
             for cache in ("xcache", "none", *baselines) for label, precision in labels.items()]
