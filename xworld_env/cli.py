@@ -8,11 +8,13 @@ from __future__ import annotations
 import argparse
 import sys
 
-#: World-model precisions the commands accept (``engine.DIT_DTYPES``; spelled out here so that
-#: building the parser does not import torch).
-PRECISIONS = ("float32", "bfloat16", "float16", "int8")
+#: Floating-point precisions (``engine.COMPUTE_DTYPES``; spelled out here so that building the
+#: parser does not import torch).
+FLOAT_PRECISIONS = ("float32", "bfloat16", "float16")
+#: World-model precisions the commands accept (``engine.DIT_DTYPES``).
+PRECISIONS = (*FLOAT_PRECISIONS, "int8")
 #: Decoder precisions (``engine.DECODE_DTYPES``).
-DECODE_PRECISIONS = ("auto", "float32", "bfloat16", "float16")
+DECODE_PRECISIONS = ("auto", *FLOAT_PRECISIONS)
 #: Noise modes of the engine (``engine.NOISE_MODES``).
 NOISES = ("fresh", "fixed")
 #: Sources of the ego speed (``engine.SPEED_SOURCES``).
