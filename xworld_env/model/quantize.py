@@ -59,7 +59,6 @@ class Int8Linear(nn.Module):
             warnings.filterwarnings("ignore", message=".*quantize_per_channel.*",
                                     category=UserWarning)
             self.linear = DynamicLinear.from_float(source)
-        self.in_features, self.out_features = linear.in_features, linear.out_features
 
     def forward(self, x: Tensor) -> Tensor:
         """(..., in) -> (..., out); with three or more axes, the first is the world axis."""
