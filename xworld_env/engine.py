@@ -17,7 +17,7 @@ from __future__ import annotations
 import contextlib
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import torch
@@ -26,10 +26,16 @@ from torch import Tensor
 
 from xworld_env.model.autoencoder import Autoencoder, to_uint8
 from xworld_env.model.checkpoint import WorldModelBundle
-from xworld_env.model.dit import BlockExecutor, CausalDiT, FullCompute
+from xworld_env.model.dit import KV_UPDATE_STEP, BlockExecutor, CausalDiT, FullCompute
 from xworld_env.model.heads import Heads
 from xworld_env.model.kv_cache import KVCacheConfig, RollingKVCache
-from xworld_env.model.quantize import int8_blocks, quantize_blocks
+from xworld_env.model.quantize import (
+    ActivationRanges,
+    dit_pass,
+    int8_blocks,
+    quantize_blocks,
+    record_ranges,
+)
 from xworld_env.model.sampler import FlowSampler, SamplerConfig, draw_noise
 from xworld_env.types import EGO_FIELDS
 
@@ -42,7 +48,7 @@ COMPUTE_DTYPES: dict[str, torch.dtype] = {
     "float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16,
 }
 #: Precisions of the DiT: a compute precision, or ``int8`` (CPU only: the blocks' token-wise
-#: linear layers in int8 with dynamic quantization, everything else and the decoder as float32;
+#: linear layers in int8 on calibrated input grids, everything else and the decoder as float32;
 #: ``xworld_env.model.quantize``).
 DIT_DTYPES = (*COMPUTE_DTYPES, "int8")
 
@@ -132,7 +138,8 @@ class EngineConfig:
             ``int8`` (CPU only) runs the DiT blocks' token-wise linear layers in int8
             (``xworld_env.model.quantize``) and the rest of the DiT in float32, with the
             decoder as for float32; its rollouts differ from float32's by its rounding
-            (docs/performance.md, "int8").
+            (docs/performance.md, "int8"). An int8 engine needs the activation ranges of a
+            calibration (``calibrate_int8``).
         decode_dtype: precision of the decoder that turns latents into camera images, a key of
             ``COMPUTE_DTYPES`` or ``"auto"`` (``resolve_decode_dtype``: bfloat16 on hardware
             with native bfloat16 arithmetic, else ``dtype``). The images are only observed:
@@ -231,10 +238,17 @@ class WorldModelEngine:
         autoencoder: frozen image autoencoder.
         dit: the causal DiT.
         heads: ego-state and event heads.
+        int8_ranges: for ``dtype="int8"``, the input ranges of the DiT's quantized layers
+            (``calibrate_int8``); unused otherwise.
     """
 
     def __init__(
-        self, config: EngineConfig, autoencoder: Autoencoder, dit: CausalDiT, heads: Heads
+        self,
+        config: EngineConfig,
+        autoencoder: Autoencoder,
+        dit: CausalDiT,
+        heads: Heads,
+        int8_ranges: ActivationRanges | None = None,
     ) -> None:
         ae = autoencoder.config
         ae_latent = (ae.latent_size, ae.latent_size, ae.latent_channels)
@@ -244,9 +258,14 @@ class WorldModelEngine:
                 f"the networks disagree on chunk latents: autoencoder (h, w, c) = {ae_latent}, "
                 f"DiT (v, f, h, w, c) = {chunk}, heads {heads.config.chunk_shape}"
             )
+        if config.dtype == "int8" and int8_ranges is None:
+            raise ValueError(
+                "dtype 'int8' needs the activation ranges of a float32 calibration: "
+                "int8_ranges=calibrate_int8(...) (load_runtime calibrates on the scenario bank)"
+            )
         self.config = config
         self.autoencoder = autoencoder.eval()
-        self.dit = quantize_blocks(dit) if config.dtype == "int8" else dit.eval()
+        self.dit = quantize_blocks(dit, int8_ranges) if config.dtype == "int8" else dit.eval()
         self.heads = heads.eval()
         self.sampler = FlowSampler(config.sampler)
         self.executor: BlockExecutor = FullCompute()
@@ -260,9 +279,14 @@ class WorldModelEngine:
         self.decode_dtype = resolve_decode_dtype(config.decode_dtype, config.dtype, self.device)
 
     @classmethod
-    def from_bundle(cls, config: EngineConfig, bundle: WorldModelBundle) -> WorldModelEngine:
+    def from_bundle(
+        cls,
+        config: EngineConfig,
+        bundle: WorldModelBundle,
+        int8_ranges: ActivationRanges | None = None,
+    ) -> WorldModelEngine:
         """An engine over the networks of a loaded checkpoint."""
-        return cls(config, bundle.autoencoder, bundle.dit, bundle.heads)
+        return cls(config, bundle.autoencoder, bundle.dit, bundle.heads, int8_ranges)
 
     # ------------------------------------------------------------------ properties
 
@@ -347,7 +371,7 @@ class WorldModelEngine:
         speed = ego[:, 0, 0]
         with self._compute():
             for k in range(latents.shape[1]):
-                self.dit.commit_kv(latents[:, k], actions[:, k], speed, kv)
+                self._commit(latents[:, k], actions[:, k], speed, kv)
                 speed = ego[:, k, 0]
         self._sync()
         self.stats["prime_s"] += time.perf_counter() - started
@@ -414,14 +438,15 @@ class WorldModelEngine:
                 noise, renoise = draw_noise(self.latent_shape, self._generators, self.device), None
 
             def denoise(x: Tensor, t: Tensor, s: int) -> Tensor:
-                return dit(x, t, action, speed, kv=kv, step=s, executor=self.executor)
+                with dit_pass(s):
+                    return dit(x, t, action, speed, kv=kv, step=s, executor=self.executor)
 
             x0 = self.sampler.sample(denoise, noise, self._generators, renoise)
             t1 = self._sync()
             # KV-update protection: the committed chunk is attended to by every later chunk, so
             # it is always computed in full whatever executor is set (X-Cache guardrail 1);
             # only the work whose result nothing reads (last block after its K/V) is left out.
-            dit.commit_kv(x0, action, speed, kv)
+            self._commit(x0, action, speed, kv)
             t2 = self._sync()
             frames = self.decode(x0 if decode == "all" else x0[:, :, -1:])
             t3 = self._sync()
@@ -448,6 +473,11 @@ class WorldModelEngine:
         )
 
     # ------------------------------------------------------------------ helpers
+
+    def _commit(self, x: Tensor, action: Tensor, speed: Tensor, kv: RollingKVCache) -> None:
+        """The KV-update pass of clean chunk ``x`` (``CausalDiT.commit_kv``)."""
+        with dit_pass(KV_UPDATE_STEP):
+            self.dit.commit_kv(x, action, speed, kv)
 
     def _compute(self) -> contextlib.AbstractContextManager:
         """No gradients, and autocast to the configured compute precision."""
@@ -529,3 +559,39 @@ class WorldModelEngine:
         if not (bool(torch.isfinite(actions).all()) and bool(torch.isfinite(ego).all())):
             raise ValueError("context actions and ego state must be finite")
         return latents, actions, ego
+
+
+#: Chunks each calibration world runs after its context (``calibrate_int8``).
+CALIBRATION_CHUNKS = 2
+
+
+def calibrate_int8(
+    config: EngineConfig,
+    bundle: WorldModelBundle,
+    context: Tensor | np.ndarray,
+    actions: Tensor | np.ndarray,
+    ego: Tensor | np.ndarray,
+    chunks: int = CALIBRATION_CHUNKS,
+) -> ActivationRanges:
+    """The input ranges of the DiT's int8 layers in every pass, recorded on float32 runs.
+
+    Each of the ``n`` contexts starts a world (seed = its index), which then runs ``chunks``
+    chunks under its last context action, in float32 with ``config``'s other settings; the
+    ranges are what ``WorldModelEngine(..., int8_ranges=...)`` takes. Deterministic: the same
+    contexts give the same ranges.
+
+    Args:
+        config: the engine settings the int8 engine will run with.
+        bundle: the networks (left as they were).
+        context, actions, ego: as ``WorldModelEngine.start`` takes them, ``n`` worlds.
+        chunks: chunks to run after the context, >= 1.
+    """
+    if chunks < 1:
+        raise ValueError(f"calibration needs at least one chunk, got {chunks}")
+    engine = WorldModelEngine.from_bundle(replace(config, dtype="float32"), bundle)
+    with record_ranges(engine.dit) as ranges:
+        engine.start(context, actions, ego, seeds=list(range(len(context))))
+        held = torch.as_tensor(actions, dtype=torch.float32)[:, -1]
+        for _ in range(chunks):
+            engine.step_chunk(held, decode="last")
+    return ranges

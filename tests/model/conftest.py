@@ -8,7 +8,9 @@ import pytest
 import torch
 from torch import nn
 
+from xworld_env.engine import EngineConfig, WorldModelEngine, calibrate_int8
 from xworld_env.model.autoencoder import Autoencoder, AutoencoderConfig
+from xworld_env.model.checkpoint import WorldModelBundle
 from xworld_env.model.dit import PRESETS, CausalDiT
 from xworld_env.model.heads import Heads, HeadsConfig
 
@@ -43,6 +45,19 @@ def make_heads(seed: int = 0, **config) -> Heads:
     """Heads with random weights, in eval mode (``config``: ``HeadsConfig`` fields)."""
     torch.manual_seed(seed)
     return Heads(HeadsConfig(**config)).eval()
+
+
+def build_engine(config: EngineConfig, **dit_overrides: object) -> WorldModelEngine:
+    """An engine over the tiny random networks (DiT fields ``dit_overrides``); for
+    ``dtype="int8"``, calibrated on two random contexts."""
+    bundle = WorldModelBundle(make_autoencoder(), make_dit(**dit_overrides), make_heads())
+    ranges = None
+    if config.dtype == "int8":
+        g = torch.Generator().manual_seed(99)
+        frames = torch.randint(0, 256, (2, 1, 2, 7, 64, 64, 3), generator=g, dtype=torch.uint8)
+        actions = torch.rand(2, 1, 2, generator=g) * 2 - 1
+        ranges = calibrate_int8(config, bundle, frames, actions, torch.full((2, 1, 3), 10.0))
+    return WorldModelEngine.from_bundle(config, bundle, ranges)
 
 
 @pytest.fixture(params=[False, True], ids=["adaln", "action_field"])

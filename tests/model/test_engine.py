@@ -9,13 +9,13 @@ from xworld_env.engine import ChunkOutput, EngineConfig, WorldModelEngine
 from xworld_env.model.kv_cache import KVCacheConfig
 from xworld_env.model.sampler import SamplerConfig
 
-from .conftest import make_autoencoder, make_dit, make_heads
+from .conftest import build_engine
 
 CONFIG = EngineConfig(sampler=SamplerConfig(num_steps=3), kv_cache=KVCacheConfig(window=2))
 
 
 def make_engine(config: EngineConfig = CONFIG) -> WorldModelEngine:
-    return WorldModelEngine(config, make_autoencoder(), make_dit(), make_heads())
+    return build_engine(config)
 
 
 def context(b: int, chunks: int = 2, seed: int = 0):

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from tests.model.conftest import make_autoencoder, make_dit, make_heads
+from tests.model.conftest import build_engine, make_autoencoder, make_dit, make_heads
 from xworld_env.engine import EngineConfig, WorldModelEngine
 from xworld_env.model.dit import FullCompute
 from xworld_env.model.kv_cache import KVCacheConfig
@@ -325,8 +325,7 @@ def test_thresholds_follow_the_precision_the_blocks_run_in(reuse, dtype, expecte
                          self.drift_threshold(device)))
             return seen[-1][0]
 
-    engine = WorldModelEngine(dataclasses.replace(CONFIG, dtype=dtype), make_autoencoder(),
-                              make_dit(depth=3), make_heads())
+    engine = build_engine(dataclasses.replace(CONFIG, dtype=dtype), depth=3)
     engine.executor = Recording(XCacheConfig(reuse=reuse))
     start(engine)
     for a in constant_actions(3):

@@ -18,7 +18,7 @@ import torch
 
 from xworld_env.config import build_settings
 from xworld_env.data.scenario_bank import ScenarioBank
-from xworld_env.engine import EngineConfig, WorldModelEngine
+from xworld_env.engine import EngineConfig, WorldModelEngine, calibrate_int8
 from xworld_env.envs.rewards import RewardConfig, is_terminal, reward_terms
 from xworld_env.envs.spaces import (
     EGO_LIMITS,
@@ -100,8 +100,14 @@ def load_runtime(
         decode_dtype=decode_dtype,
         speed=speed,
     )
-    engine = WorldModelEngine.from_bundle(config, bundle)
     bank = ScenarioBank.load(scenario_bank if scenario_bank is not None else DEFAULT_SCENARIO_BANK)
+    ranges = None
+    if dtype == "int8":
+        # int8's input grids, from float32 runs of the first start of every family.
+        starts = [bank.starts(family)[0] for family in bank.families]
+        ranges = calibrate_int8(config, bundle, *(np.stack([getattr(s, name) for s in starts])
+                                                  for name in ("frames", "actions", "ego")))
+    engine = WorldModelEngine.from_bundle(config, bundle, ranges)
     return WorldModelRuntime(engine, bank, path)
 
 

@@ -194,6 +194,10 @@ class RotaryTables:
     current: tuple[Tensor, Tensor]
 
 
+#: The step index ``BlockContext.step`` of the KV-update pass (denoising steps are 0, 1, ...).
+KV_UPDATE_STEP = -1
+
+
 @dataclass
 class BlockContext:
     """What block ``l`` needs besides its input, for one forward pass.
@@ -705,7 +709,7 @@ class CausalDiT(nn.Module):
             kv: the cache of the ``b`` worlds, written to.
         """
         h, base = self._pass_inputs(x, x.new_zeros(x.shape[0]), action, ego_speed, kv,
-                                    step=-1, writes_kv=True)
+                                    step=KV_UPDATE_STEP, writes_kv=True)
         keys, values = [], []
         last = len(self.blocks) - 1
         for l, block in enumerate(self.blocks):  # noqa: E741

@@ -2,15 +2,21 @@
 
 ``quantize_blocks`` returns a copy of a :class:`~xworld_env.model.dit.CausalDiT` whose blocks run
 their token-wise linear layers (attention's query/key/value and output projections, the MLP's
-two layers: nearly all of a pass's multiply-adds) in int8 with dynamic quantization: weights
-stored in int8 with one scale per output channel, each world's input quantized with a scale
-taken from its own range, products accumulated in int32 (torch's quantized CPU kernels).
-Everything else (adaLN modulation, norms, attention's softmax, the residual stream, embeddings,
-the final layer and the sampler) stays float32.
+two layers: nearly all of a pass's multiply-adds) in int8 with static activation ranges:
+weights stored in int8 with one scale per output channel, inputs rounded to 8 bits on a grid
+fixed per layer and pass, products accumulated in int32 (oneDNN's int8 CPU kernels, with the
+MLP's GELU fused into its first layer). Everything else (adaLN modulation, norms, attention's
+softmax, the residual stream, embeddings, the final layer and the sampler) stays float32.
 
-The rounding of int8 changes every block's output a little, and by a different amount from one
-chunk to the next; X-Cache's gate sees that change in its inputs (``int8_active`` lets it pick
-its thresholds by precision, as it does under autocast).
+The grids come from a calibration (``record_ranges``): the range of each layer's input in each
+pass of a chunk (denoising step ``s``, or the KV-update pass), recorded on float32 runs and
+widened by ``RANGE_MARGIN``. A grid that does not depend on the input keeps a world's rollout
+independent of the other worlds in its batch, lets one call serve a whole batch, and rounds an
+input that did not change between two chunks the same way both times. The pass being run is
+named with ``dit_pass`` (the engine does it around every pass).
+
+The rounding of int8 changes every block's output a little; X-Cache's gate sees that change in
+its inputs (``int8_active`` lets it pick its thresholds by precision, as it does under autocast).
 """
 
 from __future__ import annotations
@@ -26,84 +32,192 @@ from torch import Tensor, nn
 
 #: The linear layers of a ``DiTBlock`` that run in int8 (module paths inside the block).
 QUANTIZED_LAYERS = ("attn.qkv", "attn.proj", "mlp.fc1", "mlp.fc2")
+#: Factor by which a calibrated range is widened about its middle, for inputs a little beyond
+#: what calibration saw (they are clipped to the grid's ends).
+RANGE_MARGIN = 1.2
+
+#: Calibrated input ranges: ``"blocks.<l>.<layer>"`` -> pass step (``-1`` for the KV-update
+#: pass) -> (lowest, highest) value seen.
+ActivationRanges = dict[str, dict[int, tuple[float, float]]]
 
 _STATE = threading.local()
 
 
-class Int8Linear(nn.Module):
-    """A float ``nn.Linear`` run in int8, its input quantized world by world.
+def _onednn_int8() -> bool:
+    return torch.backends.mkldnn.is_available() and hasattr(torch.ops.onednn, "qlinear_pointwise")
 
-    Dynamic quantization takes each call's input scale from the whole input; a batch of worlds
-    would then round every world by the largest one's range, so that a world's output depended
-    on the others in its batch. This layer quantizes each world's slice (the first axis of an
-    input of three or more axes) on its own, which keeps a world's rollout its own; the price is
-    one call per world, slower than one call over the batch at 16 worlds (docs/performance.md,
-    "int8").
+
+def _uint8(x: Tensor) -> Tensor:
+    """The raw uint8 values of a quint8 tensor, without a copy."""
+    return torch.empty(0, dtype=torch.uint8).set_(x.untyped_storage(), 0, x.shape)
+
+
+def _quiet_quantize_warning() -> None:
+    """Takes, silenced, the one warning per process torch gives on its first quantized tensor
+    (the API is marked deprecated upstream; the pinned torch has it, and it is the fastest way
+    to round an input to its grid here)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        torch.quantize_per_tensor(torch.zeros(1), 1.0, 0, torch.quint8)
+
+
+class Int8Linear(nn.Module):
+    """A float ``nn.Linear`` run in int8 on fixed input grids, one per pass.
 
     Args:
         linear: the float layer (its weights are copied into int8, one scale per output
             channel).
+        ranges: pass step -> (lowest, highest) input value, from a calibration.
+        gelu: apply tanh-GELU to the output (fused into the kernel).
+        margin: factor by which each range is widened about its middle.
     """
 
-    def __init__(self, linear: nn.Linear) -> None:
+    def __init__(
+        self,
+        linear: nn.Linear,
+        ranges: dict[int, tuple[float, float]],
+        gelu: bool = False,
+        margin: float = RANGE_MARGIN,
+    ) -> None:
         super().__init__()
-        from torch.ao.nn.quantized.dynamic import Linear as DynamicLinear
-        from torch.ao.quantization import per_channel_dynamic_qconfig
-
-        source = copy.deepcopy(linear).float()
-        source.qconfig = per_channel_dynamic_qconfig
-        with warnings.catch_warnings():
-            # torch marks its eager quantization API deprecated (for torchao); the pinned torch
-            # has it, and its int8 CPU kernels are what this precision measures.
-            warnings.simplefilter("ignore", DeprecationWarning)
-            warnings.filterwarnings("ignore", message=".*quantize_per_channel.*",
-                                    category=UserWarning)
-            self.linear = DynamicLinear.from_float(source)
+        if not ranges:
+            raise ValueError("Int8Linear needs the input range of at least one pass")
+        _quiet_quantize_warning()
+        weight = linear.weight.detach().float()
+        scale = (weight.abs().amax(dim=1) / 127.0).clamp_min(1e-12)
+        quantized = torch.round(weight / scale[:, None]).clamp(-127, 127).to(torch.int8)
+        self.packed = torch.ops.onednn.qlinear_prepack(quantized, None)
+        self.weight_scale = scale
+        self.weight_zero = torch.zeros(weight.shape[0], dtype=torch.long)
+        self.bias = None if linear.bias is None else linear.bias.detach().float().clone()
+        self.out_features = weight.shape[0]
+        self.post = ("gelu", "tanh") if gelu else ("none", "")
+        self.grids = {step: _grid(lo, hi, margin) for step, (lo, hi) in ranges.items()}
 
     def forward(self, x: Tensor) -> Tensor:
-        """(..., in) -> (..., out); with three or more axes, the first is the world axis."""
-        if x.dim() < 3 or x.shape[0] == 1:
-            return self.linear(x)
-        return torch.stack([self.linear(world) for world in x.unbind(0)])
+        """(..., in) -> (..., out), on the grid of the pass named by ``dit_pass``."""
+        step = current_pass()
+        if step not in self.grids:
+            raise RuntimeError(
+                f"int8 layer called in pass {step!r}; it has grids for passes "
+                f"{sorted(self.grids)} (run DiT passes inside dit_pass(step))"
+            )
+        scale, zero = self.grids[step]
+        flat = x.reshape(-1, x.shape[-1]).float()
+        codes = _uint8(torch.quantize_per_tensor(flat, scale, zero, torch.quint8))
+        out = torch.ops.onednn.qlinear_pointwise(
+            codes, scale, zero, self.packed, self.weight_scale, self.weight_zero, self.bias,
+            1.0, 0, torch.float32, self.post[0], [], self.post[1],
+        )
+        return out.view(*x.shape[:-1], self.out_features)
 
 
-def quantize_blocks(dit: nn.Module) -> nn.Module:
+def _grid(lo: float, hi: float, margin: float) -> tuple[float, int]:
+    """(scale, zero point) of the uint8 grid over [lo, hi] widened by ``margin``, zero on it."""
+    middle, half = 0.5 * (lo + hi), 0.5 * (hi - lo) * margin
+    lo, hi = min(middle - half, 0.0), max(middle + half, 0.0)
+    scale = max((hi - lo) / 255.0, 1e-8)
+    return scale, int(min(255, max(0, round(-lo / scale))))
+
+
+def quantize_blocks(
+    dit: nn.Module, ranges: ActivationRanges, margin: float = RANGE_MARGIN
+) -> nn.Module:
     """A copy of ``dit`` (on the CPU) whose blocks' ``QUANTIZED_LAYERS`` compute in int8
-    (:class:`Int8Linear`).
+    (:class:`Int8Linear`) on the grids of ``ranges`` (``record_ranges``).
 
-    ``dit`` itself is left as it was. The copy is for inference only.
+    ``dit`` itself is left as it was. The copy is for inference only, inside ``dit_pass``.
 
     Raises:
-        ValueError: ``dit`` is not on the CPU, or torch has no quantized CPU engine.
+        ValueError: ``dit`` is not on the CPU, torch has no oneDNN int8 kernels, or ``ranges``
+            lacks a quantized layer of ``dit``.
     """
     device = next(dit.parameters()).device
     if device.type != "cpu":
         raise ValueError(
-            f"int8 blocks run on the CPU only (dynamic quantization), the DiT is on {device}; "
-            "use dtype 'bfloat16' or 'float16' there"
+            f"int8 blocks run on the CPU only, the DiT is on {device}; use dtype 'bfloat16' or "
+            "'float16' there"
         )
-    if set(torch.backends.quantized.supported_engines) <= {"none"}:
-        raise ValueError("this torch build has no quantized CPU engine; use dtype 'float32'")
+    if not _onednn_int8():
+        raise ValueError("this torch build has no oneDNN int8 kernels; use dtype 'float32'")
+    missing = [key for key in _layer_keys(dit) if not ranges.get(key)]
+    if missing:
+        raise ValueError(f"activation ranges lack {len(missing)} layers, e.g. {missing[0]!r}")
     quantized = copy.deepcopy(dit).eval()
-    for block in quantized.blocks:
-        for name in QUANTIZED_LAYERS:
-            parent, _, attr = name.rpartition(".")
-            owner = block.get_submodule(parent)
-            setattr(owner, attr, Int8Linear(getattr(owner, attr)))
+    for key, (owner, attr) in zip(_layer_keys(dit), _layers(quantized), strict=True):
+        layer = getattr(owner, attr)
+        # The MLP's tanh-GELU runs fused into its first layer's kernel.
+        gelu = attr == "fc1" and isinstance(owner.act, nn.GELU) and owner.act.approximate == "tanh"
+        setattr(owner, attr, Int8Linear(layer, ranges[key], gelu=gelu, margin=margin))
+        if gelu:
+            owner.act = nn.Identity()
     return quantized
 
 
+def _layers(dit: nn.Module) -> Iterator[tuple[nn.Module, str]]:
+    """(owning module, attribute) of every quantized layer, in ``_layer_keys`` order."""
+    for block in dit.blocks:
+        for name in QUANTIZED_LAYERS:
+            parent, _, attr = name.rpartition(".")
+            yield block.get_submodule(parent), attr
+
+
+def _layer_keys(dit: nn.Module) -> list[str]:
+    return [f"blocks.{l}.{name}" for l in range(len(dit.blocks)) for name in QUANTIZED_LAYERS]  # noqa: E741
+
+
 @contextlib.contextmanager
-def int8_blocks() -> Iterator[None]:
-    """Marks the DiT passes run inside it as int8 ones (for ``int8_active``)."""
-    before = getattr(_STATE, "active", False)
-    _STATE.active = True
+def record_ranges(dit: nn.Module) -> Iterator[ActivationRanges]:
+    """Records the input range of every quantized layer of ``dit`` (a float DiT), per pass
+    (``dit_pass``), over the passes run inside it; yields the ranges, filled as they run."""
+    ranges: ActivationRanges = {}
+    handles = []
+    for key, (owner, attr) in zip(_layer_keys(dit), _layers(dit), strict=True):
+        seen = ranges.setdefault(key, {})
+
+        def record(module: nn.Module, inputs: tuple[Tensor, ...], seen=seen) -> None:
+            step = current_pass()
+            if step is None:
+                raise RuntimeError("record_ranges needs every DiT pass inside dit_pass(step)")
+            lo, hi = (float(v) for v in torch.aminmax(inputs[0].detach()))
+            old = seen.get(step, (lo, hi))
+            seen[step] = (min(lo, old[0]), max(hi, old[1]))
+
+        handles.append(getattr(owner, attr).register_forward_pre_hook(record))
+    try:
+        yield ranges
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+@contextlib.contextmanager
+def _marked(name: str, value: object) -> Iterator[None]:
+    """Sets this thread's mark ``name`` to ``value`` inside it, restoring it after."""
+    before = getattr(_STATE, name, None)
+    setattr(_STATE, name, value)
     try:
         yield
     finally:
-        _STATE.active = before
+        setattr(_STATE, name, before)
+
+
+def dit_pass(step: int) -> contextlib.AbstractContextManager:
+    """Names the DiT pass run inside it (denoising step ``step``, ``-1`` for the KV-update
+    pass) for the int8 layers' grids and for ``record_ranges``, in this thread."""
+    return _marked("step", step)
+
+
+def current_pass() -> int | None:
+    """The pass named by the innermost ``dit_pass`` in this thread, or None."""
+    return getattr(_STATE, "step", None)
+
+
+def int8_blocks() -> contextlib.AbstractContextManager:
+    """Marks the DiT passes run inside it as int8 ones (for ``int8_active``)."""
+    return _marked("active", True)
 
 
 def int8_active() -> bool:
     """Whether the running pass is marked int8 (``int8_blocks``) in this thread."""
-    return getattr(_STATE, "active", False)
+    return bool(getattr(_STATE, "active", False))
