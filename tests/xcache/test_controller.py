@@ -312,7 +312,7 @@ def test_static_config_validation():
     ("linear", "float32", (math.inf, 0.02, 0.02)), ("linear", "bfloat16", (0.008, math.inf, 0.02)),
     ("hold", "float32", (0.003, math.inf, math.inf)),
     ("hold", "bfloat16", (0.005, math.inf, math.inf)),
-    ("linear", "int8", (math.inf, 0.06, 0.05)), ("hold", "int8", (0.006, math.inf, math.inf)),
+    ("linear", "int8", (math.inf, 0.08, 0.02)), ("hold", "int8", (0.006, math.inf, math.inf)),
 ])
 def test_thresholds_follow_the_precision_the_blocks_run_in(reuse, dtype, expected):
     import dataclasses

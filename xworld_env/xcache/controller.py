@@ -92,11 +92,11 @@ DEFAULT_MAX_REL_CHANGE = {
     "hold": {"float32": 0.003, "low": 0.005, "int8": 0.006},
 }
 DEFAULT_MAX_ERROR = {
-    "linear": {"float32": 0.02, "low": math.inf, "int8": 0.06},
+    "linear": {"float32": 0.02, "low": math.inf, "int8": 0.08},
     "hold": {"float32": math.inf, "low": math.inf, "int8": math.inf},
 }
 DEFAULT_MAX_DRIFT = {
-    "linear": {"float32": 0.02, "low": 0.02, "int8": 0.05},
+    "linear": {"float32": 0.02, "low": 0.02, "int8": 0.02},
     "hold": {"float32": math.inf, "low": math.inf, "int8": math.inf},
 }
 
@@ -122,7 +122,7 @@ class XCacheConfig:
             computes a cell it could have reused, the residual reuse would have added is
             compared with the computed one (``gate.fit_gain``; older samples decay by
             ``1 - ema_alpha``); a world reuses a cell only once it has such a sample. ``None``
-            (default): ``DEFAULT_MAX_ERROR`` (``linear``: 0.02 in float32, 0.06 in int8;
+            (default): ``DEFAULT_MAX_ERROR`` (``linear``: 0.02 in float32, 0.08 in int8;
             otherwise off).
             With both thresholds off the gate is the published two-metric one.
         front_anchor: first blocks that always compute (``Fn``).
@@ -160,7 +160,7 @@ class XCacheConfig:
             last two computations, times the chunks the reuse lies past what it follows (under
             ``linear``, ``max_ahead`` intervals of the line; under ``hold``, the last
             computation). A world with one computation of the cell (drift unknown) computes.
-            ``None`` (default): ``DEFAULT_MAX_DRIFT`` (``linear``: 0.02, 0.05 in int8;
+            ``None`` (default): ``DEFAULT_MAX_DRIFT`` (``linear``: 0.02 in every precision;
             ``hold``: off).
         view_groups: camera names of each fingerprint view group.
     """
