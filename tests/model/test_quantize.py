@@ -142,7 +142,6 @@ def test_calibration_covers_every_pass_and_is_deterministic():
     for key, seen in first.items():
         skipped = key.startswith(f"blocks.{last}.") and not key.endswith("qkv")
         assert set(seen) == (steps - {KV_UPDATE_STEP} if skipped else steps), key
-
     with pytest.raises(ValueError, match="at least one chunk"):
         calibrate_int8(INT8, bundle, frames, acts, ego, chunks=0)
 
