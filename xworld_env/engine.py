@@ -31,6 +31,7 @@ from xworld_env.model.heads import Heads
 from xworld_env.model.kv_cache import KVCacheConfig, RollingKVCache
 from xworld_env.model.quantize import (
     ActivationRanges,
+    check_int8_device,
     dit_pass,
     int8_blocks,
     quantize_blocks,
@@ -588,6 +589,7 @@ def calibrate_int8(
     """
     if chunks < 1:
         raise ValueError(f"calibration needs at least one chunk, got {chunks}")
+    check_int8_device(next(bundle.dit.parameters()).device)  # before the float32 runs
     engine = WorldModelEngine.from_bundle(replace(config, dtype="float32"), bundle)
     with record_ranges(engine.dit) as ranges:
         engine.start(context, actions, ego, seeds=list(range(len(context))))

@@ -144,6 +144,10 @@ def test_calibration_covers_every_pass_and_is_deterministic():
         assert set(seen) == (steps - {KV_UPDATE_STEP} if skipped else steps), key
     with pytest.raises(ValueError, match="at least one chunk"):
         calibrate_int8(INT8, bundle, frames, acts, ego, chunks=0)
+    # A DiT int8 cannot run on fails before any float32 run.
+    off_cpu = WorldModelBundle(bundle.autoencoder, make_dit().to("meta"), bundle.heads)
+    with pytest.raises(ValueError, match="CPU only"):
+        calibrate_int8(INT8, off_cpu, frames, acts, ego)
 
 
 def test_an_int8_engine_needs_calibrated_ranges():

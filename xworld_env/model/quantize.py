@@ -120,6 +120,18 @@ def _grid(lo: float, hi: float, margin: float) -> tuple[float, int]:
     return scale, int(min(255, max(0, round(-lo / scale))))
 
 
+def check_int8_device(device: torch.device) -> None:
+    """Raises ``ValueError`` unless int8 blocks can run on ``device`` (the CPU, with a torch
+    build that has oneDNN's int8 kernels)."""
+    if device.type != "cpu":
+        raise ValueError(
+            f"int8 blocks run on the CPU only, the DiT is on {device}; use dtype 'bfloat16' or "
+            "'float16' there"
+        )
+    if not _onednn_int8():
+        raise ValueError("this torch build has no oneDNN int8 kernels; use dtype 'float32'")
+
+
 def quantize_blocks(
     dit: nn.Module, ranges: ActivationRanges, margin: float = RANGE_MARGIN
 ) -> nn.Module:
@@ -132,14 +144,7 @@ def quantize_blocks(
         ValueError: ``dit`` is not on the CPU, torch has no oneDNN int8 kernels, or ``ranges``
             lacks a quantized layer of ``dit``.
     """
-    device = next(dit.parameters()).device
-    if device.type != "cpu":
-        raise ValueError(
-            f"int8 blocks run on the CPU only, the DiT is on {device}; use dtype 'bfloat16' or "
-            "'float16' there"
-        )
-    if not _onednn_int8():
-        raise ValueError("this torch build has no oneDNN int8 kernels; use dtype 'float32'")
+    check_int8_device(next(dit.parameters()).device)
     missing = [key for key in _layer_keys(dit) if not ranges.get(key)]
     if missing:
         raise ValueError(f"activation ranges lack {len(missing)} layers, e.g. {missing[0]!r}")
