@@ -88,6 +88,9 @@ def test_int8_linear_rounds_on_the_grid_of_the_named_pass():
     # The grid is fixed: each world's output is what it would be alone.
     with dit_pass(0):
         assert torch.equal(layer(x[1:]), fine[1:])
+        # A strided view of the same values (rows further apart) gives the same outputs.
+        strided = torch.cat([x, torch.randn(2, 5, 16)], dim=-1)[..., :16]
+        assert not strided.is_contiguous() and torch.equal(layer(strided), fine)
     with pytest.raises(RuntimeError, match=r"pass 2; it has grids for passes \[0, 1\]"), \
             dit_pass(2):
         layer(x)

@@ -11,9 +11,9 @@ softmax, the residual stream, embeddings, the final layer and the sampler) stays
 The grids come from a calibration (``record_ranges``): the range of each layer's input in each
 pass of a chunk (denoising step ``s``, or the KV-update pass), recorded on float32 runs and
 widened by ``RANGE_MARGIN``. A grid that does not depend on the input keeps a world's rollout
-independent of the other worlds in its batch, lets one call serve a whole batch, and rounds an
-input that did not change between two chunks the same way both times. The pass being run is
-named with ``dit_pass`` (the engine does it around every pass).
+independent of the other worlds in its batch, lets one call serve a whole batch, and keeps a
+change in one token from moving the rounding of the others. The pass being run is named with
+``dit_pass`` (the engine does it around every pass).
 
 The rounding of int8 changes every block's output a little; X-Cache's gate sees that change in
 its inputs (``int8_active`` lets it pick its thresholds by precision, as it does under autocast).
@@ -103,7 +103,8 @@ class Int8Linear(nn.Module):
                 f"{sorted(self.grids)} (run DiT passes inside dit_pass(step))"
             )
         scale, zero = self.grids[step]
-        flat = x.reshape(-1, x.shape[-1]).float()
+        # _uint8 reads the quantized storage in row-major order.
+        flat = x.reshape(-1, x.shape[-1]).float().contiguous()
         codes = _uint8(torch.quantize_per_tensor(flat, scale, zero, torch.quint8))
         out = torch.ops.onednn.qlinear_pointwise(
             codes, scale, zero, self.packed, self.weight_scale, self.weight_zero, self.bias,
