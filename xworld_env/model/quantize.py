@@ -146,11 +146,11 @@ def quantize_blocks(
             lacks a quantized layer of ``dit``.
     """
     check_int8_device(next(dit.parameters()).device)
-    missing = [key for key in _layer_keys(dit) if not ranges.get(key)]
+    missing = [key for key, _, _ in _quantized_layers(dit) if not ranges.get(key)]
     if missing:
         raise ValueError(f"activation ranges lack {len(missing)} layers, e.g. {missing[0]!r}")
     quantized = copy.deepcopy(dit).eval()
-    for key, (owner, attr) in zip(_layer_keys(dit), _layers(quantized), strict=True):
+    for key, owner, attr in _quantized_layers(quantized):
         layer = getattr(owner, attr)
         # The MLP's tanh-GELU runs fused into its first layer's kernel.
         gelu = attr == "fc1" and isinstance(owner.act, nn.GELU) and owner.act.approximate == "tanh"
@@ -160,16 +160,12 @@ def quantize_blocks(
     return quantized
 
 
-def _layers(dit: nn.Module) -> Iterator[tuple[nn.Module, str]]:
-    """(owning module, attribute) of every quantized layer, in ``_layer_keys`` order."""
-    for block in dit.blocks:
+def _quantized_layers(dit: nn.Module) -> Iterator[tuple[str, nn.Module, str]]:
+    """(``ActivationRanges`` key, owning module, attribute) of every quantized layer."""
+    for l, block in enumerate(dit.blocks):  # noqa: E741
         for name in QUANTIZED_LAYERS:
             parent, _, attr = name.rpartition(".")
-            yield block.get_submodule(parent), attr
-
-
-def _layer_keys(dit: nn.Module) -> list[str]:
-    return [f"blocks.{l}.{name}" for l in range(len(dit.blocks)) for name in QUANTIZED_LAYERS]  # noqa: E741
+            yield f"blocks.{l}.{name}", block.get_submodule(parent), attr
 
 
 @contextlib.contextmanager
@@ -178,7 +174,7 @@ def record_ranges(dit: nn.Module) -> Iterator[ActivationRanges]:
     (``dit_pass``), over the passes run inside it; yields the ranges, filled as they run."""
     ranges: ActivationRanges = {}
     handles = []
-    for key, (owner, attr) in zip(_layer_keys(dit), _layers(dit), strict=True):
+    for key, owner, attr in _quantized_layers(dit):
         seen = ranges.setdefault(key, {})
 
         def record(module: nn.Module, inputs: tuple[Tensor, ...], seen=seen) -> None:
