@@ -47,16 +47,22 @@ def make_heads(seed: int = 0, **config) -> Heads:
     return Heads(HeadsConfig(**config)).eval()
 
 
+def context(b: int, chunks: int = 2, seed: int = 0):
+    """Random uint8 context frames, actions and ego states of b worlds."""
+    g = torch.Generator().manual_seed(seed)
+    frames = torch.randint(0, 256, (b, chunks, 2, 7, 64, 64, 3), generator=g, dtype=torch.uint8)
+    actions = torch.rand(b, chunks, 2, generator=g) * 2 - 1
+    ego = torch.rand(b, chunks, 3, generator=g) * torch.tensor([30.0, 1.0, 0.1])
+    return frames, actions, ego
+
+
 def build_engine(config: EngineConfig, **dit_overrides: object) -> WorldModelEngine:
     """An engine over the tiny random networks (DiT fields ``dit_overrides``); for
     ``dtype="int8"``, calibrated on two random contexts."""
     bundle = WorldModelBundle(make_autoencoder(), make_dit(**dit_overrides), make_heads())
     ranges = None
     if config.dtype == "int8":
-        g = torch.Generator().manual_seed(99)
-        frames = torch.randint(0, 256, (2, 1, 2, 7, 64, 64, 3), generator=g, dtype=torch.uint8)
-        actions = torch.rand(2, 1, 2, generator=g) * 2 - 1
-        ranges = calibrate_int8(config, bundle, frames, actions, torch.full((2, 1, 3), 10.0))
+        ranges = calibrate_int8(config, bundle, *context(2, chunks=1, seed=99))
     return WorldModelEngine.from_bundle(config, bundle, ranges)
 
 

@@ -9,22 +9,13 @@ from xworld_env.engine import ChunkOutput, EngineConfig, WorldModelEngine
 from xworld_env.model.kv_cache import KVCacheConfig
 from xworld_env.model.sampler import SamplerConfig
 
-from .conftest import build_engine
+from .conftest import build_engine, context
 
 CONFIG = EngineConfig(sampler=SamplerConfig(num_steps=3), kv_cache=KVCacheConfig(window=2))
 
 
 def make_engine(config: EngineConfig = CONFIG) -> WorldModelEngine:
     return build_engine(config)
-
-
-def context(b: int, chunks: int = 2, seed: int = 0):
-    """Random uint8 context frames, actions and ego states of b worlds."""
-    g = torch.Generator().manual_seed(seed)
-    frames = torch.randint(0, 256, (b, chunks, 2, 7, 64, 64, 3), generator=g, dtype=torch.uint8)
-    actions = torch.rand(b, chunks, 2, generator=g) * 2 - 1
-    ego = torch.rand(b, chunks, 3, generator=g) * torch.tensor([30.0, 1.0, 0.1])
-    return frames, actions, ego
 
 
 def actions(b: int, n: int, seed: int = 1) -> torch.Tensor:

@@ -27,8 +27,8 @@ from xworld_env.model.quantize import (
     record_ranges,
 )
 
-from .conftest import build_engine, make_autoencoder, make_dit, make_heads
-from .test_engine import CONFIG, actions, context, rollout
+from .conftest import build_engine, context, make_autoencoder, make_dit, make_heads
+from .test_engine import CONFIG, actions, rollout
 
 INT8 = dataclasses.replace(CONFIG, dtype="int8")
 
