@@ -26,7 +26,13 @@ from torch import Tensor
 
 from xworld_env.model.autoencoder import Autoencoder, to_uint8
 from xworld_env.model.checkpoint import WorldModelBundle
-from xworld_env.model.dit import KV_UPDATE_STEP, BlockExecutor, CausalDiT, FullCompute
+from xworld_env.model.dit import (
+    KV_UPDATE_STEP,
+    BlockExecutor,
+    CausalDiT,
+    FullCompute,
+    attention_precision,
+)
 from xworld_env.model.heads import Heads
 from xworld_env.model.kv_cache import KVCacheConfig, RollingKVCache
 from xworld_env.model.quantize import (
@@ -116,6 +122,25 @@ def resolve_decode_dtype(
     return dtype
 
 
+#: Attention precisions: ``auto`` (see ``resolve_attention_dtype``) or a precision of the
+#: attention products in a float32 or int8 DiT.
+ATTENTION_DTYPES = ("auto", "float32", "bfloat16")
+
+
+def resolve_attention_dtype(
+    attention_dtype: str, dtype: str, device: torch.device, flags: frozenset[str] | None = None
+) -> str:
+    """The precision of the DiT's attention products: ``attention_dtype`` itself unless it is
+    ``"auto"``, which means ``bfloat16`` for an int8 DiT on a device with native bfloat16
+    arithmetic (``native_bfloat16``), the DiT's precision ``dtype`` otherwise (float32 for
+    int8)."""
+    if attention_dtype != "auto":
+        return attention_dtype
+    if dtype == "int8" and native_bfloat16(device, flags):
+        return "bfloat16"
+    return float_dtype(dtype)
+
+
 _SPEED = EGO_FIELDS.index("speed")
 _STAT_KEYS = ("prime_s", "dit_s", "kv_update_s", "decode_s", "heads_s")
 
@@ -147,6 +172,13 @@ class EngineConfig:
             the KV cache, the heads and every later chunk read the latents, so the decoder's
             precision changes the pixels (54 dB PSNR between bfloat16 and float32 decoding on
             the shipped model) and never the rollout.
+        attention_dtype: precision of the attention products (queries against keys, weights
+            against values) in a float32 or int8 DiT, one of ``ATTENTION_DTYPES``; ``"auto"``
+            (``resolve_attention_dtype``) is bfloat16 for int8 on hardware with native bfloat16
+            arithmetic, where it runs attention about twice as fast as float32, and the DiT's
+            own precision otherwise. The projections, residual stream and KV cache keep the
+            DiT's precision (``dit.attention_precision``). Under ``bfloat16`` or ``float16``
+            autocast attention runs in that precision; leave it ``"auto"`` there.
         speed: where each world's ego speed comes from after a chunk (what conditions the next
             chunk, and what the envs observe and reward): ``"heads"`` reads it from the chunk's
             latents with the speed head; ``"kinematic"`` integrates the chunk's acceleration
@@ -162,6 +194,7 @@ class EngineConfig:
     noise: str = "fresh"
     dtype: str = "float32"
     decode_dtype: str = "auto"
+    attention_dtype: str = "auto"
     speed: str = "heads"
     speed_gain: float = 2.5
     max_speed: float = 40.0
@@ -174,6 +207,14 @@ class EngineConfig:
         if self.decode_dtype not in DECODE_DTYPES:
             raise ValueError(
                 f"decode_dtype must be one of {list(DECODE_DTYPES)}, got {self.decode_dtype!r}"
+            )
+        if self.attention_dtype not in ATTENTION_DTYPES:
+            raise ValueError(f"attention_dtype must be one of {list(ATTENTION_DTYPES)}, got "
+                             f"{self.attention_dtype!r}")
+        if self.attention_dtype != "auto" and float_dtype(self.dtype) != "float32":
+            raise ValueError(
+                f"attention_dtype {self.attention_dtype!r} applies to float32 and int8 DiTs; "
+                f"under dtype {self.dtype!r} attention runs in {self.dtype} (use 'auto')"
             )
         if self.speed not in SPEED_SOURCES:
             raise ValueError(f"speed must be one of {SPEED_SOURCES}, got {self.speed!r}")
@@ -278,6 +319,8 @@ class WorldModelEngine:
         self._started = torch.zeros(0, dtype=torch.bool)
         self._fixed: Tensor | None = None
         self.decode_dtype = resolve_decode_dtype(config.decode_dtype, config.dtype, self.device)
+        self.attention_dtype = resolve_attention_dtype(config.attention_dtype, config.dtype,
+                                                       self.device)
 
     @classmethod
     def from_bundle(
@@ -487,6 +530,8 @@ class WorldModelEngine:
         stack.enter_context(autocast_to(self.device, self.config.dtype))
         if self.config.dtype == "int8":
             stack.enter_context(int8_blocks())
+        if self.attention_dtype != float_dtype(self.config.dtype):
+            stack.enter_context(attention_precision(COMPUTE_DTYPES[self.attention_dtype]))
         return stack
 
     def _draw_fixed(self, generators: list[torch.Generator]) -> Tensor:

@@ -11,6 +11,8 @@ from xworld_env.model.dit import (
     CausalDiT,
     DiTBlock,
     FullCompute,
+    attention_dtype,
+    attention_precision,
     dit_config,
 )
 from xworld_env.model.kv_cache import KVCacheConfig, RollingKVCache
@@ -282,3 +284,29 @@ def test_commit_kv_writes_what_a_full_kv_writing_pass_writes(dit64):
     assert lean.num_chunks.tolist() == full.num_chunks.tolist() == [n, n]
     with pytest.raises(ValueError, match="kv cache holds"):
         dit64.commit_kv(clean[:1, 0], action[:1, 0], speed[:1, 0], lean)
+
+
+@torch.no_grad()
+def test_attention_precision_rounds_attention_only():
+    """Under ``attention_precision(bfloat16)`` the chunk loop stays close to float32 but is not
+    float32's; the cache it commits and what it returns stay float32, and the mark is gone
+    after the block."""
+    dit = make_dit(action_field=True)
+    b, n = 2, 3
+    clean, noisy, action, speed, t = sequence(dit, b, n)
+    caches = {dtype: RollingKVCache(KVCacheConfig(window=2), dit.config.depth, b)
+              for dtype in (None, torch.bfloat16)}
+    for i in range(n):
+        args = (noisy[:, i], t[:, i], action[:, i], speed[:, i])
+        outs = {}
+        for dtype, kv in caches.items():
+            with attention_precision(dtype):
+                outs[dtype] = dit(*args, kv=kv)
+                dit.commit_kv(clean[:, i], action[:, i], speed[:, i], kv)
+        low, ref = outs[torch.bfloat16], outs[None]
+        assert low.dtype == torch.float32
+        assert not torch.equal(low, ref)
+        assert float((low - ref).norm() / ref.norm()) < 2e-2
+    k = caches[torch.bfloat16].view(0).k
+    assert k.dtype == torch.float32
+    assert attention_dtype() is None

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 
@@ -198,7 +200,7 @@ def test_decode_last_is_the_last_frame_of_decode_all():
 
 
 def test_bfloat16_compute_stays_close_to_float32():
-    import dataclasses
+
 
     from xworld_env.bench.metrics import psnr
 
@@ -219,7 +221,7 @@ def test_bfloat16_compute_stays_close_to_float32():
 
 
 def test_decoder_precision_changes_the_pixels_not_the_rollout():
-    import dataclasses
+
 
     from xworld_env.bench.metrics import psnr
 
@@ -257,6 +259,40 @@ def test_auto_decoder_precision(tmp_path):
     assert cpu_flags(str(tmp_path / "missing")) == frozenset()
     with pytest.raises(ValueError, match=r"decode_dtype must be one of \['auto', 'float32'"):
         EngineConfig(decode_dtype="int8")
+
+
+def test_auto_attention_precision():
+    from xworld_env.engine import resolve_attention_dtype
+
+    cpu = torch.device("cpu")
+    avx512_bf16, plain = frozenset({"avx512_bf16"}), frozenset({"avx2"})
+    # bfloat16 attention only for an int8 DiT on hardware with bfloat16 dot products.
+    assert resolve_attention_dtype("auto", "int8", cpu, avx512_bf16) == "bfloat16"
+    assert resolve_attention_dtype("auto", "int8", cpu, plain) == "float32"
+    assert resolve_attention_dtype("auto", "float32", cpu, avx512_bf16) == "float32"
+    assert resolve_attention_dtype("auto", "bfloat16", cpu, avx512_bf16) == "bfloat16"
+    assert resolve_attention_dtype("float32", "int8", cpu, avx512_bf16) == "float32"
+    assert resolve_attention_dtype("bfloat16", "float32", cpu, plain) == "bfloat16"
+    with pytest.raises(ValueError, match=r"attention_dtype must be one of \['auto', 'float32'"):
+        EngineConfig(attention_dtype="int8")
+    with pytest.raises(ValueError, match="applies to float32 and int8 DiTs"):
+        EngineConfig(dtype="bfloat16", attention_dtype="float32")
+
+
+def test_bfloat16_attention_engine_stays_close_to_float32():
+    """An engine with bfloat16 attention rolls out near its float32-attention twin, and its
+    KV cache stays float32."""
+    acts = actions(2, 3)
+    outs = {}
+    for attention in ("float32", "bfloat16"):
+        engine = make_engine(dataclasses.replace(CONFIG, attention_dtype=attention))
+        assert engine.attention_dtype == attention
+        engine.start(*context(2), seeds=[0, 1])
+        outs[attention] = rollout(engine, acts)
+        assert engine.kv.view(0).k.dtype == torch.float32
+    for a, b in zip(outs["float32"], outs["bfloat16"], strict=True):
+        assert not torch.equal(a.latents, b.latents)
+        assert float((a.latents - b.latents).norm() / a.latents.norm()) < 2e-2
 
 
 def test_kinematic_speed_follows_the_pedals_and_conditions_the_next_chunk():

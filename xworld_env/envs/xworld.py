@@ -84,6 +84,7 @@ def load_runtime(
     noise: str | None = None,
     decode_dtype: str = "auto",
     speed: str = "heads",
+    attention_dtype: str = "auto",
 ) -> WorldModelRuntime:
     """Loads the checkpoint (default: the shipped one) into an engine, and the scenario bank."""
     if device.startswith("cuda") and not torch.cuda.is_available():
@@ -98,6 +99,7 @@ def load_runtime(
         noise=noise or trained.get("noise", "fresh"),
         dtype=dtype,
         decode_dtype=decode_dtype,
+        attention_dtype=attention_dtype,
         speed=speed,
     )
     bank = ScenarioBank.load(scenario_bank if scenario_bank is not None else DEFAULT_SCENARIO_BANK)
@@ -147,7 +149,8 @@ class XWorldEnv(gym.Env):
     ``"float32"``, ``"bfloat16"``, ``"float16"``, or ``"int8"`` on the CPU; see
     ``EngineConfig``), ``decode_dtype`` (the decoder's precision, default ``"auto"``: bfloat16
     on CPUs with AMX or AVX512-BF16 when ``dtype`` is float32 or int8; see ``EngineConfig``),
-    ``num_steps``,
+    ``attention_dtype`` (the precision of attention's products, default ``"auto"``: bfloat16
+    on such CPUs when ``dtype`` is int8; see ``EngineConfig``), ``num_steps``,
     ``window``, ``noise`` (``"fresh"`` or ``"fixed"``, see ``EngineConfig``; the shipped
     checkpoint's ``"fixed"`` lets X-Cache reuse, and its world stands still under steady
     actions), ``speed`` (where the ego speed comes from: ``"heads"`` reads it from each chunk,
@@ -170,6 +173,7 @@ class XWorldEnv(gym.Env):
         device: str = "cpu",
         dtype: str = "float32",
         decode_dtype: str = "auto",
+        attention_dtype: str = "auto",
         num_steps: int | None = None,
         window: int | None = None,
         noise: str | None = None,
@@ -180,7 +184,7 @@ class XWorldEnv(gym.Env):
     ) -> None:
         check_env_arguments(family, render_mode)
         self.runtime = load_runtime(checkpoint, scenario_bank, device, dtype, num_steps, window,
-                                    noise, decode_dtype, speed)
+                                    noise, decode_dtype, speed, attention_dtype)
         self.engine = self.runtime.engine
         self.engine.executor = make_executor(cache)
         self.cache_policy = getattr(self.engine.executor, "name", "none")

@@ -33,8 +33,8 @@ class XWorldVectorEnv(VectorEnv):
         max_episode_steps: steps after which a world's episode is truncated (None: never).
         autoreset_mode: ``AutoresetMode.NEXT_STEP`` (default) or ``AutoresetMode.SAME_STEP``.
         Others: as ``XWorldEnv`` (``cache``, ``family``, ``checkpoint``, ``scenario_bank``,
-            ``device``, ``dtype``, ``decode_dtype``, ``num_steps``, ``window``, ``noise``,
-            ``speed``, ``reward``, ``include_ego``, ``render_mode``).
+            ``device``, ``dtype``, ``decode_dtype``, ``attention_dtype``, ``num_steps``,
+            ``window``, ``noise``, ``speed``, ``reward``, ``include_ego``, ``render_mode``).
     """
 
     metadata = {"render_modes": ["rgb_array"], "render_fps": 4,
@@ -50,6 +50,7 @@ class XWorldVectorEnv(VectorEnv):
         device: str = "cpu",
         dtype: str = "float32",
         decode_dtype: str = "auto",
+        attention_dtype: str = "auto",
         num_steps: int | None = None,
         window: int | None = None,
         noise: str | None = None,
@@ -70,7 +71,7 @@ class XWorldVectorEnv(VectorEnv):
             raise ValueError(f"max_episode_steps must be >= 1 or None, got {max_episode_steps}")
         self.metadata = {**self.metadata, "autoreset_mode": mode}
         self.runtime = load_runtime(checkpoint, scenario_bank, device, dtype, num_steps, window,
-                                    noise, decode_dtype, speed)
+                                    noise, decode_dtype, speed, attention_dtype)
         self.engine = self.runtime.engine
         self.engine.executor = make_executor(cache)
         self.num_envs = num_envs

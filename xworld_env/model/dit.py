@@ -22,6 +22,7 @@ that write the KV cache.
 
 from __future__ import annotations
 
+import contextlib
 import math
 from dataclasses import dataclass, fields, replace
 from typing import Protocol
@@ -32,6 +33,7 @@ from einops import rearrange
 from torch import Tensor, nn
 
 from xworld_env.model.kv_cache import KVView, RollingKVCache
+from xworld_env.model.marks import mark, marked
 from xworld_env.types import CAMERA_NAMES
 
 
@@ -169,13 +171,32 @@ class RotaryEmbedding(nn.Module):
 
 
 def apply_rotary(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
-    """Rotates the first ``2 * cos.shape[-1]`` channels of x (b, heads, n, e) by the tables."""
+    """Rotates the first ``2 * cos.shape[-1]`` channels of x (..., b, heads, n, e) by the
+    tables."""
     r = cos.shape[-1]
     if r == 0:
         return x
     x1, x2, rest = x[..., :r], x[..., r : 2 * r], x[..., 2 * r :]
     cos, sin = cos.to(x.dtype), sin.to(x.dtype)
     return torch.cat([x1 * cos - x2 * sin, x2 * cos + x1 * sin, rest], dim=-1)
+
+
+def attention_precision(dtype: torch.dtype | None) -> contextlib.AbstractContextManager:
+    """Runs the DiT's attention products (queries against the chunk's and the cached keys,
+    weights against the values) in ``dtype`` inside it, in this thread; None: in the precision
+    the projections give them.
+
+    The projections, the residual stream and the KV cache keep their own precision: queries
+    and keys are rotated in it and rounded to ``dtype`` after, and the output comes back in the
+    block's precision. What an int8 DiT does on a CPU with bfloat16 dot products, where
+    attention is the largest float32 part of a pass (``EngineConfig.attention_dtype``).
+    """
+    return marked("attention", dtype)
+
+
+def attention_dtype() -> torch.dtype | None:
+    """The precision ``attention_precision`` set in this thread, or None."""
+    return mark("attention")
 
 
 # ---------------------------------------------------------------------------- block context
@@ -276,25 +297,29 @@ class Attention(nn.Module):
         self.qkv = nn.Linear(width, 3 * width)
         self.proj = nn.Linear(width, width)
 
-    def split_heads(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        """(b, n, d) tokens -> un-rotated queries, keys and values, each (b, heads, n, e)."""
-        q, k, v = rearrange(
+    def split_heads(self, x: Tensor) -> Tensor:
+        """(b, n, d) tokens -> un-rotated queries, keys and values, (3, b, heads, n, e)."""
+        return rearrange(
             self.qkv(x), "b n (qkv heads e) -> qkv b heads n e", qkv=3, heads=self.num_heads
         )
-        return q, k, v
 
     def forward(self, x: Tensor, ctx: BlockContext) -> Tensor:
         """(b, n, d) tokens -> (b, n, d)."""
-        q, k, v = self.split_heads(x)
+        qkv = self.split_heads(x)
         if ctx.writes_kv:
-            ctx.new_kv = (k, v)
-        cos, sin = ctx.rope.current
-        q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
+            ctx.new_kv = (qkv[1], qkv[2])
+        # Queries and keys are rotated together, in the projections' precision.
+        qk, v = apply_rotary(qkv[:2], *ctx.rope.current), qkv[2]
+        dtype = attention_dtype()
+        if dtype is not None:
+            qk, v = qk.to(dtype), v.to(dtype)
+        q, k = qk.unbind(0)
         if ctx.past is not None:
             k = torch.cat([ctx.past.k, k], dim=2)
             v = torch.cat([ctx.past.v, v], dim=2)
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=ctx.attn_mask)
-        return self.proj(rearrange(out, "b heads n e -> b n (heads e)"))
+        out = rearrange(out, "b heads n e -> b n (heads e)")
+        return self.proj(out if dtype is None else out.to(x.dtype))
 
 
 class Mlp(nn.Module):
@@ -347,7 +372,7 @@ class DiTBlock(nn.Module):
         tokens, mod = _per_chunk(x, self.adaLN_modulation(ctx.c))
         shift_msa, scale_msa = mod.chunk(6, dim=-1)[:2]
         attn_in = modulate(self.norm1(tokens), shift_msa, scale_msa)
-        _, k, v = self.attn.split_heads(attn_in.flatten(1, 2))
+        _, k, v = self.attn.split_heads(attn_in.flatten(1, 2)).unbind(0)
         return k, v
 
 
@@ -595,22 +620,27 @@ class CausalDiT(nn.Module):
     def _past_view(
         self, kv: RollingKVCache | None, layer: int, device: torch.device
     ) -> KVView | None:
-        """Block ``layer``'s cached past with its keys rotated to their positions, or None.
+        """Block ``layer``'s cached past with its keys rotated to their positions, or None; in
+        the precision of ``attention_precision`` where one is set.
 
         The rotation depends only on the cache's state, so it runs once per chunk and block
         rather than in every pass (the same values; a chunk's passes all read the same past).
         """
         if kv is None:
             return None
+        dtype = attention_dtype()
 
         def make() -> KVView | None:
             view = kv.view(layer)
             if view is None:
                 return None
             tables, _ = self._past_inputs(kv, device)
-            return view._replace(k=apply_rotary(view.k, *tables))
+            k, v = apply_rotary(view.k, *tables), view.v
+            if dtype is not None:
+                k, v = k.to(dtype), v.to(dtype)
+            return view._replace(k=k, v=v)
 
-        return kv.derived((self, "past", layer, device), make)
+        return kv.derived((self, "past", layer, device, dtype), make)
 
     # ------------------------------------------------------------------ forward
 

@@ -23,12 +23,13 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import threading
 import warnings
 from collections.abc import Iterator
 
 import torch
 from torch import Tensor, nn
+
+from xworld_env.model.marks import mark, marked
 
 #: The linear layers of a ``DiTBlock`` that run in int8 (module paths inside the block).
 QUANTIZED_LAYERS = ("attn.qkv", "attn.proj", "mlp.fc1", "mlp.fc2")
@@ -39,9 +40,6 @@ RANGE_MARGIN = 1.2
 #: Calibrated input ranges: ``"blocks.<l>.<layer>"`` -> pass step (``-1`` for the KV-update
 #: pass) -> (lowest, highest) value seen.
 ActivationRanges = dict[str, dict[int, tuple[float, float]]]
-
-_STATE = threading.local()
-
 
 def _onednn_int8() -> bool:
     return torch.backends.mkldnn.is_available() and hasattr(torch.ops.onednn, "qlinear_pointwise")
@@ -193,33 +191,22 @@ def record_ranges(dit: nn.Module) -> Iterator[ActivationRanges]:
             handle.remove()
 
 
-@contextlib.contextmanager
-def _marked(name: str, value: object) -> Iterator[None]:
-    """Sets this thread's mark ``name`` to ``value`` inside it, restoring it after."""
-    before = getattr(_STATE, name, None)
-    setattr(_STATE, name, value)
-    try:
-        yield
-    finally:
-        setattr(_STATE, name, before)
-
-
 def dit_pass(step: int) -> contextlib.AbstractContextManager:
     """Names the DiT pass run inside it (denoising step ``step``, ``-1`` for the KV-update
     pass) for the int8 layers' grids and for ``record_ranges``, in this thread."""
-    return _marked("step", step)
+    return marked("step", step)
 
 
 def current_pass() -> int | None:
     """The pass named by the innermost ``dit_pass`` in this thread, or None."""
-    return getattr(_STATE, "step", None)
+    return mark("step")
 
 
 def int8_blocks() -> contextlib.AbstractContextManager:
     """Marks the DiT passes run inside it as int8 ones (for ``int8_active``)."""
-    return _marked("active", True)
+    return marked("active", True)
 
 
 def int8_active() -> bool:
     """Whether the running pass is marked int8 (``int8_blocks``) in this thread."""
-    return bool(getattr(_STATE, "active", False))
+    return bool(mark("active"))
