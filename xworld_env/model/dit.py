@@ -178,7 +178,9 @@ def apply_rotary(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
         return x
     x1, x2, rest = x[..., :r], x[..., r : 2 * r], x[..., 2 * r :]
     cos, sin = cos.to(x.dtype), sin.to(x.dtype)
-    return torch.cat([x1 * cos - x2 * sin, x2 * cos + x1 * sin, rest], dim=-1)
+    first = torch.addcmul(x1 * cos, x2, sin, value=-1)  # x1 cos - x2 sin
+    second = torch.addcmul(x2 * cos, x1, sin)  # x2 cos + x1 sin
+    return torch.cat([first, second, rest], dim=-1)
 
 
 def attention_precision(dtype: torch.dtype | None) -> contextlib.AbstractContextManager:
@@ -299,9 +301,8 @@ class Attention(nn.Module):
 
     def split_heads(self, x: Tensor) -> Tensor:
         """(b, n, d) tokens -> un-rotated queries, keys and values, (3, b, heads, n, e)."""
-        return rearrange(
-            self.qkv(x), "b n (qkv heads e) -> qkv b heads n e", qkv=3, heads=self.num_heads
-        )
+        b, n, d = x.shape
+        return self.qkv(x).view(b, n, 3, self.num_heads, d // self.num_heads).permute(2, 0, 3, 1, 4)
 
     def forward(self, x: Tensor, ctx: BlockContext) -> Tensor:
         """(b, n, d) tokens -> (b, n, d)."""
@@ -318,7 +319,7 @@ class Attention(nn.Module):
             k = torch.cat([ctx.past.k, k], dim=2)
             v = torch.cat([ctx.past.v, v], dim=2)
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=ctx.attn_mask)
-        out = rearrange(out, "b heads n e -> b n (heads e)")
+        out = out.transpose(1, 2).reshape(x.shape[0], x.shape[1], -1)  # (b, n, heads * e)
         return self.proj(out if dtype is None else out.to(x.dtype))
 
 
@@ -359,9 +360,9 @@ class DiTBlock(nn.Module):
         shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = mod.chunk(6, dim=-1)
         attn_in = modulate(self.norm1(tokens), shift_msa, scale_msa)
         attn_out = self.attn(attn_in.flatten(1, 2), ctx).view_as(tokens)
-        tokens = tokens + gate_msa * attn_out
-        tokens = tokens + gate_mlp * self.mlp(modulate(self.norm2(tokens), shift_mlp, scale_mlp))
-        return tokens.view(x.shape)
+        tokens = torch.addcmul(tokens, gate_msa, attn_out)
+        mlp_out = self.mlp(modulate(self.norm2(tokens), shift_mlp, scale_mlp))
+        return torch.addcmul(tokens, gate_mlp, mlp_out).view(x.shape)
 
     def keys_values(self, x: Tensor, ctx: BlockContext) -> tuple[Tensor, Tensor]:
         """Only the (un-rotated) keys and values this block would write for input ``x``.
