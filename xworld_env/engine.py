@@ -30,6 +30,7 @@ from xworld_env.model.dit import (
     KV_UPDATE_STEP,
     BlockExecutor,
     CausalDiT,
+    ChunkInputs,
     FullCompute,
     attention_precision,
 )
@@ -481,16 +482,20 @@ class WorldModelEngine:
             else:
                 noise, renoise = draw_noise(self.latent_shape, self._generators, self.device), None
 
+            # The action's and speed's part of every pass's inputs, computed once.
+            chunk = dit.chunk_inputs(action, speed)
+
             def denoise(x: Tensor, t: Tensor, s: int) -> Tensor:
                 with dit_pass(s):
-                    return dit(x, t, action, speed, kv=kv, step=s, executor=self.executor)
+                    return dit(x, t, action, speed, kv=kv, step=s, executor=self.executor,
+                               chunk=chunk)
 
             x0 = self.sampler.sample(denoise, noise, self._generators, renoise)
             t1 = self._sync()
             # KV-update protection: the committed chunk is attended to by every later chunk, so
             # it is always computed in full whatever executor is set (X-Cache guardrail 1);
             # only the work whose result nothing reads (last block after its K/V) is left out.
-            self._commit(x0, action, speed, kv)
+            self._commit(x0, action, speed, kv, chunk)
             t2 = self._sync()
             frames = self.decode(x0 if decode == "all" else x0[:, :, -1:])
             t3 = self._sync()
@@ -518,10 +523,11 @@ class WorldModelEngine:
 
     # ------------------------------------------------------------------ helpers
 
-    def _commit(self, x: Tensor, action: Tensor, speed: Tensor, kv: RollingKVCache) -> None:
+    def _commit(self, x: Tensor, action: Tensor, speed: Tensor, kv: RollingKVCache,
+                chunk: ChunkInputs | None = None) -> None:
         """The KV-update pass of clean chunk ``x`` (``CausalDiT.commit_kv``)."""
         with dit_pass(KV_UPDATE_STEP):
-            self.dit.commit_kv(x, action, speed, kv)
+            self.dit.commit_kv(x, action, speed, kv, chunk)
 
     def _compute(self) -> contextlib.AbstractContextManager:
         """No gradients, and autocast to the configured compute precision."""

@@ -310,3 +310,24 @@ def test_attention_precision_rounds_attention_only():
     k = caches[torch.bfloat16].view(0).k
     assert k.dtype == torch.float32
     assert attention_dtype() is None
+
+
+@torch.no_grad()
+def test_chunk_inputs_computed_once_give_the_same_passes(dit64):
+    """Passes given the chunk's precomputed inputs compute exactly what passes that compute
+    them do; inputs of another action tensor are refused."""
+    b = 2
+    clean, noisy, action, speed, t = sequence(dit64, b, 2)
+    caches = [RollingKVCache(KVCacheConfig(window=2), dit64.config.depth, b) for _ in range(2)]
+    for i in range(2):
+        a, v = action[:, i], speed[:, i]
+        chunk = dit64.chunk_inputs(a, v)
+        own = dit64(noisy[:, i], t[:, i], a, v, kv=caches[0])
+        shared = dit64(noisy[:, i], t[:, i], a, v, kv=caches[1], chunk=chunk)
+        assert torch.equal(own, shared)
+        dit64.commit_kv(clean[:, i], a, v, caches[0])
+        dit64.commit_kv(clean[:, i], a, v, caches[1], chunk=chunk)
+        last = dit64.config.depth - 1
+        assert torch.equal(caches[0].view(last).k, caches[1].view(last).k)
+    with pytest.raises(ValueError, match="another action"):
+        dit64(noisy[:, 0], t[:, 0], action[:, 0].clone(), speed[:, 0], chunk=chunk)

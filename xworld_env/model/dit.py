@@ -217,6 +217,26 @@ class RotaryTables:
     current: tuple[Tensor, Tensor]
 
 
+@dataclass(frozen=True)
+class ChunkInputs:
+    """What every pass of one chunk computes alike from its action and ego speed, computed once
+    (``CausalDiT.chunk_inputs``) for the chunk's denoising passes and its KV-update pass.
+
+    Attributes:
+        action: (b, 2) the chunk's action.
+        ego_speed: (b,) ego speed before the chunk.
+        embedding: (b, d) the action + speed part of the adaLN conditioning.
+        offsets: what ``CausalDiT.token_offsets`` adds to every token embedding.
+        rope: rotary tables of the chunk's own tokens.
+    """
+
+    action: Tensor
+    ego_speed: Tensor
+    embedding: Tensor
+    offsets: tuple[Tensor, Tensor | None]
+    rope: RotaryTables
+
+
 #: The step index ``BlockContext.step`` of the KV-update pass (denoising steps are 0, 1, ...).
 KV_UPDATE_STEP = -1
 
@@ -564,19 +584,41 @@ class CausalDiT(nn.Module):
         a = self.cond_embedder(action, ego_speed)
         return self.t_embedder(t) + a, a
 
-    def embed(self, x: Tensor, action: Tensor, ego_speed: Tensor) -> Tensor:
-        """Latents (..., v, f, H, W, c) -> tokens (..., v, f, h, w, d) with position embeddings
-        (and the action field's offsets, where the model has one; ``action`` (..., 2) and
-        ``ego_speed`` (...) share the latents' leading dimensions)."""
+    def token_offsets(self, action: Tensor, ego_speed: Tensor) -> tuple[Tensor, Tensor | None]:
+        """What ``embed`` adds to the patch embeddings: the position embeddings (v, f, h, w, d)
+        and the action field's offsets (..., v, f, h, w, d), None for a model without one."""
         pos = (
             self.camera_embed[:, None, None, None]
             + self.frame_embed[None, :, None, None]
             + self.spatial_embed[None, None]
         )
+        field = None if self.action_field is None else self.action_field(action, ego_speed)
+        return pos, field
+
+    def embed(
+        self,
+        x: Tensor,
+        action: Tensor,
+        ego_speed: Tensor,
+        offsets: tuple[Tensor, Tensor | None] | None = None,
+    ) -> Tensor:
+        """Latents (..., v, f, H, W, c) -> tokens (..., v, f, h, w, d) with position embeddings
+        (and the action field's offsets, where the model has one; ``action`` (..., 2) and
+        ``ego_speed`` (...) share the latents' leading dimensions). ``offsets``: those of
+        ``token_offsets(action, ego_speed)``, when already computed."""
+        pos, field = self.token_offsets(action, ego_speed) if offsets is None else offsets
         h = self.patch_embed(x) + pos
-        if self.action_field is not None:
-            h = h + self.action_field(action, ego_speed).to(h.dtype)
+        if field is not None:
+            h = h + field.to(h.dtype)
         return h
+
+    def chunk_inputs(self, action: Tensor, ego_speed: Tensor) -> ChunkInputs:
+        """What every pass of a chunk with ``action`` (b, 2) and ``ego_speed`` (b,) shares
+        (pass it to ``forward`` and ``commit_kv`` as ``chunk``; each pass computes it
+        otherwise)."""
+        return ChunkInputs(action, ego_speed, self.cond_embedder(action, ego_speed),
+                           self.token_offsets(action, ego_speed),
+                           RotaryTables(self.rope(self.token_frame)))
 
     def unpatchify(self, out: Tensor) -> Tensor:
         """(..., v, f, h, w, p*p*c) -> (..., v, f, H, W, c)."""
@@ -655,6 +697,7 @@ class CausalDiT(nn.Module):
         step: int = 0,
         writes_kv: bool = False,
         executor: BlockExecutor | None = None,
+        chunk: ChunkInputs | None = None,
     ) -> Tensor:
         """One denoising evaluation of one chunk for a batch of worlds.
 
@@ -672,13 +715,14 @@ class CausalDiT(nn.Module):
             step: denoising step index ``s``, passed to the executor.
             writes_kv: commit this chunk's keys and values to ``kv``.
             executor: runs each block; :class:`FullCompute` when None.
+            chunk: ``chunk_inputs(action, ego_speed)``, when already computed.
 
         Returns:
             (b, v, f, h, w, c) predicted velocity ``noise - x0``.
         """
         if writes_kv and kv is None:
             raise ValueError("writes_kv=True needs a kv cache to write to")
-        h, base = self._pass_inputs(x, t, action, ego_speed, kv, step, writes_kv)
+        h, base = self._pass_inputs(x, t, action, ego_speed, kv, step, writes_kv, chunk)
         executor = FullCompute() if executor is None else executor
         keys, values = [], []
         for l, block in enumerate(self.blocks):  # noqa: E741
@@ -706,17 +750,22 @@ class CausalDiT(nn.Module):
         kv: RollingKVCache | None,
         step: int,
         writes_kv: bool,
+        chunk: ChunkInputs | None,
     ) -> tuple[Tensor, BlockContext]:
         """Checks one chunk's pass and returns its embedded tokens and the block context every
         block shares (``past`` left empty: each block reads its own view of ``kv``)."""
         self._check_latents(x, leading=1)
         if kv is not None and kv.batch_size != x.shape[0]:
             raise ValueError(f"kv cache holds {kv.batch_size} worlds, latents {x.shape[0]}")
-        c, _ = self.condition(t, action, ego_speed)
-        h = self.embed(x, action, ego_speed)
+        if chunk is None:
+            chunk = self.chunk_inputs(action, ego_speed)
+        elif chunk.action is not action or chunk.ego_speed is not ego_speed:
+            raise ValueError("chunk holds the inputs of another action or ego speed tensor")
+        c = self.t_embedder(t) + chunk.embedding
+        h = self.embed(x, action, ego_speed, chunk.offsets)
         _, attn_mask = self._past_inputs(kv, h.device)
         base = BlockContext(c=c, action=action, step=step, writes_kv=writes_kv, past=None,
-                            rope=RotaryTables(self.rope(self.token_frame)), attn_mask=attn_mask)
+                            rope=chunk.rope, attn_mask=attn_mask)
         return h, base
 
     def commit_kv(
@@ -725,6 +774,7 @@ class CausalDiT(nn.Module):
         action: Tensor,
         ego_speed: Tensor,
         kv: RollingKVCache,
+        chunk: ChunkInputs | None = None,
     ) -> None:
         """The KV-update pass: commits the keys and values of the clean chunk ``x`` to ``kv``.
 
@@ -738,9 +788,10 @@ class CausalDiT(nn.Module):
             action: (b, 2) the chunk's action.
             ego_speed: (b,) ego speed in m/s before the chunk.
             kv: the cache of the ``b`` worlds, written to.
+            chunk: ``chunk_inputs(action, ego_speed)``, when already computed.
         """
         h, base = self._pass_inputs(x, x.new_zeros(x.shape[0]), action, ego_speed, kv,
-                                    step=KV_UPDATE_STEP, writes_kv=True)
+                                    step=KV_UPDATE_STEP, writes_kv=True, chunk=chunk)
         keys, values = [], []
         last = len(self.blocks) - 1
         for l, block in enumerate(self.blocks):  # noqa: E741
