@@ -110,12 +110,53 @@ def test_bench_env_compares_decoder_precisions_side_by_side(tmp_path, tiny_check
         run(repeats=0)
 
 
+def test_bench_env_compares_attention_precisions_side_by_side(monkeypatch, capsys):
+    from xworld_env.bench import env as bench_env
+
+    seen = []
+
+    def measure(kind):
+        def run_one(cache, steps, seed, checkpoint, *rest):
+            precision = rest[0] if kind == "single" else rest[1]
+            seen.append(precision)
+            return (2.0, 0.5, 1.0) if kind == "single" else (2.0, 0.5)
+
+        return run_one
+
+    monkeypatch.setattr(bench_env, "_single", measure("single"))
+    monkeypatch.setattr(bench_env, "_batched", measure("batched"))
+    args = ["bench", "env", "--steps", "1", "--sizes", "1", "--dtype", "int8",
+            "--attention-dtype", "float32", "bfloat16"]
+    assert main(args) == 0
+    labels = ["int8+attention:float32", "int8+attention:bfloat16"]
+    assert {("int8", "auto", "float32"), ("int8", "auto", "bfloat16")} == set(seen)
+    assert "int8+attention:bfloat16 over int8+attention:float32" in capsys.readouterr().out
+    result = bench_env.run(steps=1, sizes=(), dtypes=("int8",), progress=False,
+                           attention_dtypes=("float32", "bfloat16"))
+    assert result["attention_dtype"] == dict(zip(labels, ["float32", "bfloat16"], strict=True))
+    with pytest.raises(ValueError, match="applies to float32 and int8 DiTs"):
+        bench_env.run(dtypes=("bfloat16",), attention_dtypes=("float32",), progress=False)
+
+
 def test_precision_noise_and_speed_choices_match_the_engine():
-    from xworld_env.cli import DECODE_PRECISIONS, NOISES, PRECISIONS, SPEEDS
-    from xworld_env.engine import DECODE_DTYPES, DIT_DTYPES, NOISE_MODES, SPEED_SOURCES
+    from xworld_env.cli import (
+        ATTENTION_PRECISIONS,
+        DECODE_PRECISIONS,
+        NOISES,
+        PRECISIONS,
+        SPEEDS,
+    )
+    from xworld_env.engine import (
+        ATTENTION_DTYPES,
+        DECODE_DTYPES,
+        DIT_DTYPES,
+        NOISE_MODES,
+        SPEED_SOURCES,
+    )
 
     assert set(PRECISIONS) == set(DIT_DTYPES)
     assert set(DECODE_PRECISIONS) == set(DECODE_DTYPES)
+    assert set(ATTENTION_PRECISIONS) == set(ATTENTION_DTYPES)
     assert set(NOISES) == set(NOISE_MODES)
     assert set(SPEEDS) == set(SPEED_SOURCES)
 

@@ -15,6 +15,8 @@ FLOAT_PRECISIONS = ("float32", "bfloat16", "float16")
 PRECISIONS = (*FLOAT_PRECISIONS, "int8")
 #: Decoder precisions (``engine.DECODE_DTYPES``).
 DECODE_PRECISIONS = ("auto", *FLOAT_PRECISIONS)
+#: Precisions of attention's products (``engine.ATTENTION_DTYPES``).
+ATTENTION_PRECISIONS = ("auto", "float32", "bfloat16")
 #: Noise modes of the engine (``engine.NOISE_MODES``).
 NOISES = ("fresh", "fixed")
 #: Sources of the ego speed (``engine.SPEED_SOURCES``).
@@ -126,6 +128,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="decoder precisions, measured side by side with every --dtype "
                         "(default auto: bfloat16 on CPUs with AMX or AVX512-BF16 when the DiT runs "
                         "in float32 or int8)")
+    p.add_argument("--attention-dtype", nargs="+", default=["auto"],
+                   choices=ATTENTION_PRECISIONS,
+                   help="precisions of attention's products, measured side by side with every "
+                        "--dtype (default auto: bfloat16 on CPUs with AMX or AVX512-BF16 when the "
+                        "DiT runs in int8)")
     p.add_argument("--baselines", nargs="*", default=[], choices=["fbcache", "static"],
                    help="baseline caches to time beside X-Cache, at their defaults (default none)")
     p.add_argument("--noise", choices=NOISES, default=None,

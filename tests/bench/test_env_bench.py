@@ -24,6 +24,6 @@ def test_single_and_batched_rows_with_motion_under_a_chosen_noise(calm_checkpoin
 
 def test_motion_leaves_out_the_jump_of_a_reset(tiny_checkpoint):
     # The random heads end every episode at its first step: no two steps within one episode.
-    _, _, motion = bench_env._single("none", 4, 0, str(tiny_checkpoint), ("float32", "auto"),
-                                     "fresh")
+    precision = ("float32", "auto", "auto")
+    _, _, motion = bench_env._single("none", 4, 0, str(tiny_checkpoint), precision, "fresh")
     assert math.isnan(motion)

@@ -11,7 +11,12 @@ from tqdm.auto import tqdm
 
 from xworld_env.bench.machine import machine_info, write_json
 from xworld_env.bench.metrics import frame_motion, observed_views
-from xworld_env.engine import NOISE_MODES, EngineConfig, resolve_decode_dtype
+from xworld_env.engine import (
+    NOISE_MODES,
+    EngineConfig,
+    resolve_attention_dtype,
+    resolve_decode_dtype,
+)
 from xworld_env.envs.policies import LaneKeeper
 
 
@@ -21,17 +26,22 @@ def engine_skip_rate(engine) -> float | None:
     return None if stats is None else stats.summary()["skip_rate"]
 
 
+#: A measurement's precisions: the DiT's, the decoder's and attention's (env kwargs ``dtype``,
+#: ``decode_dtype`` and ``attention_dtype``).
+Precision = tuple[str, str, str]
+
+
 def _single(cache: str, steps: int, seed: int, checkpoint: str | None,
-            precision: tuple[str, str],
+            precision: Precision,
             noise: str | None = None) -> tuple[float, float | None, float]:
     """Steps/s, skip rate, and the views' frame-to-frame change over the second half of the
     steps (``frame_motion`` of each step's observation against the one before, within an
     episode, pixel levels; taken outside the timed steps' own work; nan with no such pair)."""
     from xworld_env.envs.xworld import XWorldEnv
 
-    dtype, decode_dtype = precision
+    dtype, decode_dtype, attention_dtype = precision
     env = XWorldEnv(cache=cache, family="highway", checkpoint=checkpoint, dtype=dtype,
-                    decode_dtype=decode_dtype, noise=noise)
+                    decode_dtype=decode_dtype, attention_dtype=attention_dtype, noise=noise)
     policy = LaneKeeper(seed=seed)
     obs, info = env.reset(seed=seed)
     # views[k] is the observation after step k (views[0] the reset's); starts: new episodes.
@@ -59,12 +69,13 @@ BATCHED_POLICIES = {
 
 
 def _batched(cache, n: int, steps: int, seed: int, checkpoint: str | None,
-             precision: tuple[str, str], noise: str | None = None) -> tuple[float, float | None]:
+             precision: Precision, noise: str | None = None) -> tuple[float, float | None]:
     from xworld_env.envs.xworld_vector import XWorldVectorEnv
 
-    dtype, decode_dtype = precision
+    dtype, decode_dtype, attention_dtype = precision
     envs = XWorldVectorEnv(num_envs=n, cache=cache, family="highway", checkpoint=checkpoint,
-                           dtype=dtype, decode_dtype=decode_dtype, noise=noise)
+                           dtype=dtype, decode_dtype=decode_dtype,
+                           attention_dtype=attention_dtype, noise=noise)
     policy = LaneKeeper(seed=seed)
     obs, _ = envs.reset(seed=seed)
     started = time.perf_counter()
@@ -80,7 +91,8 @@ BASELINES = ("fbcache", "static")
 def run(steps: int = 40, sizes: tuple[int, ...] = (1, 4, 8, 16), seed: int = 0,
         checkpoint: str | None = None, dtypes: tuple[str, ...] = ("float32",),
         baselines: tuple[str, ...] = (), decode_dtypes: tuple[str, ...] = ("auto",),
-        repeats: int = 1, progress: bool = True, noise: str | None = None) -> dict:
+        repeats: int = 1, progress: bool = True, noise: str | None = None,
+        attention_dtypes: tuple[str, ...] = ("auto",)) -> dict:
     """Env-steps per second (summed over worlds), X-Cache and full compute side by side.
 
     Batched rows also time X-Cache's ``batch_mode="all"`` against the default ``"gather"``;
@@ -92,14 +104,16 @@ def run(steps: int = 40, sizes: tuple[int, ...] = (1, 4, 8, 16), seed: int = 0,
     taken that many times, one round of all of them after another, and the rates are medians
     (the rollouts are deterministic, so skip rates do not change between rounds).
 
-    ``dtypes`` are world-model compute precisions (the envs' ``dtype`` kwarg) and
-    ``decode_dtypes`` decoder precisions (``decode_dtype``); every pair of them is measured,
+    ``dtypes`` are world-model compute precisions (the envs' ``dtype`` kwarg),
+    ``decode_dtypes`` decoder precisions (``decode_dtype``) and ``attention_dtypes`` those of
+    attention's products (``attention_dtype``); every combination of them is measured,
     labelled by the DiT's precision, followed by ``+decode:<decoder's>`` when more than one
-    decoder precision is asked. The top-level figures are the first pair's. With more than one
-    pair, every measurement is taken in each right after another, ``precisions`` holds every
-    pair's figures and ``speedup`` each one's rates over the first's. ``decode_dtype`` maps
-    each label to the decoder precision it resolved to. ``progress`` shows a bar over the
-    measurements.
+    decoder precision is asked and ``+attention:<attention's>`` when more than one attention
+    precision is. The top-level figures are the first combination's. With more than one, every
+    measurement is taken in each right after another, ``precisions`` holds every
+    combination's figures and ``speedup`` each one's rates over the first's. ``decode_dtype``
+    and ``attention_dtype`` map each label to the precisions it resolved to. ``progress`` shows
+    a bar over the measurements.
 
     ``noise`` is the envs' noise mode (``fixed`` or ``fresh``; None: the checkpoint's). How
     much a cache can reuse depends on how much the world moves, so the single env's rows carry
@@ -111,18 +125,21 @@ def run(steps: int = 40, sizes: tuple[int, ...] = (1, 4, 8, 16), seed: int = 0,
                          f"got {noise!r}")
     if not (isinstance(repeats, int) and repeats >= 1):
         raise ValueError(f"repeats must be an int >= 1, got {repeats!r}")
-    for name, values in (("dtypes", dtypes), ("decode_dtypes", decode_dtypes)):
+    for name, values in (("dtypes", dtypes), ("decode_dtypes", decode_dtypes),
+                         ("attention_dtypes", attention_dtypes)):
         if not values or len(set(values)) != len(values):
             raise ValueError(f"{name} must be distinct and at least one, got {values}")
     labels = {
-        (dt if len(decode_dtypes) == 1 else f"{dt}+decode:{dd}"): (dt, dd)
-        for dt in dtypes for dd in decode_dtypes
+        dt + (f"+decode:{dd}" if len(decode_dtypes) > 1 else "")
+        + (f"+attention:{ad}" if len(attention_dtypes) > 1 else ""): (dt, dd, ad)
+        for dt in dtypes for dd in decode_dtypes for ad in attention_dtypes
     }
     unknown = sorted(set(baselines) - set(BASELINES))
     if unknown or len(set(baselines)) != len(baselines):
         raise ValueError(f"baselines must be distinct names from {BASELINES}, got {baselines}")
-    for dt, dd in labels.values():
-        EngineConfig(dtype=dt, decode_dtype=dd)  # rejects unknown names before anything runs
+    for dt, dd, ad in labels.values():
+        # Rejects unknown names and combinations before anything runs.
+        EngineConfig(dtype=dt, decode_dtype=dd, attention_dtype=ad)
     # Every measurement: (row, policy name, cache, label, precision); row "single" or N.
     jobs = [("single", cache, cache, label, precision)
             for cache in ("xcache", "none", *baselines) for label, precision in labels.items()]
@@ -164,7 +181,9 @@ def run(steps: int = 40, sizes: tuple[int, ...] = (1, 4, 8, 16), seed: int = 0,
     result = {**per[first], "steps": steps, "repeats": repeats, "dtype": dtypes[0],
               "noise": noise or "checkpoint",
               "decode_dtype": {label: resolve_decode_dtype(dd, dt, cpu)
-                               for label, (dt, dd) in labels.items()},
+                               for label, (dt, dd, _) in labels.items()},
+              "attention_dtype": {label: resolve_attention_dtype(ad, dt, cpu)
+                                  for label, (dt, _, ad) in labels.items()},
               "machine": machine_info()}
     if len(labels) > 1:
         base = per[first]
@@ -199,11 +218,12 @@ def main(args) -> dict:
     result = run(steps=args.steps, sizes=tuple(args.sizes), checkpoint=args.checkpoint,
                  dtypes=tuple(args.dtype), baselines=tuple(args.baselines),
                  decode_dtypes=tuple(args.decode_dtype), repeats=args.repeats,
-                 noise=args.noise)
+                 noise=args.noise, attention_dtypes=tuple(args.attention_dtype))
     labels = list(result["decode_dtype"])
     for label in labels:
         figures = result["precisions"][label] if len(labels) > 1 else result
-        print(f"{label} (decoder in {result['decode_dtype'][label]}):")
+        print(f"{label} (decoder in {result['decode_dtype'][label]}, attention in "
+              f"{result['attention_dtype'][label]}):")
         print("\n".join(_table(figures)))
         moves = ", ".join(f"{k} {v:.2f}" for k, v in figures["motion"].items())
         last = result["steps"] - result["steps"] // 2
