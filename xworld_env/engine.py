@@ -530,7 +530,8 @@ class WorldModelEngine:
             self.dit.commit_kv(x, action, speed, kv, chunk)
 
     def _compute(self) -> contextlib.AbstractContextManager:
-        """No gradients, and autocast to the configured compute precision."""
+        """No gradients, autocast to the configured compute precision, and the marks of int8
+        blocks and of attention's precision where they apply."""
         stack = contextlib.ExitStack()
         stack.enter_context(torch.no_grad())
         stack.enter_context(autocast_to(self.device, self.config.dtype))

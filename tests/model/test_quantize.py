@@ -19,6 +19,7 @@ from xworld_env.model.dit import KV_UPDATE_STEP
 from xworld_env.model.quantize import (
     QUANTIZED_LAYERS,
     Int8Linear,
+    Int8Mlp,
     current_pass,
     dit_pass,
     int8_active,
@@ -49,8 +50,8 @@ def test_quantize_blocks_copies_and_quantizes_the_token_layers_only():
             assert isinstance(block.get_submodule(name), Int8Linear), name
         # adaLN acts on one vector per chunk: left in float32, where it costs nothing.
         assert type(block.adaLN_modulation[1]) is nn.Linear
-        # The MLP's GELU runs inside its first layer's kernel.
-        assert isinstance(block.mlp.act, nn.Identity)
+        # The MLP's GELU runs inside its first layer's kernel, its hidden layer in int8.
+        assert isinstance(block.mlp, Int8Mlp) and block.mlp.fc1.post[0] == "gelu"
     assert type(quantized.final_layer.linear) is nn.Linear
     # The DiT it was given is untouched.
     after = dit.state_dict()
@@ -96,6 +97,24 @@ def test_int8_linear_rounds_on_the_grid_of_the_named_pass():
         layer(x)
     with pytest.raises(RuntimeError, match="pass None"):
         layer(x)
+
+
+def test_int8_mlp_keeps_its_hidden_layer_in_int8():
+    """The fused MLP computes what its two layers do one after the other, the hidden layer
+    rounded onto the second layer's grid in the first layer's kernel."""
+    torch.manual_seed(0)
+    fc1, fc2 = nn.Linear(16, 32), nn.Linear(32, 16)
+    x = torch.randn(2, 5, 16)
+    first = Int8Linear(fc1, {0: (-4.0, 4.0), 1: (-3.0, 3.0)}, gelu=True)
+    second = Int8Linear(fc2, {0: (-0.5, 2.0), 1: (-0.3, 1.0)})
+    mlp = Int8Mlp(first, second)
+    for step in (0, 1):
+        with dit_pass(step):
+            fused, apart = mlp(x), second(first(x))
+        assert fused.shape == x.shape
+        torch.testing.assert_close(fused, apart, rtol=0, atol=1e-4)
+    with pytest.raises(ValueError, match="GELU fused"):
+        Int8Mlp(second, first)
 
 
 def test_int8_linear_fuses_gelu_and_clips_beyond_its_grid():

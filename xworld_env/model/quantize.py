@@ -5,7 +5,8 @@ their token-wise linear layers (attention's query/key/value and output projectio
 two layers: nearly all of a pass's multiply-adds) in int8 with static activation ranges:
 weights stored in int8 with one scale per output channel, inputs rounded to 8 bits on a grid
 fixed per layer and pass, products accumulated in int32 (oneDNN's int8 CPU kernels, with the
-MLP's GELU fused into its first layer). Everything else (adaLN modulation, norms, attention's
+MLP's GELU fused into its first layer, whose kernel rounds its output straight onto the second
+layer's input grid: ``Int8Mlp``). Everything else (adaLN modulation, norms, attention's
 softmax, the residual stream, embeddings, the final layer and the sampler) stays float32.
 
 The grids come from a calibration (``record_ranges``): the range of each layer's input in each
@@ -94,21 +95,60 @@ class Int8Linear(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         """(..., in) -> (..., out), on the grid of the pass named by ``dit_pass``."""
+        grid = self.grid()
+        out = self.run(self.codes(x, grid), grid)
+        return out.view(*x.shape[:-1], self.out_features)
+
+    def grid(self) -> tuple[float, int]:
+        """(scale, zero point) of the input grid of the pass named by ``dit_pass``."""
         step = current_pass()
         if step not in self.grids:
             raise RuntimeError(
                 f"int8 layer called in pass {step!r}; it has grids for passes "
                 f"{sorted(self.grids)} (run DiT passes inside dit_pass(step))"
             )
-        scale, zero = self.grids[step]
+        return self.grids[step]
+
+    @staticmethod
+    def codes(x: Tensor, grid: tuple[float, int]) -> Tensor:
+        """(..., in) float inputs -> (rows, in) uint8 codes on ``grid``."""
         # _uint8 reads the quantized storage in row-major order.
         flat = x.reshape(-1, x.shape[-1]).float().contiguous()
-        codes = _uint8(torch.quantize_per_tensor(flat, scale, zero, torch.quint8))
-        out = torch.ops.onednn.qlinear_pointwise(
-            codes, scale, zero, self.packed, self.weight_scale, self.weight_zero, self.bias,
-            1.0, 0, torch.float32, self.post[0], [], self.post[1],
+        return _uint8(torch.quantize_per_tensor(flat, *grid, torch.quint8))
+
+    def run(self, codes: Tensor, grid: tuple[float, int],
+            out_grid: tuple[float, int] | None = None) -> Tensor:
+        """(rows, in) uint8 codes on ``grid`` -> (rows, out) float32 outputs, or, with
+        ``out_grid``, the outputs' uint8 codes on that grid (rounded in the kernel)."""
+        out_scale, out_zero, out_dtype = (1.0, 0, torch.float32) if out_grid is None else (
+            *out_grid, None)
+        return torch.ops.onednn.qlinear_pointwise(
+            codes, *grid, self.packed, self.weight_scale, self.weight_zero, self.bias,
+            out_scale, out_zero, out_dtype, self.post[0], [], self.post[1],
         )
-        return out.view(*x.shape[:-1], self.out_features)
+
+
+class Int8Mlp(nn.Module):
+    """A DiT MLP (``fc1``, tanh-GELU, ``fc2``) whose hidden layer stays in int8: ``fc1``'s
+    kernel applies the GELU and rounds its output straight onto ``fc2``'s input grid, which is
+    what ``fc2(fc1(x))`` computes, without the float hidden layer in between.
+
+    Args:
+        fc1: the first layer, with GELU fused (``Int8Linear(..., gelu=True)``).
+        fc2: the second layer.
+    """
+
+    def __init__(self, fc1: Int8Linear, fc2: Int8Linear) -> None:
+        super().__init__()
+        if fc1.post[0] != "gelu":
+            raise ValueError("Int8Mlp needs a first layer with its GELU fused")
+        self.fc1, self.fc2 = fc1, fc2
+
+    def forward(self, x: Tensor) -> Tensor:
+        """(..., d) -> (..., d), on the grids of the pass named by ``dit_pass``."""
+        grid, hidden_grid = self.fc1.grid(), self.fc2.grid()
+        hidden = self.fc1.run(self.fc1.codes(x, grid), grid, out_grid=hidden_grid)
+        return self.fc2.run(hidden, hidden_grid).view(*x.shape[:-1], self.fc2.out_features)
 
 
 def _grid(lo: float, hi: float, margin: float) -> tuple[float, int]:
@@ -153,8 +193,9 @@ def quantize_blocks(
         # The MLP's tanh-GELU runs fused into its first layer's kernel.
         gelu = attr == "fc1" and isinstance(owner.act, nn.GELU) and owner.act.approximate == "tanh"
         setattr(owner, attr, Int8Linear(layer, ranges[key], gelu=gelu, margin=margin))
-        if gelu:
-            owner.act = nn.Identity()
+    for block in quantized.blocks:
+        if block.mlp.fc1.post[0] == "gelu":
+            block.mlp = Int8Mlp(block.mlp.fc1, block.mlp.fc2)
     return quantized
 
 
