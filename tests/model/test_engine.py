@@ -200,8 +200,6 @@ def test_decode_last_is_the_last_frame_of_decode_all():
 
 
 def test_bfloat16_compute_stays_close_to_float32():
-
-
     from xworld_env.bench.metrics import psnr
 
     acts = actions(1, 3)
@@ -220,18 +218,23 @@ def test_bfloat16_compute_stays_close_to_float32():
         EngineConfig(dtype="int4")
 
 
+def rollouts_under(setting: str, values: tuple[str, ...]) -> tuple[dict, dict]:
+    """The same worlds and actions rolled out by engines that differ in one ``EngineConfig``
+    setting (which each engine resolves to the value asked): (rollouts, engines) by value."""
+    acts = actions(2, 3)
+    outs, engines = {}, {}
+    for value in values:
+        engine = engines[value] = make_engine(dataclasses.replace(CONFIG, **{setting: value}))
+        assert getattr(engine, setting) == value
+        engine.start(*context(2), seeds=[0, 1])
+        outs[value] = rollout(engine, acts)
+    return outs, engines
+
+
 def test_decoder_precision_changes_the_pixels_not_the_rollout():
-
-
     from xworld_env.bench.metrics import psnr
 
-    acts = actions(2, 3)
-    outs = {}
-    for decode_dtype in ("float32", "bfloat16"):
-        engine = make_engine(dataclasses.replace(CONFIG, decode_dtype=decode_dtype))
-        assert engine.decode_dtype == decode_dtype
-        engine.start(*context(2), seeds=[0, 1])
-        outs[decode_dtype] = rollout(engine, acts)
+    outs, _ = rollouts_under("decode_dtype", ("float32", "bfloat16"))
     for a, b in zip(outs["float32"], outs["bfloat16"], strict=True):
         # Nothing reads the images back: latents, heads and so every later chunk are the same.
         assert torch.equal(a.latents, b.latents) and torch.equal(a.ego, b.ego)
@@ -282,14 +285,8 @@ def test_auto_attention_precision():
 def test_bfloat16_attention_engine_stays_close_to_float32():
     """An engine with bfloat16 attention rolls out near its float32-attention twin, and its
     KV cache stays float32."""
-    acts = actions(2, 3)
-    outs = {}
-    for attention in ("float32", "bfloat16"):
-        engine = make_engine(dataclasses.replace(CONFIG, attention_dtype=attention))
-        assert engine.attention_dtype == attention
-        engine.start(*context(2), seeds=[0, 1])
-        outs[attention] = rollout(engine, acts)
-        assert engine.kv.view(0).k.dtype == torch.float32
+    outs, engines = rollouts_under("attention_dtype", ("float32", "bfloat16"))
+    assert all(engine.kv.view(0).k.dtype == torch.float32 for engine in engines.values())
     for a, b in zip(outs["float32"], outs["bfloat16"], strict=True):
         assert not torch.equal(a.latents, b.latents)
         assert float((a.latents - b.latents).norm() / a.latents.norm()) < 2e-2
