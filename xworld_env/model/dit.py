@@ -570,19 +570,20 @@ class CausalDiT(nn.Module):
 
     # ------------------------------------------------------------------ pieces
 
-    def condition(self, t: Tensor, action: Tensor, ego_speed: Tensor) -> tuple[Tensor, Tensor]:
-        """Conditioning vectors.
+    def condition(
+        self, t: Tensor, action: Tensor, ego_speed: Tensor, embedding: Tensor | None = None
+    ) -> Tensor:
+        """The adaLN conditioning (b, d): the flow time's embedding plus the action and speed's.
 
         Args:
             t: (b,) flow time in [0, 1].
             action: (b, 2) action in [-1, 1].
             ego_speed: (b,) ego speed in m/s before the chunk.
-
-        Returns:
-            ``(c, a)``: the full adaLN conditioning (b, d) and its action + speed part (b, d).
+            embedding: the action and speed's part (``cond_embedder``), when already computed.
         """
-        a = self.cond_embedder(action, ego_speed)
-        return self.t_embedder(t) + a, a
+        if embedding is None:
+            embedding = self.cond_embedder(action, ego_speed)
+        return self.t_embedder(t) + embedding
 
     def token_offsets(self, action: Tensor, ego_speed: Tensor) -> tuple[Tensor, Tensor | None]:
         """What ``embed`` adds to the patch embeddings: the position embeddings (v, f, h, w, d)
@@ -761,7 +762,7 @@ class CausalDiT(nn.Module):
             chunk = self.chunk_inputs(action, ego_speed)
         elif chunk.action is not action or chunk.ego_speed is not ego_speed:
             raise ValueError("chunk holds the inputs of another action or ego speed tensor")
-        c = self.t_embedder(t) + chunk.embedding
+        c = self.condition(t, action, ego_speed, chunk.embedding)
         h = self.embed(x, action, ego_speed, chunk.offsets)
         _, attn_mask = self._past_inputs(kv, h.device)
         base = BlockContext(c=c, action=action, step=step, writes_kv=writes_kv, past=None,
@@ -851,7 +852,7 @@ class CausalDiT(nn.Module):
             chunk = chunk.repeat(2)
             is_noisy = torch.cat([is_noisy, ~is_noisy])
         g = clean.shape[1]
-        c, _ = self.condition(times.flatten(), action.flatten(0, 1), ego_speed.flatten())
+        c = self.condition(times.flatten(), action.flatten(0, 1), ego_speed.flatten())
         c = c.view(b, g, -1)
 
         # Chunk-level mask, query chunk (rows) x key chunk (columns).
