@@ -225,15 +225,13 @@ class RollingKVCache:
         worlds = torch.arange(self.batch_size)
         slot = self._slot_of(self._count)
         first = int(slot[0])
-        if bool((slot == first).all()):
-            # Every world writes the same slot (worlds started together): plain slice copies.
-            for layer in range(self.num_layers):
-                self._k[layer][:, :, first].copy_(keys[layer])
-                self._v[layer][:, :, first].copy_(values[layer])
-        else:
-            for layer in range(self.num_layers):
-                self._k[layer][worlds, :, slot] = keys[layer]
-                self._v[layer][worlds, :, slot] = values[layer]
+        # Where every world writes the same slot (worlds started together) a slice takes the
+        # chunk by plain copies; otherwise each world's slot is indexed.
+        where = (slice(None), slice(None), first) if bool((slot == first).all()) else (
+            worlds, slice(None), slot)
+        for layer in range(self.num_layers):
+            self._k[layer][where] = keys[layer]
+            self._v[layer][where] = values[layer]
         self._slot_chunk[worlds, slot] = self._count
         self._count += 1
         self._changed()
