@@ -27,8 +27,14 @@ def engine_skip_rate(engine) -> float | None:
 
 
 #: A measurement's precisions: the DiT's, the decoder's and attention's (env kwargs ``dtype``,
-#: ``decode_dtype`` and ``attention_dtype``).
+#: ``decode_dtype`` and ``attention_dtype``, in ``PRECISION_KWARGS`` order).
 Precision = tuple[str, str, str]
+PRECISION_KWARGS = ("dtype", "decode_dtype", "attention_dtype")
+
+
+def _precision_kwargs(precision: Precision) -> dict[str, str]:
+    """The env (and ``EngineConfig``) kwargs of a measurement's precisions."""
+    return dict(zip(PRECISION_KWARGS, precision, strict=True))
 
 
 def _single(cache: str, steps: int, seed: int, checkpoint: str | None,
@@ -39,9 +45,8 @@ def _single(cache: str, steps: int, seed: int, checkpoint: str | None,
     episode, pixel levels; taken outside the timed steps' own work; nan with no such pair)."""
     from xworld_env.envs.xworld import XWorldEnv
 
-    dtype, decode_dtype, attention_dtype = precision
-    env = XWorldEnv(cache=cache, family="highway", checkpoint=checkpoint, dtype=dtype,
-                    decode_dtype=decode_dtype, attention_dtype=attention_dtype, noise=noise)
+    env = XWorldEnv(cache=cache, family="highway", checkpoint=checkpoint, noise=noise,
+                    **_precision_kwargs(precision))
     policy = LaneKeeper(seed=seed)
     obs, info = env.reset(seed=seed)
     # views[k] is the observation after step k (views[0] the reset's); starts: new episodes.
@@ -72,10 +77,8 @@ def _batched(cache, n: int, steps: int, seed: int, checkpoint: str | None,
              precision: Precision, noise: str | None = None) -> tuple[float, float | None]:
     from xworld_env.envs.xworld_vector import XWorldVectorEnv
 
-    dtype, decode_dtype, attention_dtype = precision
     envs = XWorldVectorEnv(num_envs=n, cache=cache, family="highway", checkpoint=checkpoint,
-                           dtype=dtype, decode_dtype=decode_dtype,
-                           attention_dtype=attention_dtype, noise=noise)
+                           noise=noise, **_precision_kwargs(precision))
     policy = LaneKeeper(seed=seed)
     obs, _ = envs.reset(seed=seed)
     started = time.perf_counter()
@@ -137,9 +140,9 @@ def run(steps: int = 40, sizes: tuple[int, ...] = (1, 4, 8, 16), seed: int = 0,
     unknown = sorted(set(baselines) - set(BASELINES))
     if unknown or len(set(baselines)) != len(baselines):
         raise ValueError(f"baselines must be distinct names from {BASELINES}, got {baselines}")
-    for dt, dd, ad in labels.values():
+    for precision in labels.values():
         # Rejects unknown names and combinations before anything runs.
-        EngineConfig(dtype=dt, decode_dtype=dd, attention_dtype=ad)
+        EngineConfig(**_precision_kwargs(precision))
     # Every measurement: (row, policy name, cache, label, precision); row "single" or N.
     jobs = [("single", cache, cache, label, precision)
             for cache in ("xcache", "none", *baselines) for label, precision in labels.items()]
