@@ -6,8 +6,9 @@ two layers: nearly all of a pass's multiply-adds) in int8 with static activation
 weights stored in int8 with one scale per output channel, inputs rounded to 8 bits on a grid
 fixed per layer and pass, products accumulated in int32 (oneDNN's int8 CPU kernels, with the
 MLP's GELU fused into its first layer, whose kernel rounds its output straight onto the second
-layer's input grid: ``Int8Mlp``). Everything else (adaLN modulation, norms, attention's
-softmax, the residual stream, embeddings, the final layer and the sampler) stays float32.
+layer's input grid: ``Int8Mlp``). Everything else (adaLN modulation, norms, the residual
+stream, embeddings, the final layer and the sampler) stays float32, and attention's products
+run in the precision ``dit.attention_precision`` names (the engine's ``attention_dtype``).
 
 The grids come from a calibration (``record_ranges``): the range of each layer's input in each
 pass of a chunk (denoising step ``s``, or the KV-update pass), recorded on float32 runs and
