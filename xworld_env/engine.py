@@ -311,6 +311,11 @@ class WorldModelEngine:
         self.dit = quantize_blocks(dit, int8_ranges) if config.dtype == "int8" else dit.eval()
         self.heads = heads.eval()
         self.sampler = FlowSampler(config.sampler)
+        #: The flow time of every pass of a chunk by step index: the sampler's steps, and the
+        #: KV-update pass on the clean chunk (``KV_UPDATE_STEP``) at 0.
+        times = self.sampler.timesteps().tolist()
+        self.pass_times = {s: times[s] for s in range(self.sampler.num_steps)}
+        self.pass_times[KV_UPDATE_STEP] = 0.0
         self.executor: BlockExecutor = FullCompute()
         self.stats: dict[str, float] = {}
         self.reset_stats()
@@ -482,8 +487,8 @@ class WorldModelEngine:
             else:
                 noise, renoise = draw_noise(self.latent_shape, self._generators, self.device), None
 
-            # The action's and speed's part of every pass's inputs, computed once.
-            chunk = dit.chunk_inputs(action, speed)
+            # What every pass's inputs share, and every pass's conditioning, computed once.
+            chunk = dit.chunk_inputs(action, speed, self.pass_times)
 
             def denoise(x: Tensor, t: Tensor, s: int) -> Tensor:
                 with dit_pass(s):

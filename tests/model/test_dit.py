@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from xworld_env.model.dit import (
+    KV_UPDATE_STEP,
     PRESETS,
     BlockContext,
     CausalDiT,
@@ -365,3 +366,42 @@ def test_chunk_inputs_computed_once_give_the_same_passes(dit64):
         assert torch.equal(caches[0].view(last).k, caches[1].view(last).k)
     with pytest.raises(ValueError, match="another action"):
         dit64(noisy[:, 0], t[:, 0], action[:, 0].clone(), speed[:, 0], chunk=chunk)
+
+
+@torch.no_grad()
+def test_chunk_inputs_with_times_condition_every_pass_once(dit64):
+    """Given the passes' flow times, ``chunk_inputs`` conditions every pass and modulates
+    every block up front; the passes then use those (and compute what they would compute on
+    their own, to float rounding), and a pass at another time computes its own."""
+    b = 2
+    clean, noisy, action, speed, _ = sequence(dit64, b, 2)
+    a, v = action[:, 1], speed[:, 1]
+    times = {0: 1.0, 1: 0.55, KV_UPDATE_STEP: 0.0}
+    chunk = dit64.chunk_inputs(a, v, times)
+    assert sorted(chunk.passes) == sorted(times)
+    caches = [RollingKVCache(KVCacheConfig(window=2), dit64.config.depth, b) for _ in range(2)]
+    for kv in caches:
+        dit64.commit_kv(clean[:, 0], action[:, 0], speed[:, 0], kv)
+    seen = []
+
+    class Capture:
+        def run(self, s, l, block, x, ctx):  # noqa: E741
+            seen.append(ctx.modulation)
+            return block(x, ctx)
+
+    for step in (0, 1):
+        t = torch.full((b,), times[step])
+        shared = dit64(noisy[:, 1], t, a, v, kv=caches[0], step=step, chunk=chunk,
+                       executor=Capture())
+        assert all(m is chunk.passes[step].modulations[l] for l, m in enumerate(seen))  # noqa: E741
+        seen.clear()
+        own = dit64(noisy[:, 1], t, a, v, kv=caches[0], step=step)
+        torch.testing.assert_close(shared, own, rtol=1e-5, atol=1e-5)
+        other = torch.full((b,), 0.3)
+        assert torch.equal(dit64(noisy[:, 1], other, a, v, kv=caches[0], step=step, chunk=chunk),
+                           dit64(noisy[:, 1], other, a, v, kv=caches[0], step=step))
+    dit64.commit_kv(clean[:, 1], a, v, caches[0], chunk=chunk)
+    dit64.commit_kv(clean[:, 1], a, v, caches[1])
+    for layer in range(dit64.config.depth):
+        torch.testing.assert_close(caches[0].view(layer).k, caches[1].view(layer).k,
+                                   rtol=1e-5, atol=1e-5)

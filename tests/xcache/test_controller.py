@@ -10,7 +10,7 @@ import torch
 
 from tests.model.conftest import build_engine, make_autoencoder, make_dit, make_heads
 from xworld_env.engine import EngineConfig, WorldModelEngine
-from xworld_env.model.dit import FullCompute
+from xworld_env.model.dit import KV_UPDATE_STEP, FullCompute
 from xworld_env.model.kv_cache import KVCacheConfig
 from xworld_env.model.quantize import int8_blocks
 from xworld_env.model.sampler import SamplerConfig
@@ -69,12 +69,14 @@ def test_kv_update_pass_never_skips_even_when_everything_reuses():
     engine, outs = rollout(XCache(XCacheConfig(warmup_chunks=2, **PERMISSIVE)), acts)
     stats = engine.executor.stats.summary()
     assert stats["skip_rate"] == 1.0  # stress mode: every eligible cell reused
-    # Replaying the same clean chunks with full compute commits exactly the same keys/values.
+    # Replaying the same clean chunks through full-compute KV-writing passes (conditioned as
+    # the engine conditions its passes) commits exactly the same keys/values.
     replay = engine_with(FullCompute())
     start(replay)
     for a, out in zip(acts, outs):
+        chunk = replay.dit.chunk_inputs(a, replay._speed, replay.pass_times)
         replay.dit(out.latents, torch.zeros(1), a, replay._speed, kv=replay.kv,
-                   step=CONFIG.sampler.num_steps, writes_kv=True)
+                   step=KV_UPDATE_STEP, writes_kv=True, chunk=chunk)
         replay._speed = out.ego[:, 0]
     for layer in range(engine.dit.config.depth):
         got, want = engine.kv.view(layer), replay.kv.view(layer)

@@ -24,7 +24,8 @@ from __future__ import annotations
 
 import contextlib
 import math
-from dataclasses import dataclass, fields, replace
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields, replace
 from typing import Protocol
 
 import torch
@@ -235,6 +236,8 @@ class ChunkInputs:
         embedding: (b, d) the action + speed part of the adaLN conditioning.
         offsets: what ``CausalDiT.token_offsets`` adds to every token embedding.
         rope: rotary tables of the chunk's own tokens.
+        passes: each pass's conditioning by step index, when the passes' flow times were given
+            (``chunk_inputs(..., times=...)``); empty otherwise.
     """
 
     action: Tensor
@@ -242,6 +245,23 @@ class ChunkInputs:
     embedding: Tensor
     offsets: tuple[Tensor, Tensor | None]
     rope: RotaryTables
+    passes: Mapping[int, PassConditioning] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class PassConditioning:
+    """The adaLN conditioning of one pass of a chunk, computed with the chunk's other passes'.
+
+    Attributes:
+        t: (b,) the pass's flow time.
+        c: (b, d) its conditioning vector.
+        modulations: (b, 6 d) adaLN modulation of every block, then (b, 2 d) the final
+            layer's.
+    """
+
+    t: Tensor
+    c: Tensor
+    modulations: tuple[Tensor, ...]
 
 
 @dataclass(frozen=True)
@@ -284,6 +304,8 @@ class BlockContext:
             (b, heads, queries, keys), or None to attend everywhere.
         new_kv: output slot: the block puts its (un-rotated) keys and values here, each
             (b, heads, tokens, e), when ``writes_kv`` is True.
+        modulation: the block's adaLN modulation of ``c``, (b, 6 d), where already computed
+            (``PassConditioning``); None: the block computes it.
     """
 
     c: Tensor
@@ -294,6 +316,7 @@ class BlockContext:
     rope: RotaryTables
     attn_mask: Tensor | None = None
     new_kv: tuple[Tensor, Tensor] | None = None
+    modulation: Tensor | None = None
 
     def select(self, worlds: Tensor) -> BlockContext:
         """The context restricted to a subset of worlds, for computing a block on part of a batch.
@@ -314,6 +337,7 @@ class BlockContext:
             c=self.c[worlds],
             action=self.action[worlds],
             past=None if self.past is None else self.past.select(worlds),
+            modulation=None if self.modulation is None else self.modulation[worlds],
             attn_mask=pick(self.attn_mask),
             new_kv=None,
         )
@@ -406,7 +430,7 @@ class DiTBlock(nn.Module):
 
     def forward(self, x: Tensor, ctx: BlockContext) -> Tensor:
         """x (b, v, f, h, w, d) -> same shape; (b, t, v, f, h, w, d) in sequence mode."""
-        tokens, mod = _per_chunk(x, self.adaLN_modulation(ctx.c))
+        tokens, mod = _per_chunk(x, self.modulation(ctx))
         shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = mod.chunk(6, dim=-1)
         attn_in = modulate(self.norm1(tokens), shift_msa, scale_msa)
         attn_out = self.attn(attn_in.flatten(1, 2), ctx).view_as(tokens)
@@ -414,13 +438,17 @@ class DiTBlock(nn.Module):
         mlp_out = self.mlp(modulate(self.norm2(tokens), shift_mlp, scale_mlp))
         return torch.addcmul(tokens, gate_mlp, mlp_out).view(x.shape)
 
+    def modulation(self, ctx: BlockContext) -> Tensor:
+        """The block's adaLN modulation of ``ctx.c``, (..., 6 d)."""
+        return self.adaLN_modulation(ctx.c) if ctx.modulation is None else ctx.modulation
+
     def keys_values(self, x: Tensor, ctx: BlockContext) -> tuple[Tensor, Tensor]:
         """Only the (un-rotated) keys and values this block would write for input ``x``.
 
         The part of :meth:`forward` up to the key/value projection: what a KV-update pass needs
         from the last block, whose output nothing reads.
         """
-        tokens, mod = _per_chunk(x, self.adaLN_modulation(ctx.c))
+        tokens, mod = _per_chunk(x, self.modulation(ctx))
         shift_msa, scale_msa = mod.chunk(6, dim=-1)[:2]
         attn_in = modulate(self.norm1(tokens), shift_msa, scale_msa)
         _, k, v = self.attn.split_heads(attn_in.flatten(1, 2)).unbind(0)
@@ -436,9 +464,10 @@ class FinalLayer(nn.Module):
         self.linear = nn.Linear(width, patch_size * patch_size * out_channels)
         self.adaLN_modulation = nn.Sequential(nn.SiLU(), nn.Linear(width, 2 * width))
 
-    def forward(self, x: Tensor, c: Tensor) -> Tensor:
-        """x (..., h, w, d), c (b, d) or (b, t, d) -> (..., h, w, p*p*c)."""
-        tokens, mod = _per_chunk(x, self.adaLN_modulation(c))
+    def forward(self, x: Tensor, c: Tensor, modulation: Tensor | None = None) -> Tensor:
+        """x (..., h, w, d), c (b, d) or (b, t, d) -> (..., h, w, p*p*c); ``modulation``: the
+        adaLN modulation of ``c``, (b, 2 d), where already computed."""
+        tokens, mod = _per_chunk(x, self.adaLN_modulation(c) if modulation is None else modulation)
         shift, scale = mod.chunk(2, dim=-1)
         out = self.linear(modulate(self.norm_final(tokens), shift, scale))
         return out.reshape(*x.shape[:-1], -1)
@@ -643,13 +672,37 @@ class CausalDiT(nn.Module):
             h = h + field.to(h.dtype)
         return h
 
-    def chunk_inputs(self, action: Tensor, ego_speed: Tensor) -> ChunkInputs:
+    def chunk_inputs(
+        self, action: Tensor, ego_speed: Tensor, times: Mapping[int, float] | None = None
+    ) -> ChunkInputs:
         """What every pass of a chunk with ``action`` (b, 2) and ``ego_speed`` (b,) shares
         (pass it to ``forward`` and ``commit_kv`` as ``chunk``; each pass computes it
-        otherwise)."""
-        return ChunkInputs(action, ego_speed, self.cond_embedder(action, ego_speed),
-                           self.token_offsets(action, ego_speed),
-                           RotaryTables(self.rope(self.token_frame)))
+        otherwise).
+
+        With ``times`` (the flow time of each pass by step index: the denoising steps and
+        ``KV_UPDATE_STEP`` at 0), every pass's conditioning and every block's adaLN modulation
+        of it are computed here too, all passes in one call per block: per pass, those calls
+        would read each block's weights once a pass for a row or a few. A pass whose ``t``
+        differs from its step's time computes its own. The rows come out of one matrix
+        product rather than one per pass, so they may differ from a pass's own in the last
+        float bit.
+        """
+        embedding = self.cond_embedder(action, ego_speed)
+        passes = {}
+        if times:
+            steps = list(times)
+            t = embedding.new_tensor([times[s] for s in steps], dtype=torch.float32)
+            t = t[:, None].expand(len(steps), action.shape[0])  # (passes, b)
+            c = self.t_embedder(t.flatten()).view(*t.shape, -1) + embedding
+            modulations = [m(c) for m in self._modulators()]
+            passes = {s: PassConditioning(t[i], c[i], tuple(m[i] for m in modulations))
+                      for i, s in enumerate(steps)}
+        return ChunkInputs(action, ego_speed, embedding, self.token_offsets(action, ego_speed),
+                           RotaryTables(self.rope(self.token_frame)), passes)
+
+    def _modulators(self) -> list[nn.Module]:
+        """The adaLN modulation of every block, then the final layer's."""
+        return [b.adaLN_modulation for b in self.blocks] + [self.final_layer.adaLN_modulation]
 
     def unpatchify(self, out: Tensor) -> Tensor:
         """(..., v, f, h, w, p*p*c) -> (..., v, f, H, W, c)."""
@@ -757,11 +810,13 @@ class CausalDiT(nn.Module):
         """
         if writes_kv and kv is None:
             raise ValueError("writes_kv=True needs a kv cache to write to")
-        h, base = self._pass_inputs(x, t, action, ego_speed, kv, step, writes_kv, chunk)
+        h, base, modulations = self._pass_inputs(x, t, action, ego_speed, kv, step, writes_kv,
+                                                 chunk)
+        modulations = modulations or (None,) * (len(self.blocks) + 1)
         executor = FullCompute() if executor is None else executor
         keys, values = [], []
         for l, block in enumerate(self.blocks):  # noqa: E741
-            ctx = replace(base, past=self._past_view(kv, l, h.device))
+            ctx = replace(base, past=self._past_view(kv, l, h.device), modulation=modulations[l])
             h = executor.run(step, l, block, h, ctx)
             if writes_kv:
                 if ctx.new_kv is None:
@@ -771,7 +826,7 @@ class CausalDiT(nn.Module):
                     )
                 keys.append(ctx.new_kv[0])
                 values.append(ctx.new_kv[1])
-        out = self.unpatchify(self.final_layer(h, base.c))
+        out = self.unpatchify(self.final_layer(h, base.c, modulations[-1]))
         if writes_kv:
             kv.commit(keys, values)
         return out
@@ -786,9 +841,10 @@ class CausalDiT(nn.Module):
         step: int,
         writes_kv: bool,
         chunk: ChunkInputs | None,
-    ) -> tuple[Tensor, BlockContext]:
-        """Checks one chunk's pass and returns its embedded tokens and the block context every
-        block shares (``past`` left empty: each block reads its own view of ``kv``)."""
+    ) -> tuple[Tensor, BlockContext, tuple[Tensor, ...] | None]:
+        """Checks one chunk's pass and returns its embedded tokens, the block context every
+        block shares (``past`` left empty: each block reads its own view of ``kv``) and the
+        blocks' and final layer's adaLN modulations where ``chunk`` holds them."""
         self._check_latents(x, leading=1)
         if kv is not None and kv.batch_size != x.shape[0]:
             raise ValueError(f"kv cache holds {kv.batch_size} worlds, latents {x.shape[0]}")
@@ -796,12 +852,16 @@ class CausalDiT(nn.Module):
             chunk = self.chunk_inputs(action, ego_speed)
         elif chunk.action is not action or chunk.ego_speed is not ego_speed:
             raise ValueError("chunk holds the inputs of another action or ego speed tensor")
-        c = self.condition(t, action, ego_speed, chunk.embedding)
+        known = chunk.passes.get(step)
+        if known is not None and torch.equal(known.t, t):
+            c, modulations = known.c, known.modulations
+        else:
+            c, modulations = self.condition(t, action, ego_speed, chunk.embedding), None
         h = self.embed(x, action, ego_speed, chunk.offsets)
         _, attn_mask = self._past_inputs(kv, h.device)
         base = BlockContext(c=c, action=action, step=step, writes_kv=writes_kv, past=None,
                             rope=chunk.rope, attn_mask=attn_mask)
-        return h, base
+        return h, base, modulations
 
     def commit_kv(
         self,
@@ -825,12 +885,14 @@ class CausalDiT(nn.Module):
             kv: the cache of the ``b`` worlds, written to.
             chunk: ``chunk_inputs(action, ego_speed)``, when already computed.
         """
-        h, base = self._pass_inputs(x, x.new_zeros(x.shape[0]), action, ego_speed, kv,
-                                    step=KV_UPDATE_STEP, writes_kv=True, chunk=chunk)
+        h, base, modulations = self._pass_inputs(x, x.new_zeros(x.shape[0]), action, ego_speed,
+                                                 kv, step=KV_UPDATE_STEP, writes_kv=True,
+                                                 chunk=chunk)
+        modulations = modulations or (None,) * len(self.blocks)
         keys, values = [], []
         last = len(self.blocks) - 1
         for l, block in enumerate(self.blocks):  # noqa: E741
-            ctx = replace(base, past=self._past_view(kv, l, h.device))
+            ctx = replace(base, past=self._past_view(kv, l, h.device), modulation=modulations[l])
             if l == last:
                 k, v = block.keys_values(h, ctx)
             else:
