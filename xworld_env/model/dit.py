@@ -812,7 +812,6 @@ class CausalDiT(nn.Module):
             raise ValueError("writes_kv=True needs a kv cache to write to")
         h, base, modulations = self._pass_inputs(x, t, action, ego_speed, kv, step, writes_kv,
                                                  chunk)
-        modulations = modulations or (None,) * (len(self.blocks) + 1)
         executor = FullCompute() if executor is None else executor
         keys, values = [], []
         for l, block in enumerate(self.blocks):  # noqa: E741
@@ -841,10 +840,11 @@ class CausalDiT(nn.Module):
         step: int,
         writes_kv: bool,
         chunk: ChunkInputs | None,
-    ) -> tuple[Tensor, BlockContext, tuple[Tensor, ...] | None]:
+    ) -> tuple[Tensor, BlockContext, tuple[Tensor | None, ...]]:
         """Checks one chunk's pass and returns its embedded tokens, the block context every
         block shares (``past`` left empty: each block reads its own view of ``kv``) and the
-        blocks' and final layer's adaLN modulations where ``chunk`` holds them."""
+        adaLN modulation of every block, then of the final layer, where ``chunk`` holds them
+        (Nones otherwise: each computes its own)."""
         self._check_latents(x, leading=1)
         if kv is not None and kv.batch_size != x.shape[0]:
             raise ValueError(f"kv cache holds {kv.batch_size} worlds, latents {x.shape[0]}")
@@ -856,7 +856,8 @@ class CausalDiT(nn.Module):
         if known is not None and torch.equal(known.t, t):
             c, modulations = known.c, known.modulations
         else:
-            c, modulations = self.condition(t, action, ego_speed, chunk.embedding), None
+            c = self.condition(t, action, ego_speed, chunk.embedding)
+            modulations = (None,) * (len(self.blocks) + 1)
         h = self.embed(x, action, ego_speed, chunk.offsets)
         _, attn_mask = self._past_inputs(kv, h.device)
         base = BlockContext(c=c, action=action, step=step, writes_kv=writes_kv, past=None,
@@ -888,7 +889,6 @@ class CausalDiT(nn.Module):
         h, base, modulations = self._pass_inputs(x, x.new_zeros(x.shape[0]), action, ego_speed,
                                                  kv, step=KV_UPDATE_STEP, writes_kv=True,
                                                  chunk=chunk)
-        modulations = modulations or (None,) * len(self.blocks)
         keys, values = [], []
         last = len(self.blocks) - 1
         for l, block in enumerate(self.blocks):  # noqa: E741
