@@ -313,40 +313,6 @@ def test_attention_precision_rounds_attention_only():
     assert attention_dtype() is None
 
 
-def test_cached_past_is_shared_by_passes_and_left_as_it_was(dit64):
-    """Every pass of a chunk reads the past from one buffer per block and writes only the room
-    for its own tokens: repeated passes and a pass that records gradients compute what the
-    first did, gradients reach the input, and the cached past stays as it was."""
-    clean, noisy, action, speed, t = sequence(dit64, 2, 2)
-    kv = RollingKVCache(KVCacheConfig(window=2), dit64.config.depth, 2)
-    args = (noisy[:, 1], t[:, 1], action[:, 1], speed[:, 1])
-    pasts = []
-
-    class Capture:
-        def run(self, s, l, block, x, ctx):  # noqa: E741
-            pasts.append(ctx.past)
-            return block(x, ctx)
-
-    room = dit64.config.tokens_per_chunk
-    with torch.no_grad():
-        dit64.commit_kv(clean[:, 0], action[:, 0], speed[:, 0], kv)
-        first = dit64(*args, kv=kv, executor=Capture())
-        before = [p.qkv[1:, ..., :-room, :].clone() for p in pasts]
-        assert torch.equal(dit64(*args, kv=kv, step=1), first)
-    x = args[0].clone().requires_grad_()
-    out = dit64(x, *args[1:], kv=kv)
-    out.square().sum().backward()
-    torch.testing.assert_close(out.detach(), first, **TOL)
-    assert x.grad is not None and bool(x.grad.isfinite().all()) and x.grad.abs().sum() > 0
-    with torch.no_grad():
-        again = dit64(*args, kv=kv, executor=Capture())
-    assert torch.equal(again, first)
-    depth = dit64.config.depth
-    for l in range(depth):  # noqa: E741
-        assert pasts[depth + l] is pasts[l], "passes of a chunk share each block's past"
-        assert torch.equal(pasts[l].qkv[1:, ..., :-room, :], before[l])
-
-
 @torch.no_grad()
 def test_chunk_inputs_computed_once_give_the_same_passes(dit64):
     """Passes given the chunk's precomputed inputs compute exactly what passes that compute
