@@ -33,7 +33,7 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import Tensor, nn
 
-from xworld_env.model.kv_cache import RollingKVCache
+from xworld_env.model.kv_cache import KVView, RollingKVCache
 from xworld_env.model.marks import mark, marked
 from xworld_env.types import CAMERA_NAMES
 
@@ -171,24 +171,17 @@ class RotaryEmbedding(nn.Module):
         return torch.cos(angles).unsqueeze(-3), torch.sin(angles).unsqueeze(-3)
 
 
-def rotate_into(out: Tensor, x: Tensor, cos: Tensor, sin: Tensor) -> None:
-    """Writes the first ``2 * cos.shape[-1]`` channels of x (..., heads, n, e), rotated by the
-    tables, into the same channels of ``out`` (x's shape, any floating precision; its other
-    channels are left as they are). The rotation computes in x's precision and rounds once, on
-    the store."""
+def apply_rotary(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
+    """Rotates the first ``2 * cos.shape[-1]`` channels of x (..., b, heads, n, e) by the
+    tables."""
     r = cos.shape[-1]
     if r == 0:
-        return
-    x1, x2 = x[..., :r], x[..., r : 2 * r]
+        return x
+    x1, x2, rest = x[..., :r], x[..., r : 2 * r], x[..., 2 * r :]
     cos, sin = cos.to(x.dtype), sin.to(x.dtype)
-    first = (x1 * cos, x2, sin)  # x1 cos - x2 sin
-    second = (x2 * cos, x1, sin)  # x2 cos + x1 sin
-    if torch.is_grad_enabled():  # ``out=`` does not record gradients
-        out[..., :r] = torch.addcmul(*first, value=-1)
-        out[..., r : 2 * r] = torch.addcmul(*second)
-    else:
-        torch.addcmul(*first, value=-1, out=out[..., :r])
-        torch.addcmul(*second, out=out[..., r : 2 * r])
+    first = torch.addcmul(x1 * cos, x2, sin, value=-1)  # x1 cos - x2 sin
+    second = torch.addcmul(x2 * cos, x1, sin)  # x2 cos + x1 sin
+    return torch.cat([first, second, rest], dim=-1)
 
 
 def attention_precision(dtype: torch.dtype | None) -> contextlib.AbstractContextManager:
@@ -264,24 +257,6 @@ class PassConditioning:
     modulations: tuple[Tensor, ...]
 
 
-@dataclass(frozen=True)
-class AttentionPast:
-    """A block's cached past as attention reads it, with room for the chunk's own tokens.
-
-    Attributes:
-        qkv: (3, b, heads, p + n, e) in attention's precision: the ``p`` cached keys (rotated
-            to their positions) and values at the head of ``qkv[1]`` and ``qkv[2]``; the last
-            ``n`` tokens of all three rows are where each call of the block writes the chunk's
-            own queries, keys and values (``qkv[0]``'s first ``p`` tokens are unused).
-    """
-
-    qkv: Tensor
-
-    def select(self, worlds: Tensor) -> AttentionPast:
-        """The past of a subset of worlds (a copy), for computing a block on part of a batch."""
-        return self if self.qkv.shape[1] == 1 else AttentionPast(self.qkv[:, worlds])
-
-
 #: The step index ``BlockContext.step`` of the KV-update pass (denoising steps are 0, 1, ...).
 KV_UPDATE_STEP = -1
 
@@ -298,7 +273,7 @@ class BlockContext:
         writes_kv: whether this pass commits keys and values to the cache; such a pass must call
             every block (X-Cache guardrail 1).
         past: the block's cached past keys (rotated to their positions before this chunk) and
-            values, or None; only the room for the chunk's own tokens is written.
+            values, read only, or None.
         rope: rotary tables of this pass.
         attn_mask: boolean attention mask (True = attend) broadcastable to
             (b, heads, queries, keys), or None to attend everywhere.
@@ -312,7 +287,7 @@ class BlockContext:
     action: Tensor
     step: int
     writes_kv: bool
-    past: AttentionPast | None
+    past: KVView | None
     rope: RotaryTables
     attn_mask: Tensor | None = None
     new_kv: tuple[Tensor, Tensor] | None = None
@@ -332,11 +307,12 @@ class BlockContext:
         def pick(x: Tensor | None) -> Tensor | None:
             return x if x is None or x.shape[0] == 1 else x[worlds]
 
+        past = None if self.past is None else KVView(*(pick(t) for t in self.past))
         return replace(
             self,
             c=self.c[worlds],
             action=self.action[worlds],
-            past=None if self.past is None else self.past.select(worlds),
+            past=past,
             modulation=None if self.modulation is None else self.modulation[worlds],
             attn_mask=pick(self.attn_mask),
             new_kv=None,
@@ -377,24 +353,18 @@ class Attention(nn.Module):
         qkv = self.split_heads(x)
         if ctx.writes_kv:
             ctx.new_kv = (qkv[1], qkv[2])
-        n = qkv.shape[3]
+        # Queries and keys are rotated together, in the projections' precision.
+        qk, v = apply_rotary(qkv[:2], *ctx.rope.current), qkv[2]
         dtype = attention_dtype()
-        if ctx.past is None:
-            buffer = qkv.new_empty(qkv.shape, dtype=dtype or qkv.dtype)
-        else:
-            # The cached past sits in place before room for the chunk's own tokens (no copy of
-            # the past per call); a pass that records gradients writes into a copy of it.
-            buffer = ctx.past.qkv.clone() if torch.is_grad_enabled() else ctx.past.qkv
-        own = buffer[..., -n:, :]
-        own.copy_(qkv)  # rounds to attention's precision; queries and keys rotated below
-        rotate_into(own[:2], qkv[:2], *ctx.rope.current)
-        out = F.scaled_dot_product_attention(own[0], buffer[1], buffer[2],
-                                             attn_mask=ctx.attn_mask)
-        # Heads back together (b, n, heads * e), in the block's precision.
-        merged = out.new_empty(x.shape[0], n, out.shape[1], out.shape[-1],
-                               dtype=out.dtype if dtype is None else x.dtype)
-        merged.copy_(out.transpose(1, 2))
-        return self.proj(merged.flatten(2))
+        if dtype is not None:
+            qk, v = qk.to(dtype), v.to(dtype)
+        q, k = qk.unbind(0)
+        if ctx.past is not None:
+            k = torch.cat([ctx.past.k, k], dim=2)
+            v = torch.cat([ctx.past.v, v], dim=2)
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=ctx.attn_mask)
+        out = out.transpose(1, 2).reshape(x.shape[0], x.shape[1], -1)  # (b, n, heads * e)
+        return self.proj(out if dtype is None else out.to(x.dtype))
 
 
 class Mlp(nn.Module):
@@ -746,7 +716,7 @@ class CausalDiT(nn.Module):
 
     def _past_view(
         self, kv: RollingKVCache | None, layer: int, device: torch.device
-    ) -> AttentionPast | None:
+    ) -> KVView | None:
         """Block ``layer``'s cached past with its keys rotated to their positions, or None; in
         the precision of ``attention_precision`` where one is set.
 
@@ -757,19 +727,15 @@ class CausalDiT(nn.Module):
             return None
         dtype = attention_dtype()
 
-        def make() -> AttentionPast | None:
+        def make() -> KVView | None:
             view = kv.view(layer)
             if view is None:
                 return None
             tables, _ = self._past_inputs(kv, device)
-            b, heads, p, e = view.k.shape
-            qkv = view.k.new_empty(3, b, heads, p + self.config.tokens_per_chunk, e,
-                                   dtype=dtype or view.k.dtype)
-            past = qkv[1:, :, :, :p]
-            past[0].copy_(view.k)
-            past[1].copy_(view.v)
-            rotate_into(past[0], view.k, *tables)
-            return AttentionPast(qkv)
+            k, v = apply_rotary(view.k, *tables), view.v
+            if dtype is not None:
+                k, v = k.to(dtype), v.to(dtype)
+            return view._replace(k=k, v=v)
 
         return kv.derived((self, "past", layer, device, dtype), make)
 
