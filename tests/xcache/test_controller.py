@@ -486,6 +486,39 @@ def test_cell_keeps_each_worlds_previous_computation():
     assert plain.previous_residual is None and not plain.has_previous.any()
 
 
+def test_line_continuations_are_kept_per_ahead_until_the_next_write():
+    from xworld_env.xcache.fingerprint import fingerprint
+    from xworld_env.xcache.store import Cell
+
+    g = torch.Generator().manual_seed(2)
+    groups = [[0, 1], [2, 3, 4], [5, 6]]
+    x = [torch.randn(2, 7, 1, 2, 2, 4, generator=g) for _ in range(3)]
+    r = [torch.randn(2, 5, 4, generator=g) for _ in range(3)]
+    cell = Cell(2, keep_previous=True)
+    both = torch.arange(2)
+    for i in range(2):
+        cell.write(both, r[i].clone(), fingerprint(x[i], groups, torch.zeros(2, 2)),
+                   chunk=torch.tensor([i + 1, i + 1]))
+    ahead = np.array([1.0, 0.5], np.float32)
+    residual, line = cell.extrapolated_residual(ahead), cell.extrapolated_fingerprint(ahead)
+    # The same continuation again: the same objects, not a recomputation.
+    assert cell.extrapolated_residual(ahead.copy()) is residual
+    assert cell.extrapolated_fingerprint(ahead.copy()) is line
+    # Another ahead is computed for itself.
+    other = np.array([0.5, 0.5], np.float32)
+    torch.testing.assert_close(cell.extrapolated_residual(other)[0],
+                               r[1][0] + 0.5 * (r[1][0] - r[0][0]))
+    # A write (here of world 0 only, in place) makes every continuation stale.
+    cell.write(torch.tensor([0]), r[2][:1].clone(),
+               fingerprint(x[2][:1], groups, torch.zeros(1, 2)), chunk=torch.tensor([3]))
+    after = cell.extrapolated_residual(ahead)
+    torch.testing.assert_close(after[0], r[2][0] + (r[2][0] - r[1][0]))
+    torch.testing.assert_close(after[1], r[1][1] + 0.5 * (r[1][1] - r[0][1]))
+    fresh = cell.fingerprint.extrapolate(cell.previous_fingerprint, ahead)
+    np.testing.assert_array_equal(cell.extrapolated_fingerprint(ahead).packed.rows,
+                                  fresh.packed.rows)
+
+
 def test_reuse_error_is_the_relative_error_of_what_reuse_would_have_added():
     from xworld_env.xcache.store import Cell
 

@@ -48,6 +48,11 @@ class Cell:
         # Relative L1 change of the residual per chunk between the last two computations
         # (inf until a world has two: unknown), a float32 host array.
         self.drift = np.full(batch_size, np.inf, dtype=np.float32)
+        # The latest line continuation of the fingerprint and of the residual, by how far
+        # along (``ahead``): a run of reuses continues the line the same way chunk after chunk
+        # (``max_ahead``), so each is computed once per computation of the cell; ``write``
+        # clears them.
+        self._continuations: dict[str, tuple[bytes, object]] = {}
 
     def reusable(self) -> torch.Tensor:
         """(b,) bool: worlds the cell could reuse for, by what it holds: a computation, and
@@ -108,6 +113,7 @@ class Cell:
                 it, the worlds that had a computation get their ``drift`` measured first.
         """
         every = self._every_world(worlds)
+        self._continuations.clear()
         if chunk is not None:
             self._measure_drift(worlds, residual, chunk)
         if self.keep_previous:
@@ -162,25 +168,30 @@ class Cell:
                 self.previous_fingerprint, worlds, self.fingerprint.select(worlds),
                 self.batch_size)
 
-    def interval(self) -> torch.Tensor:
-        """(b,) long: chunks between each world's last two computations, at least 1."""
-        return (self.chunk - self.previous_chunk).clamp_min(1)
+    def interval(self) -> np.ndarray:
+        """(b,) float32: chunks between each world's last two computations, at least 1."""
+        return np.maximum(self.chunk.numpy() - self.previous_chunk.numpy(), 1).astype(np.float32)
+
+    def _elapsed(self, now: torch.Tensor) -> np.ndarray:
+        """(b,) float32: chunks from each world's last computation to chunk ``now``."""
+        return (now.cpu().numpy() - self.chunk.numpy()).astype(np.float32)
 
     def drift_past(self, now: torch.Tensor, covered: float) -> np.ndarray:
         """(b,) float32: ``drift`` times the chunks ``now`` (per world) lies past the last
         computation beyond ``covered`` intervals (``interval``); infinite where a world's drift
         is unknown."""
-        past = (now.cpu() - self.chunk).float() - covered * self.interval().float()
+        past = np.maximum(self._elapsed(now) - np.float32(covered) * self.interval(),
+                          np.float32(0.0))
         known = np.isfinite(self.drift)
-        lag = np.where(known, self.drift, np.float32(0.0)) * past.clamp_min(0.0).numpy()
+        lag = np.where(known, self.drift, np.float32(0.0)) * past
         return np.where(known, lag, np.float32(np.inf)).astype(np.float32)
 
     def steps_ahead(self, now: torch.Tensor) -> np.ndarray:
         """(b,) float32: how far chunk ``now`` (per world) lies past the last computation, in
         units of the interval between the last two computations; 0 where a world has fewer
         than two."""
-        ahead = (now.cpu() - self.chunk).float() / self.interval()
-        return torch.where(self.has_previous, ahead, 0.0).numpy()
+        ahead = self._elapsed(now) / self.interval()
+        return np.where(self.has_previous.numpy(), ahead, np.float32(0.0))
 
     def extrapolated_fingerprint(self, ahead: np.ndarray) -> Fingerprint:
         """The fingerprint continued ``ahead`` intervals along the line through the last two
@@ -188,22 +199,31 @@ class Cell:
         ``last + ahead * (last - previous)``; the last one where ``ahead`` is 0."""
         if self.previous_fingerprint is None or not ahead.any():
             return self.fingerprint
-        return self.fingerprint.extrapolate(self.previous_fingerprint, ahead)
+        return self._continued("fingerprint", ahead, lambda: self.fingerprint.extrapolate(
+            self.previous_fingerprint, ahead))
 
     def extrapolated_residual(self, ahead: np.ndarray,
                               worlds: torch.Tensor | None = None) -> torch.Tensor:
         """The residual continued the same way (see ``extrapolated_fingerprint``), of every
         world or of ``worlds`` (long indices) only."""
-        residual = self.residual if worlds is None else self.residual[worlds]
-        if worlds is not None:
-            ahead = ahead[worlds.cpu().numpy()]
+        if worlds is None:
+            if self.previous_residual is None or not ahead.any():
+                return self.residual
+            return self._continued("residual", ahead, lambda: _line(
+                self.previous_residual, self.residual, ahead))
+        residual = self.residual[worlds]
+        ahead = ahead[worlds.cpu().numpy()]
         if self.previous_residual is None or not ahead.any():
             return residual
-        previous = self.previous_residual if worlds is None else self.previous_residual[worlds]
-        # One kernel: previous + (1 + k) (last - previous) = last + k (last - previous).
-        weight = torch.from_numpy(ahead + np.float32(1.0)).to(residual.device, residual.dtype)
-        weight = weight.view(-1, *([1] * (residual.dim() - 1)))
-        return torch.lerp(previous, residual, weight)
+        return _line(self.previous_residual[worlds], residual, ahead)
+
+    def _continued(self, what: str, ahead: np.ndarray, make):
+        """``make()``, or what it gave for the same ``ahead`` since the last ``write``."""
+        key = np.asarray(ahead, dtype=np.float32).tobytes()
+        found = self._continuations.get(what)
+        if found is None or found[0] != key:
+            found = self._continuations[what] = (key, make())
+        return found[1]
 
     def _every_world(self, worlds: torch.Tensor) -> bool:
         return len(worlds) == self.batch_size and bool(
@@ -229,6 +249,13 @@ class Cell:
         self.gain_num[index] = 0.0
         self.gain_den[index] = 0.0
         self.drift[index] = np.inf
+
+
+def _line(previous: torch.Tensor, last: torch.Tensor, ahead: np.ndarray) -> torch.Tensor:
+    """``last + ahead * (last - previous)`` per world (``ahead`` (b,) float32), in one kernel:
+    ``previous + (1 + ahead) (last - previous)``."""
+    weight = torch.from_numpy(ahead + np.float32(1.0)).to(last.device, last.dtype)
+    return torch.lerp(previous, last, weight.view(-1, *([1] * (last.dim() - 1))))
 
 
 def _relative_l1(new: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
