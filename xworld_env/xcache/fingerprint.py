@@ -108,7 +108,6 @@ class PackedFingerprint:
         starts: (G,) index of each group's first row (groups own consecutive rows).
         numels: (G,) elements of each group's sample, per world.
         sq: (b, G) squared L2 norm of each group's sample.
-        l1: (b, G) L1 norm of each group's sample.
         means: (b, G, d) the group means.
         action: (b, a) the action entry.
         entry_sq: (b, G + 1) squared L2 norms of the group means and of the action.
@@ -118,10 +117,15 @@ class PackedFingerprint:
     starts: np.ndarray
     numels: np.ndarray
     sq: np.ndarray
-    l1: np.ndarray
     means: np.ndarray
     action: np.ndarray
     entry_sq: np.ndarray
+
+    @cached_property
+    def l1(self) -> np.ndarray:
+        """(b, G) L1 norm of each group's sample; computed on first use (the gate reads it
+        only from the fingerprint it compares against)."""
+        return np.add.reduceat(np.abs(self.rows).sum(axis=-1), self.starts, axis=-1)
 
 
 def _numpy(x: torch.Tensor) -> np.ndarray:
@@ -148,13 +152,11 @@ def _pack(
 ) -> PackedFingerprint:
     """Packs (b, R, n) sample rows, (b, G, d) group means and the (b, a) action (see above)."""
     sq = np.add.reduceat(row_dot(rows, rows), starts, axis=-1)
-    l1 = np.add.reduceat(np.abs(rows).sum(axis=-1), starts, axis=-1)
     return PackedFingerprint(
         rows=rows,
         starts=starts,
         numels=np.asarray(numels, dtype=np.float32),
         sq=sq,
-        l1=l1,
         means=means,
         action=action,
         entry_sq=np.concatenate([row_dot(means, means), row_dot(action, action)[:, None]],
