@@ -519,6 +519,21 @@ def test_line_continuations_are_kept_per_ahead_until_the_next_write():
                                   fresh.packed.rows)
 
 
+def test_cell_store_memory_counts_kept_line_continuations():
+    from xworld_env.xcache.store import CellStore
+
+    store = CellStore(keep_previous=True)
+    store.resize(2)
+    cell = store.cell(0, 1)
+    r = torch.randn(2, 5, 4)
+    for chunk in (1, 2):
+        cell.write(torch.arange(2), r.clone() * chunk, chunk=torch.tensor([chunk, chunk]))
+    held = store.memory_bytes()
+    assert held == 2 * r.numel() * 4  # the last and the previous residual
+    cell.extrapolated_residual(np.ones(2, np.float32))
+    assert store.memory_bytes() == held + r.numel() * 4
+
+
 def test_reuse_error_is_the_relative_error_of_what_reuse_would_have_added():
     from xworld_env.xcache.store import Cell
 

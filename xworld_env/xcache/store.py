@@ -315,11 +315,14 @@ class CellStore:
             cell.reset(worlds)
 
     def memory_bytes(self) -> int:
-        """Bytes held by stored residuals and fingerprints."""
+        """Bytes held by stored residuals and fingerprints, and their kept line continuations."""
         tensors = []
         for cell in self._cells.values():
             tensors += [cell.residual, cell.reference, cell.previous_residual]
-            for fp in (cell.fingerprint, cell.previous_fingerprint):
-                if fp is not None:
-                    tensors += [*fp.samples, *fp.means, fp.action]
+            continued = [value for _, value in cell._continuations.values()]
+            for held in (cell.fingerprint, cell.previous_fingerprint, *continued):
+                if isinstance(held, Fingerprint):
+                    tensors += [*held.samples, *held.means, held.action]
+                elif isinstance(held, torch.Tensor):
+                    tensors.append(held)
         return sum(t.numel() * t.element_size() for t in tensors if t is not None)
