@@ -47,3 +47,41 @@ def test_run_demo_motion_leaves_out_the_jumps_of_resets(tiny_checkpoint, tmp_pat
     result = run_demo(tmp_path / "demo.gif", steps=4, checkpoint=str(tiny_checkpoint))
     assert result["episodes"] == 4
     assert np.isnan(result["motion"]) and np.isnan(result["full_compute_motion"])
+
+
+def test_demo_video_path_is_checked_before_driving(tmp_path, monkeypatch):
+    import importlib.util
+
+    import pytest
+
+    import xworld_env.demo as demo
+
+    with pytest.raises(ValueError, match=r"\.gif or \.mp4.*demo\.avi"):
+        demo.run_demo(tmp_path / "demo.avi")  # raises before any env is built
+    assert not list(tmp_path.iterdir())
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name: None if name == "imageio_ffmpeg" else real(name))
+    with pytest.raises(ValueError, match="imageio-ffmpeg"):
+        demo.check_video_path(tmp_path / "demo.mp4")
+    assert demo.check_video_path(tmp_path / "demo.GIF").suffix == ".GIF"
+
+
+def test_demo_writes_gif_and_mp4_videos_of_the_frames(tmp_path):
+    import imageio.v2 as imageio
+    import pytest
+
+    from xworld_env.demo import check_video_path, write_video
+
+    pytest.importorskip("imageio_ffmpeg")
+    rng = np.random.default_rng(0)
+    frames = [rng.integers(0, 256, (5, 7, 3), dtype=np.uint8) for _ in range(3)]
+    for name in ("a/demo.gif", "b/demo.mp4"):
+        out = check_video_path(tmp_path / name)
+        write_video(out, frames, fps=4)
+        read = imageio.mimread(out)
+        assert len(read) == 3
+        # MP4 pads to even sizes for the codec.
+        assert read[0].shape[:2] == ((5, 7) if out.suffix == ".gif" else (6, 8))
+    np.testing.assert_array_equal(imageio.mimread(tmp_path / "a/demo.gif")[1][..., :3],
+                                  frames[1])

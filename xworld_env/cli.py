@@ -91,7 +91,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser(
         "demo", help="drive the shipped world model with X-Cache, write a video, compare speed"
     )
-    p.add_argument("--out", default="xworld_demo.gif", help="GIF to write")
+    p.add_argument("--out", default="xworld_demo.gif",
+                   help="video to write: .gif, or .mp4 with imageio-ffmpeg (default %(default)s)")
     p.add_argument("--steps", type=int, default=40, help="env steps (default 40 = 20 s)")
     p.add_argument("--family", default="highway", help="scenario family (default highway)")
     p.add_argument("--seed", type=int, default=0)

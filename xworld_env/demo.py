@@ -3,6 +3,7 @@ with full compute on the same rollout."""
 
 from __future__ import annotations
 
+import importlib.util
 import time
 from pathlib import Path
 
@@ -14,6 +15,40 @@ from xworld_env.bench.machine import machine_info
 from xworld_env.bench.metrics import frame_motion, observed_views
 from xworld_env.envs.policies import LaneKeeper
 from xworld_env.envs.xworld import XWorldEnv
+
+#: Video formats ``xworld demo`` writes, by file suffix.
+VIDEO_SUFFIXES = (".gif", ".mp4")
+
+
+def check_video_path(out: str | Path) -> Path:
+    """The demo's video path, checked before any driving: a ``.gif`` (always) or ``.mp4``
+    (with the ``imageio-ffmpeg`` package, which ``.[dev]`` installs) file.
+
+    Raises:
+        ValueError: another suffix, or ``.mp4`` without an MP4 writer.
+    """
+    out = Path(out)
+    suffix = out.suffix.lower()
+    if suffix not in VIDEO_SUFFIXES:
+        raise ValueError(f"the demo writes {' or '.join(VIDEO_SUFFIXES)} videos; got {str(out)!r}")
+    if suffix == ".mp4" and importlib.util.find_spec("imageio_ffmpeg") is None:
+        raise ValueError(f"writing {str(out)!r} needs the imageio-ffmpeg package "
+                         "(pip install imageio-ffmpeg); a .gif path needs nothing more")
+    return out
+
+
+def write_video(out: Path, frames: list[np.ndarray], fps: int) -> None:
+    """Writes (h, w, 3) uint8 ``frames`` to ``out`` (``check_video_path``): a looping GIF, or
+    an H.264 MP4 whose frames are padded with black to even sizes (what the codec needs)."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    if out.suffix.lower() == ".gif":
+        imageio.mimsave(out, frames, duration=1000 / fps, loop=0)
+        return
+    h, w = frames[0].shape[:2]
+    pad = ((0, h % 2), (0, w % 2), (0, 0))
+    with imageio.get_writer(out, fps=fps, codec="libx264", macro_block_size=2) as writer:
+        for frame in frames:
+            writer.append_data(np.pad(frame, pad))
 
 
 def _psnr(a: np.ndarray, b: np.ndarray) -> float:
@@ -63,9 +98,11 @@ def run_demo(out: str | Path = "xworld_demo.gif", steps: int = 40, seed: int = 0
              family: str | None = "highway", checkpoint: str | None = None,
              cache: str = "xcache", fps: int = 4, dtype: str = "float32",
              decode_dtype: str = "auto", speed: str = "heads") -> dict:
-    """Drives with ``cache``, replays the same actions with full compute, writes the video.
-    Both runs compute in precision ``dtype``, decode in ``decode_dtype`` and take the ego speed
-    from ``speed`` (the envs' ``speed``)."""
+    """Drives with ``cache``, replays the same actions with full compute, writes the video
+    (``out``: a ``.gif`` or ``.mp4`` path, checked first: ``check_video_path``). Both runs
+    compute in precision ``dtype``, decode in ``decode_dtype`` and take the ego speed from
+    ``speed`` (the envs' ``speed``)."""
+    out = check_video_path(out)
     env = XWorldEnv(cache=cache, family=family, checkpoint=checkpoint, render_mode="rgb_array",
                     dtype=dtype, decode_dtype=decode_dtype, speed=speed)
     fast = drive(env, steps, seed, family, desc=f"drive ({cache})")
@@ -74,9 +111,7 @@ def run_demo(out: str | Path = "xworld_demo.gif", steps: int = 40, seed: int = 0
                          speed=speed)
     full = drive(full_env, len(fast["actions"]), seed, family, actions=fast["actions"],
                  ends=set(fast["ends"]), desc="replay (full compute)")
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    imageio.mimsave(out, fast["frames"], duration=1000 / fps, loop=0)
+    write_video(out, fast["frames"], fps)
     psnrs = [_psnr(a, b) for a, b in zip(fast["views"], full["views"])]
     finite = [p for p in psnrs if np.isfinite(p)]
     result = {
