@@ -49,7 +49,7 @@ def test_run_demo_motion_leaves_out_the_jumps_of_resets(tiny_checkpoint, tmp_pat
     assert np.isnan(result["motion"]) and np.isnan(result["full_compute_motion"])
 
 
-def test_demo_video_path_is_checked_before_driving(tmp_path, monkeypatch):
+def test_demo_video_path_and_steps_are_checked_before_driving(tmp_path, monkeypatch):
     import importlib.util
 
     import pytest
@@ -58,6 +58,8 @@ def test_demo_video_path_is_checked_before_driving(tmp_path, monkeypatch):
 
     with pytest.raises(ValueError, match=r"\.gif or \.mp4.*demo\.avi"):
         demo.run_demo(tmp_path / "demo.avi")  # raises before any env is built
+    with pytest.raises(ValueError, match="steps must be an int >= 1, got 0"):
+        demo.run_demo(tmp_path / "demo.gif", steps=0)
     assert not list(tmp_path.iterdir())
     real = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec",

@@ -103,6 +103,8 @@ def run_demo(out: str | Path = "xworld_demo.gif", steps: int = 40, seed: int = 0
     compute in precision ``dtype``, decode in ``decode_dtype`` and take the ego speed from
     ``speed`` (the envs' ``speed``)."""
     out = check_video_path(out)
+    if not (isinstance(steps, int) and steps >= 1):
+        raise ValueError(f"steps must be an int >= 1, got {steps!r}")
     env = XWorldEnv(cache=cache, family=family, checkpoint=checkpoint, render_mode="rgb_array",
                     dtype=dtype, decode_dtype=decode_dtype, speed=speed)
     fast = drive(env, steps, seed, family, desc=f"drive ({cache})")

@@ -22,6 +22,18 @@ def test_single_and_batched_rows_with_motion_under_a_chosen_noise(calm_checkpoin
                       progress=False)
 
 
+@pytest.mark.parametrize("kwargs, message", [
+    ({"steps": 0}, "steps must be an int >= 1"),
+    ({"sizes": (4, 0)}, "sizes must be distinct ints >= 1"),
+    ({"sizes": (2, 2)}, "sizes must be distinct ints >= 1"),
+    ({"repeats": 0}, "repeats must be an int >= 1"),
+])
+def test_bad_arguments_fail_before_anything_runs(kwargs, message):
+    # No checkpoint is read: a missing one would fail later, with another message.
+    with pytest.raises(ValueError, match=message):
+        bench_env.run(checkpoint="/nonexistent", progress=False, **kwargs)
+
+
 def test_motion_leaves_out_the_jump_of_a_reset(tiny_checkpoint):
     # The random heads end every episode at its first step: no two steps within one episode.
     precision = ("float32", "auto", "auto")

@@ -128,6 +128,10 @@ def run(steps: int = 40, sizes: tuple[int, ...] = (1, 4, 8, 16), seed: int = 0,
                          f"got {noise!r}")
     if not (isinstance(repeats, int) and repeats >= 1):
         raise ValueError(f"repeats must be an int >= 1, got {repeats!r}")
+    if not (isinstance(steps, int) and steps >= 1):
+        raise ValueError(f"steps must be an int >= 1, got {steps!r}")
+    if not all(isinstance(n, int) and n >= 1 for n in sizes) or len(set(sizes)) != len(sizes):
+        raise ValueError(f"sizes must be distinct ints >= 1 (worlds per batch), got {sizes}")
     for name, values in (("dtypes", dtypes), ("decode_dtypes", decode_dtypes),
                          ("attention_dtypes", attention_dtypes)):
         if not values or len(set(values)) != len(values):
