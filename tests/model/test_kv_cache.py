@@ -53,6 +53,25 @@ def test_values_follow_keys_and_layers_are_independent():
     assert torch.equal(cache.view(1).k, 10 * cache.view(0).k)
 
 
+def test_view_all_stacks_every_layer_view_without_a_copy():
+    cache = RollingKVCache(KVCacheConfig(window=2), LAYERS, batch_size=2)
+    assert cache.view_all() is None
+    for n in range(3):
+        keys, values = chunk(2, [n, 10 + n])
+        keys[1] = keys[1] * 100
+        cache.commit(keys, values)
+        every = cache.view_all()
+        assert every.k.shape == (LAYERS, 2, HEADS, min(n + 1, 2) * TOKENS, E)
+        for layer in range(LAYERS):
+            one = cache.view(layer)
+            assert torch.equal(every.k[layer], one.k) and torch.equal(every.v[layer], one.v)
+            assert torch.equal(every.age, one.age) and torch.equal(every.valid, one.valid)
+    # A view, not a copy: the next commit shows in a view taken before it.
+    before = cache.view_all()
+    cache.commit(*chunk(2, [7, 8]))
+    assert 7.0 in before.k[:, 0] and 8.0 in before.k[:, 1] and 7.0 not in before.k[:, 1]
+
+
 def test_ages_count_chunks_back_from_the_next_one():
     cache = RollingKVCache(KVCacheConfig(window=3), LAYERS, batch_size=1)
     for n in range(5):

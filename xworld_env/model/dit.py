@@ -720,24 +720,27 @@ class CausalDiT(nn.Module):
         """Block ``layer``'s cached past with its keys rotated to their positions, or None; in
         the precision of ``attention_precision`` where one is set.
 
-        The rotation depends only on the cache's state, so it runs once per chunk and block
-        rather than in every pass (the same values; a chunk's passes all read the same past).
+        The rotation depends only on the cache's state, so it runs once per chunk rather than in
+        every pass (the same values; a chunk's passes all read the same past), and for all
+        blocks in one operation (the slots' positions are the same in every block;
+        elementwise, so each block's values are those of a rotation of its own).
         """
         if kv is None:
             return None
         dtype = attention_dtype()
 
-        def make() -> KVView | None:
-            view = kv.view(layer)
-            if view is None:
+        def make() -> list[KVView] | None:
+            every = kv.view_all()
+            if every is None:
                 return None
             tables, _ = self._past_inputs(kv, device)
-            k, v = apply_rotary(view.k, *tables), view.v
+            k, v = apply_rotary(every.k, *tables), every.v
             if dtype is not None:
                 k, v = k.to(dtype), v.to(dtype)
-            return view._replace(k=k, v=v)
+            return [every._replace(k=k[l], v=v[l]) for l in range(k.shape[0])]  # noqa: E741
 
-        return kv.derived((self, "past", layer, device, dtype), make)
+        views = kv.derived((self, "past", device, dtype), make)
+        return None if views is None else views[layer]
 
     # ------------------------------------------------------------------ forward
 

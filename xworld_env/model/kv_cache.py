@@ -84,10 +84,11 @@ class RollingKVCache:
         self.config = config
         self.num_layers = num_layers
         self.batch_size = batch_size
-        # Storage per layer: (b, heads, slot, tokens, e); allocated on the first commit, when the
-        # shapes are known.
-        self._k: list[Tensor] = []
-        self._v: list[Tensor] = []
+        # Storage of all layers, (layers, b, heads, slot, tokens, e), so that a reader can take
+        # every layer's past in one operation (``view_all``); allocated on the first commit, when
+        # the shapes are known.
+        self._k: Tensor | None = None
+        self._v: Tensor | None = None
         # Chunks committed per world since its last reset, and the chunk index held by each slot
         # (-1 = empty).
         self._count = torch.zeros(batch_size, dtype=torch.long)
@@ -152,13 +153,27 @@ class RollingKVCache:
             A :class:`KVView` over the filled slot prefix (no copy), or None when no world holds
             any chunk yet.
         """
+        every = self.view_all()
+        if every is None:
+            return None
+        return every._replace(k=every.k[layer], v=every.v[layer])
+
+    def view_all(self) -> KVView | None:
+        """Past keys and values of every block at once, for readers that treat all blocks alike
+        (one operation over all of them instead of one per block).
+
+        Returns:
+            A :class:`KVView` whose ``k`` and ``v`` carry a leading block axis, (layers, b, heads,
+            n * tokens, e), over the filled slot prefix (no copy); None when no world holds any
+            chunk yet.
+        """
         meta = self.ages()
         if meta is None:
             return None
         age, valid = meta
         n = age.shape[1]
-        k = self._k[layer][:, :, :n].flatten(2, 3)
-        v = self._v[layer][:, :, :n].flatten(2, 3)
+        k = self._k[:, :, :, :n].flatten(3, 4)
+        v = self._v[:, :, :, :n].flatten(3, 4)
         return KVView(k, v, age, valid)
 
     def derived(self, key: Hashable, make: Callable[[], Any]) -> Any:
@@ -180,7 +195,8 @@ class RollingKVCache:
 
     def memory_bytes(self) -> int:
         """Bytes held by the key/value storage (fixed once allocated)."""
-        return sum(t.numel() * t.element_size() for t in self._k + self._v)
+        stores = [t for t in (self._k, self._v) if t is not None]
+        return sum(t.numel() * t.element_size() for t in stores)
 
     # ------------------------------------------------------------------ writing
 
@@ -191,11 +207,12 @@ class RollingKVCache:
         return torch.where(count == 0, torch.zeros_like(count), 1 + (count - 1) % window)
 
     def _allocate(self, like: Sequence[Tensor]) -> None:
-        self._k = [
-            t.new_zeros(self.batch_size, t.shape[1], self.config.num_slots, *t.shape[2:])
-            for t in like
-        ]
-        self._v = [torch.zeros_like(k) for k in self._k]
+        """Storage for keys and values shaped like ``like[0]``, (b, heads, tokens, e), for
+        every layer and slot."""
+        t = like[0]
+        self._k = t.new_zeros(self.num_layers, self.batch_size, t.shape[1],
+                              self.config.num_slots, *t.shape[2:])
+        self._v = torch.zeros_like(self._k)
 
     def commit(self, keys: Sequence[Tensor], values: Sequence[Tensor]) -> None:
         """Store one chunk's keys and values for every block and every world.
@@ -214,13 +231,13 @@ class RollingKVCache:
             )
         if keys[0].shape[0] != self.batch_size:
             raise ValueError(f"commit expects b={self.batch_size} worlds, got {keys[0].shape[0]}")
-        if not self._k:
+        if self._k is None:
             self._allocate(keys)
-        elif keys[0].shape[1:] != (self._k[0].shape[1], *self._k[0].shape[3:]):
+        elif keys[0].shape[1:] != (self._k.shape[2], *self._k.shape[4:]):
             raise ValueError(
                 f"commit got keys of shape {tuple(keys[0].shape)}, cache holds "
-                f"(b, heads, tokens, e) = {(self.batch_size, self._k[0].shape[1])} + "
-                f"{tuple(self._k[0].shape[3:])}"
+                f"(b, heads, tokens, e) = {(self.batch_size, self._k.shape[2])} + "
+                f"{tuple(self._k.shape[4:])}"
             )
         worlds = torch.arange(self.batch_size)
         slot = self._slot_of(self._count)
@@ -264,12 +281,11 @@ class RollingKVCache:
                 f"replace of {len(index)} worlds needs a cache of that batch size, "
                 f"got {other.batch_size}"
             )
-        if other._k:
-            if not self._k:
-                self._allocate([k[:, :, 0] for k in other._k])
-            for layer in range(self.num_layers):
-                self._k[layer][index] = other._k[layer]
-                self._v[layer][index] = other._v[layer]
+        if other._k is not None:
+            if self._k is None:
+                self._allocate([other._k[0, :, :, 0]])
+            self._k[:, index] = other._k
+            self._v[:, index] = other._v
         self._count[index] = other._count
         self._slot_chunk[index] = other._slot_chunk
         self._changed()
