@@ -22,7 +22,7 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 import torch
 from einops import rearrange
-from torch import Tensor
+from torch import Tensor, nn
 
 from xworld_env.model.autoencoder import Autoencoder, to_uint8
 from xworld_env.model.checkpoint import WorldModelBundle
@@ -325,6 +325,7 @@ class WorldModelEngine:
         self._started = torch.zeros(0, dtype=torch.bool)
         self._fixed: Tensor | None = None
         self.decode_dtype = resolve_decode_dtype(config.decode_dtype, config.dtype, self.device)
+        self._decoders: dict[str, nn.Module] = {}
         self.attention_dtype = resolve_attention_dtype(config.attention_dtype, config.dtype,
                                                        self.device)
 
@@ -377,8 +378,18 @@ class WorldModelEngine:
     def decode(self, latents: Tensor) -> Tensor:
         """Latents (b, v, f, h, w, c) -> uint8 images (b, f, v, H, W, 3) in ``decode_dtype``."""
         with torch.no_grad(), autocast_to(self.device, self.decode_dtype):
-            images = self.autoencoder.decode(latents).float()
+            images = self.autoencoder.decode(latents, self._decoder()).float()
         return rearrange(to_uint8(images), "b v f h w c -> b f v h w c")
+
+    def _decoder(self) -> nn.Module | None:
+        """The decoder copy ``decode`` runs in a lower ``decode_dtype`` (the autoencoder's
+        ``inference_decoder``, made on first use), or None for float32: the decoder itself."""
+        if self.decode_dtype == "float32":
+            return None
+        if self._decoders.get(self.decode_dtype) is None:
+            dtype = COMPUTE_DTYPES[self.decode_dtype]
+            self._decoders[self.decode_dtype] = self.autoencoder.inference_decoder(dtype)
+        return self._decoders[self.decode_dtype]
 
     def start(
         self,

@@ -81,3 +81,22 @@ def test_wrong_shapes_are_rejected():
 def test_to_uint8_rounds_and_clamps():
     out = to_uint8(torch.tensor([-0.5, 0.0, 0.5, 1.0, 2.0]))
     assert out.tolist() == [0, 0, 128, 255, 255]
+
+
+@pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
+@torch.no_grad()
+def test_inference_decoder_gives_autocasts_images_bit_for_bit(dtype):
+    from xworld_env.engine import COMPUTE_DTYPES, autocast_to
+
+    ae = make_autoencoder()
+    latents = torch.randn(2, 7, 8, 8, 8)
+    copy = ae.inference_decoder(COMPUTE_DTYPES[dtype])
+    assert all(p.dtype == COMPUTE_DTYPES[dtype] and not p.requires_grad
+               for p in copy.parameters())
+    with autocast_to(torch.device("cpu"), dtype):
+        expected = ae.decode(latents)
+        assert torch.equal(ae.decode(latents, decoder=copy), expected)
+    # The copy is the decoder's own weights, not a reference to them.
+    next(ae.decoder.parameters()).data.add_(1.0)
+    with autocast_to(torch.device("cpu"), dtype):
+        assert torch.equal(ae.decode(latents, decoder=copy), expected)
