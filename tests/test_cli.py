@@ -17,6 +17,18 @@ def test_help_lists_the_commands(capsys):
         assert command in out
 
 
+def test_version_names_the_package_and_torch(capsys):
+    import torch
+
+    from xworld_env import __version__
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--version"])
+    assert exit_info.value.code == 0
+    out = capsys.readouterr().out
+    assert f"xworld-env {__version__}" in out and f"torch {torch.__version__}" in out
+
+
 def test_render_sheet(tmp_path):
     out = tmp_path / "sheet.png"
     assert main(["render-sheet", "--out", str(out)]) == 0

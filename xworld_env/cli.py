@@ -76,11 +76,26 @@ def _train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _version() -> str:
+    """``xworld-env <version> (torch <version>)``, read without importing torch."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    from xworld_env import __version__
+
+    try:
+        torch_version = version("torch")
+    except PackageNotFoundError:
+        torch_version = "not installed"
+    return f"xworld-env {__version__} (torch {torch_version})"
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="xworld",
         description="xworld-env: a driving world model as a Gymnasium environment.",
     )
+    parser.add_argument("--version", action="version", version=_version(),
+                        help="print the versions of xworld-env and torch, then exit")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser("render-sheet", help="write a PNG: one row of the seven views per family")
