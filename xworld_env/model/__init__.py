@@ -18,8 +18,12 @@ from xworld_env.model.dit import (
     dit_config,
 )
 from xworld_env.model.heads import Heads, HeadsConfig, HeadsOutput
+from xworld_env.model.kernels import warm_math_kernels
 from xworld_env.model.kv_cache import KVCacheConfig, KVView, RollingKVCache
 from xworld_env.model.sampler import FlowSampler, SamplerConfig
+
+# Before any model computes: see ``kernels`` for why.
+warm_math_kernels()
 
 __all__ = [
     "PRESETS",
@@ -44,4 +48,5 @@ __all__ = [
     "dit_config",
     "load_bundle",
     "save_bundle",
+    "warm_math_kernels",
 ]
