@@ -386,7 +386,7 @@ class WorldModelEngine:
         ``inference_decoder``, made on first use), or None for float32: the decoder itself."""
         if self.decode_dtype == "float32":
             return None
-        if self._decoders.get(self.decode_dtype) is None:
+        if self.decode_dtype not in self._decoders:
             dtype = COMPUTE_DTYPES[self.decode_dtype]
             self._decoders[self.decode_dtype] = self.autoencoder.inference_decoder(dtype)
         return self._decoders[self.decode_dtype]

@@ -206,12 +206,11 @@ class RollingKVCache:
             return count % window
         return torch.where(count == 0, torch.zeros_like(count), 1 + (count - 1) % window)
 
-    def _allocate(self, like: Sequence[Tensor]) -> None:
-        """Storage for keys and values shaped like ``like[0]``, (b, heads, tokens, e), for
-        every layer and slot."""
-        t = like[0]
-        self._k = t.new_zeros(self.num_layers, self.batch_size, t.shape[1],
-                              self.config.num_slots, *t.shape[2:])
+    def _allocate(self, like: Tensor) -> None:
+        """Storage for keys and values shaped like ``like``, (b, heads, tokens, e), for every
+        layer and slot."""
+        self._k = like.new_zeros(self.num_layers, self.batch_size, like.shape[1],
+                                 self.config.num_slots, *like.shape[2:])
         self._v = torch.zeros_like(self._k)
 
     def commit(self, keys: Sequence[Tensor], values: Sequence[Tensor]) -> None:
@@ -232,7 +231,7 @@ class RollingKVCache:
         if keys[0].shape[0] != self.batch_size:
             raise ValueError(f"commit expects b={self.batch_size} worlds, got {keys[0].shape[0]}")
         if self._k is None:
-            self._allocate(keys)
+            self._allocate(keys[0])
         elif keys[0].shape[1:] != (self._k.shape[2], *self._k.shape[4:]):
             raise ValueError(
                 f"commit got keys of shape {tuple(keys[0].shape)}, cache holds "
@@ -283,7 +282,7 @@ class RollingKVCache:
             )
         if other._k is not None:
             if self._k is None:
-                self._allocate([other._k[0, :, :, 0]])
+                self._allocate(other._k[0, :, :, 0])
             self._k[:, index] = other._k
             self._v[:, index] = other._v
         self._count[index] = other._count
